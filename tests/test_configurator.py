@@ -1,0 +1,55 @@
+import pytest
+
+from configurator import ConfigError, configure
+
+
+def _globals():
+    return {"lr": 1e-5, "steps": 10, "name": "run", "use_wandb": False, "server_urls": ["a"],
+            "summarizer_url": None, "_private": 1}
+
+
+def test_cli_overrides_and_types(tmp_path):
+    g = _globals()
+    cfg = configure(g, ["--lr=3e-4", "--steps=20", "--name=out/run1", "--use_wandb=True",
+                        "--server_urls=['x','y']", "--summarizer_url=http://h:1/v1"])
+    assert g["lr"] == 3e-4 and g["steps"] == 20 and g["name"] == "out/run1" and g["use_wandb"] is True
+    assert g["server_urls"] == ["x", "y"] and g["summarizer_url"] == "http://h:1/v1"
+    assert "_private" not in cfg and cfg["steps"] == 20
+
+
+def test_int_for_float_and_numeric_string():
+    g = _globals()
+    configure(g, ["--lr=1", "--name=123"])
+    assert g["lr"] == 1.0 and isinstance(g["lr"], float)
+    assert g["name"] == "123"
+
+
+def test_config_file_then_cli(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("import math\nsteps = 7\nlr = 2e-6\n")
+    g = _globals()
+    configure(g, [str(f), "--steps=9"])
+    assert g["steps"] == 9 and g["lr"] == 2e-6
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--stpes=3"], "stpes"),
+    (["--steps=8.5"], "steps"),
+    (["--use_wandb=1"], "use_wandb"),
+    (["--steps"], "--steps"),
+])
+def test_errors_name_the_key(argv, needle):
+    with pytest.raises(ConfigError, match=needle):
+        configure(_globals(), argv)
+
+
+def test_config_file_errors_name_file_and_key(tmp_path):
+    f = tmp_path / "bad.py"
+    f.write_text("stepz = 3\n")
+    with pytest.raises(ConfigError, match=r"bad.py.*stepz"):
+        configure(_globals(), [str(f)])
+    f.write_text("steps = (\n")
+    with pytest.raises(ConfigError, match="bad.py"):
+        configure(_globals(), [str(f)])
+    with pytest.raises(ConfigError, match="missing.py"):
+        configure(_globals(), [str(tmp_path / "missing.py")])
