@@ -1,0 +1,20 @@
+# KnowGen (630 items) as Table 1, on a GPU node: the agent in-process (vLLM engine of rollout.py), Qwen-Image-Edit
+# servers (image_server.py, one per GPU), text-only Qwen-Image servers for answers without references, GPT-4.1 as
+# the K-Score judge (key from $OPENAI_API_KEY).
+# python eval_knowgen.py config/eval_knowgen.py --mode=direct|workflow|agent [--policy_path=CKPT] --out_dir=out/kg_X
+benchmark = "knowgen"
+items_path = "data/knowgen/knowgen.jsonl"
+agent_engine = "vllm"
+agent_device = "cuda"
+agent_dtype = "bfloat16"
+agent_batch = 64
+tool_backend = "web"
+summarizer_base_url = "http://127.0.0.1:8002/v1"   # browse's reader VLM (Qwen3-VL-30B-A3B-Instruct, vLLM)
+summarizer_model = "Qwen3-VL-30B-A3B-Instruct"
+gen_backend = "server"
+gen_server_urls = ["http://127.0.0.1:8010", "http://127.0.0.1:8011", "http://127.0.0.1:8012", "http://127.0.0.1:8013"]
+gen_t2i_server_urls = ["http://127.0.0.1:8020", "http://127.0.0.1:8021"]
+judge_backend = "openai"
+judge_model = "gpt-4.1"
+num_workers = 16
+out_dir = "out/eval_knowgen"

