@@ -13,6 +13,8 @@ GPU node (agent in-process via vLLM; Qwen-Image(-Edit) servers: image_server.py;
     python eval_knowgen.py config/eval_knowgen.py --mode=workflow --policy_path=Qwen3-VL-8B-Instruct \
         --out_dir=out/kg_workflow                                                                    # ablation row
     python eval_knowgen.py config/eval_knowgen.py --mode=agent --policy_path=out/grpo/ckpt --out_dir=out/kg_agent
+    python eval_knowgen.py config/eval_knowgen.py --mode=agent --agent_engine=openai --agent_base_url=http://gpu0:8000/v1 \
+        --agent_model=gen-searcher-8b --out_dir=out/kg_served   # a served agent (vllm serve) or a closed API model
     python eval_knowgen.py config/eval_knowgen.py --stage=judge --judge_model=gpt-4o --out_dir=out/kg_agent  # re-judge
     python eval_knowgen.py config/eval_wise.py --mode=agent --policy_path=out/grpo/ckpt --out_dir=out/wise_agent
 Aggregate only (prints the Table-1-style table, writes the summary JSON beside the input):
@@ -55,7 +57,11 @@ limit = 0                    # evaluate only the first N items (0 = all 630 / 1,
 num_samples = 1              # trajectories per item (Table 1: one)
 # agent (rollout.py)
 policy_path = None           # the agent: a save_pretrained dir (trained checkpoint, or the untrained base for workflow)
-agent_engine = "hf"          # rollout.make_engine: hf (transformers generate) | vllm (in-process vllm.LLM)
+agent_engine = "hf"          # rollout.make_engine: hf (transformers generate) | vllm (in-process vllm.LLM) |
+                             # openai (the agent behind an OpenAI-compatible server or a closed API; no policy_path)
+agent_base_url = None        # agent_engine=openai: the server's /v1 URL (None = the openai package's default)
+agent_model = None           # agent_engine=openai: the served model's name
+agent_api_key_env = "OPENAI_API_KEY"  # agent_engine=openai: the environment variable holding the key
 agent_device = "cpu"
 agent_dtype = "float32"      # bfloat16 on GPU (bf16 is ~300x slower than fp32 on this CPU)
 agent_temperature = 0.0      # ours: greedy decoding for a deterministic eval (RL samples at 0.7 / top_p 0.95)
@@ -228,12 +234,15 @@ def oracle_answer(item, world):
 
 
 def run_agent(todo, cfg, world):
-    """workflow / agent: rollout.py's agent loop on a checkpoint. `workflow` is the same loop driven by an untrained
-    model (the search workflow is what rollout.py's system prompt asks for). Yields trajectory records."""
+    """workflow / agent: rollout.py's agent loop on a checkpoint, or (agent_engine=openai) on a served model / API.
+    `workflow` is the same loop driven by an untrained model (the search workflow is what rollout.py's system
+    prompt asks for). Yields trajectory records."""
     import rollout  # imported here: direct/oracle runs and the aggregate-only entry point need no model stack
     import tools
-    if not cfg["policy_path"]:
-        raise EvalError(f"mode={cfg['mode']} needs --policy_path=DIR (a save_pretrained checkpoint)")
+    api = cfg["agent_engine"] == "openai"
+    if not (cfg["agent_model"] if api else cfg["policy_path"]):
+        raise EvalError(f"mode={cfg['mode']} needs --policy_path=DIR (a save_pretrained checkpoint), or "
+                        "--agent_engine=openai --agent_model=NAME [--agent_base_url=URL] (a served agent)")
     saved = {}
     for k, v in cfg["rollout_cfg"].items():
         if not hasattr(rollout, k):
@@ -241,8 +250,13 @@ def run_agent(todo, cfg, world):
         saved[k] = getattr(rollout, k)
         setattr(rollout, k, v)
     try:
-        pol = rollout.load_policy(cfg["policy_path"], device=cfg["agent_device"], dtype=cfg["agent_dtype"])
-        eng = rollout.make_engine(cfg["agent_engine"], pol, path=cfg["policy_path"], dtype=cfg["agent_dtype"])
+        if api:  # messages-only records: eval needs no tokens
+            pol = rollout.tokenizer_policy(None, cfg["agent_model"])
+            eng = rollout.make_engine("openai", pol, base_url=cfg["agent_base_url"] or "", model=cfg["agent_model"],
+                                      api_key_env=cfg["agent_api_key_env"], workers=cfg["agent_batch"])
+        else:
+            pol = rollout.load_policy(cfg["policy_path"], device=cfg["agent_device"], dtype=cfg["agent_dtype"])
+            eng = rollout.make_engine(cfg["agent_engine"], pol, path=cfg["policy_path"], dtype=cfg["agent_dtype"])
         tb = tools.make_toolbox(backend=cfg["tool_backend"], world_dir=world,
                                 cache_path=os.path.join(cfg["out_dir"], "tool_cache.sqlite"),
                                 image_dir=os.path.join(cfg["out_dir"], "tool_images"),

@@ -2,6 +2,8 @@
 # servers (image_server.py, one per GPU), text-only Qwen-Image servers for answers without references, GPT-4.1 as
 # the K-Score judge (key from $OPENAI_API_KEY).
 # python eval_knowgen.py config/eval_knowgen.py --mode=direct|workflow|agent [--policy_path=CKPT] --out_dir=out/kg_X
+# a served agent or a closed API instead of a checkpoint (rollout.py's "openai" engine):
+#   --agent_engine=openai --agent_base_url=http://HOST:8000/v1 --agent_model=NAME  (key: $OPENAI_API_KEY)
 benchmark = "knowgen"
 items_path = "data/knowgen/knowgen.jsonl"
 agent_engine = "vllm"

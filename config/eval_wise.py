@@ -2,6 +2,8 @@
 # judge (our prompt). Put the released prompt lists (cultural_common_sense.json, spatio-temporal_reasoning.json,
 # natural_science.json) in data/wise/: a directory of WISE JSON lists is accepted as items_path.
 # python eval_knowgen.py config/eval_wise.py --mode=direct|agent [--policy_path=CKPT] --out_dir=out/wise_X
+# a served agent or a closed API instead of a checkpoint (rollout.py's "openai" engine):
+#   --agent_engine=openai --agent_base_url=http://HOST:8000/v1 --agent_model=NAME  (key: $OPENAI_API_KEY)
 benchmark = "wise"
 items_path = "data/wise"
 agent_engine = "vllm"

