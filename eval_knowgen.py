@@ -89,6 +89,10 @@ judged = None                # FILE.jsonl: aggregate an existing judged file and
 summary_out = None           # where --judged writes its JSON (default: beside the input, <name>.summary.json)
 compare = None               # "runA/judged.jsonl,runB/judged.jsonl": per-item wins/losses/ties and per-group deltas
 report_n = 24                # items in the thumbnail grid of report.md
+table = None                 # "name=eval_out_dir,...": the rows of a results table (Table 1 / 3) -> table_out
+table_logs = None            # "name=grpo out_dir/log.jsonl,...": GRPO reward / K-Score curves for the table
+table_out = "results.md"     # the table's markdown; grpo_curves.png and items.png are written beside it
+stage_times = None           # a "stage<TAB>seconds" file (runcpu.sh) appended to the table
 seed = 0                     # the report's sample of items
 
 _CONFIG_KEYS = [k for k, v in list(globals().items()) if not k.startswith("_")
@@ -626,6 +630,73 @@ def write_report(items, cfg, summary_text):
     open(path, "w", encoding="utf-8").write("\n".join(lines) + "\n")
     return path
 
+
+def results_table(cfg):
+    """Several eval runs side by side (runcpu.sh's results.md): per group V/T/F/A/K (x100), overall, answers,
+    tool calls and end reasons per row; GRPO's reward and training K-Score per step (grpo_curves.png); a grid of
+    the same few items across rows + ground truth (items.png); stage times. Returns the markdown path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pairs = lambda s: [tuple(x.strip() for x in p.rsplit("=", 1)) for p in (s or "").split(",") if p.strip()]
+    runs, out = pairs(cfg["table"]), os.path.dirname(os.path.abspath(cfg["table_out"]))
+    head = " | ".join(f"{g[:3]} {d}" for g in GROUPS for d in ("V", "T", "F", "A", "**K**"))
+    md = ["# Gen-Searcher on the mini world: Table 1 / Table 3 rows", "", "K-Score x100 on the same bench items, offline "
+          "generator and judge. Agents decode greedily; an agent with no parsed answer is scored on the raw prompt "
+          "(eval_knowgen's on_no_answer=raw_prompt), see *answered*.", "",
+          f"| row | n | {head} | overall | answered | calls/traj (search, image, browse) | end reasons |",
+          "|---" * 16 + "|"]
+    for name, d in runs:
+        s = aggregate(check_judged(os.path.join(d, "judged.jsonl")))
+        st = tool_stats(list(latest(os.path.join(d, "trajectories.jsonl")).values()))
+        cells = [f"{s[g][k]:.2f}" if s[g] else "—" for g in GROUPS for k in DIMS + ("k_score",)]
+        c = st.get("calls_per_trajectory", {})
+        md.append(f"| {name} | {sum(s['counts'].values())} | " + " | ".join(cells) + f" | **{s['overall']:.2f}** | "
+                  f"{st.get('answered', 0)}/{st.get('trajectories', 0)} | " + ", ".join(f"{c.get(t, 0):.2f}" for t in
+                  ("search", "image_search", "browse")) + " | " + ", ".join(f"{k} {v}" for k, v in
+                                                                           st.get("end_reasons", {}).items()) + " |")
+    md += ["", "Per-item reports with thumbnails: " + ", ".join(f"[{n}]({os.path.relpath(d, out)}/report.md)"
+                                                                 for n, d in runs)]
+    if cfg["table_logs"]:
+        fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+        md += ["", "## GRPO: mean reward and training K-Score per step", "", "![](grpo_curves.png)", "",
+               "| run | steps | reward, first 5 steps | reward, last 5 steps | K, first 5 | K, last 5 | reward per step |",
+               "|---|---|---|---|---|---|---|"]
+        for name, path in pairs(cfg["table_logs"]):
+            log = [json.loads(line) for line in open(path) if line.strip()]
+            x, r, k = [e["step"] for e in log], [e["reward_mean"] for e in log], [e["k_score"] or 0.0 for e in log]
+            ax[0].plot(x, r, label=name)
+            ax[1].plot(x, k, label=name)
+            avg = lambda v: f"{sum(v) / max(1, len(v)):.3f}"
+            md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
+                      + " ".join(f"{v:.2f}" for v in r) + " |")
+        for a, t in zip(ax, ("mean reward (λ-weighted)", "mean K-Score of the samples")):
+            a.set(xlabel="GRPO step", title=t)
+            a.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "grpo_curves.png"), dpi=100)
+    gens = [latest(os.path.join(d, "generated.jsonl")) for _, d in runs]
+    keys = sorted(set.intersection(*({k for k, g in G.items() if g.get("image")} for G in gens)))[:6]
+    if keys:  # the same items across rows, ground truth last
+        items = {it["id"]: it for it in load_knowgen(json.load(open(os.path.join(runs[0][1], "config.json")))["items_path"])}
+        fig, axs = plt.subplots(len(keys), len(runs) + 1, figsize=(1.7 * (len(runs) + 1), 1.8 * len(keys)), squeeze=False)
+        for i, key in enumerate(keys):
+            paths = [os.path.join(d, G[key]["image"]) for (_, d), G in zip(runs, gens)] + [items[key[0]]["gt_image"]]
+            for j, (a, p) in enumerate(zip(axs[i], paths)):
+                a.imshow(Image.open(p).convert("RGB"))
+                a.set_xticks([]), a.set_yticks([])
+                a.set_title(([n[:18] for n, _ in runs] + ["ground truth"])[j] if i == 0 else "", fontsize=7)
+            axs[i][0].set_ylabel(key[0], fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "items.png"), dpi=100)
+        md += ["", "## A few bench items across the rows (ground truth last)", "", "![](items.png)"]
+    if cfg["stage_times"]:
+        times = [line.rstrip("\n").split("\t") for line in open(cfg["stage_times"]) if line.strip()]
+        md += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"] + [f"| {n} | {t} |" for n, t in times]
+        md.append(f"| **total** | **{sum(int(t) for _, t in times)}** |")
+    open(cfg["table_out"], "w", encoding="utf-8").write("\n".join(md) + "\n")
+    return cfg["table_out"]
+
 # -----------------------------------------------------------------------------
 
 
@@ -699,7 +770,9 @@ if __name__ == "__main__":
             print(f"B={b} vs A={a} on {c['items']} items: {c['wins']} wins / {c['losses']} losses / {c['ties']} ties")
             print("A:\n" + format_table(c["a_summary"]) + "\nB:\n" + format_table(c["b_summary"]))
             print("delta (B - A):", json.dumps(c["delta"]))
-        if not cfg["judged"] and not cfg["compare"]:
+        if cfg["table"]:
+            print(open(results_table(cfg)).read())
+        if not cfg["judged"] and not cfg["compare"] and not cfg["table"]:
             run(cfg)
     except EvalError as e:
         sys.exit(f"eval_knowgen: error: {e}")

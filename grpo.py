@@ -67,6 +67,7 @@ temperature = 0.7            # paper: temperature 0.7
 top_p = 0.95                 # paper: top_p 0.95
 rollout_kwargs = {}          # extra keyword arguments for rollout.py (round/token limits, date, ...)
 tools_backend = "local"      # tools.py backend: 'local' (mini world) | 'web' (paper: Serper + reader + VLM)
+tools_kwargs = {}            # extra keyword arguments for tools.make_toolbox (summarizer_base_url, cache_path, ...)
 world_dir = "data/miniworld"
 vllm_gpu_memory_utilization = 0.6  # release: rollout.gpu_memory_utilization=0.6
 vllm_max_model_len = 36000   # paper: context cap 36,000 tokens (30,000 response + 6,000)
@@ -197,26 +198,6 @@ def token_budget_batches(lengths, max_tokens):
 # ----------------------------------------------------------------------------------------------
 # trainer side: logprobs, sharding, the update over micro-batches
 
-def token_logprobs(model, batch, temp=1.0):
-    """rollout.sequence_logprobs with verl's temperature: the release's actor divides the logits by the
-    rollout temperature before log_softmax (dp_actor: logits.div_(temperature)), so the trained
-    distribution is the one that was sampled. Returns ([B,T] logprobs at `temp` with grad, [B,T] raw
-    logprobs without grad = what the rollout engines record, for the weight-sync canary)."""
-    kw = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
-          if k in batch}
-    if "pixel_values" in kw:
-        kw["pixel_values"] = kw["pixel_values"].to(next(model.parameters()).dtype)
-    else:
-        kw.pop("mm_token_type_ids", None)
-    logits = model(**kw, use_cache=False).logits[:, :-1].float()
-    tgt = batch["input_ids"][:, 1:, None]
-    lp = (logits / temp).log_softmax(-1).gather(-1, tgt).squeeze(-1)
-    with torch.no_grad():
-        raw = lp.detach() if temp == 1.0 else logits.log_softmax(-1).gather(-1, tgt).squeeze(-1)
-    pad = lambda x: torch.nn.functional.pad(x, (1, 0), value=0.0)
-    return pad(lp), pad(raw)
-
-
 def shard_model(model, dev, compute_dtype, world):
     """FSDP2: one unit per decoder layer + the root. The vision tower stays in the ROOT unit (unlike SFT):
     in RL some micro-batches carry no image, and a separately sharded tower would all-gather on some ranks
@@ -262,14 +243,19 @@ def push_weights(model, eng, gpu, asleep=False):
 def sync_check(model, eng, policy, dev, n_new=16):
     """The weight-sync test as a metric: vLLM's greedy continuation of a fixed prompt vs the trainer's
     argmax at every position of that same sequence (one teacher-forced forward = the trainer's greedy
-    output, FSDP-safe). Returns (fraction of positions that agree, max |trainer raw logp - vLLM logp|)."""
+    output, FSDP-safe). Returns (fraction of positions that agree, max |trainer raw logp - vLLM logp|).
+    The no_grad forward is followed by sft.reshard: FSDP2 leaves the root unit unsharded after it, and sft.py
+    measured the next backward then doubling the root's gradients (not reproduced in this loop's text-only
+    runs, tests/test_grpo_loop.py; resharding is cheap, so it is done regardless)."""
     import rollout
+    import sft
     prompt = rollout.encode(policy.tokenizer, "<|im_start|>user\nWhat does the flag look like?<|im_end|>\n"
                                               "<|im_start|>assistant\n")
     ids, lps = rollout.generate(eng, [{"tokens": prompt, "max_new": n_new}], temperature=0.0)[0]
     seq = torch.tensor([prompt + ids], device=dev)
     with torch.no_grad():
         logits = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False).logits[0].float()
+    sft.reshard(model)
     pred = logits[len(prompt) - 1:-1].argmax(-1).tolist()
     lp = logits[len(prompt) - 1:-1].log_softmax(-1).gather(-1, seq[0, len(prompt):, None]).squeeze(-1)
     agree = sum(int(a == b) for a, b in zip(pred, ids)) / max(1, len(ids))
@@ -292,6 +278,7 @@ def accumulate_grads(model, policy, records, adv, keep, dev, ref_model=None):
     gradients over ranks. Every rank runs the same number of micro-batches (collectives inside the forward);
     a rank with fewer runs a zero-weight one. Returns the step's stats (summed over ranks)."""
     import rollout
+    import sft
     world = dist.get_world_size() if dist.is_initialized() else 1
     kept = [i for i, k in enumerate(keep) if k and sum(records[i]["loss_mask"]) > 0]
     n_seqs = all_sum([len(kept)], dev)[0]
@@ -309,12 +296,15 @@ def accumulate_grads(model, policy, records, adv, keep, dev, ref_model=None):
         b = {k: v.to(dev) for k, v in b.items()}
         a = adv[idx].to(dev)
         mask = b["loss_mask"] * w
-        logp, raw = token_logprobs(model, b, temp)
+        # one forward: logprobs at `temp` (verl's actor divides the logits by the rollout temperature, so the
+        # trained distribution is the sampled one) + raw ones without grad (= what the engines record: canary)
+        logp, raw = rollout.sequence_logprobs(model, b, temp, also_raw=True)
         old = logp.detach() if old_logp == "trainer" else b["logprobs"]
         tok, clipped, dual = ppo_token_losses(logp, old, a, clip_low, clip_high, clip_c)
         if ref_model is not None:
             with torch.no_grad():
-                ref, _ = token_logprobs(ref_model, b, temp)
+                ref = rollout.sequence_logprobs(ref_model, b, temp)
+            sft.reshard(ref_model)  # frozen, so no gradient doubling; frees its gathered root (FSDP2 keeps it)
             kl = low_var_kl(logp, ref)
             tok = tok + kl_coef * kl
             st["kl"] += float((kl * mask).sum())
@@ -347,11 +337,14 @@ def step_items(items, step, rank, world):
 
 
 def seed_step(step, rank):
-    """Every step's sampling RNG derives from (seed, step, rank): an interrupted run resumes onto the
-    same rollouts (HF engine; vLLM draws from its own engine RNG)."""
-    s = seed * 1_000_003 + step * 1_009 + rank
-    random.seed(s)
-    torch.manual_seed(s)
+    """Every step's sampling RNG derives from (seed, step): an interrupted run resumes onto the same rollouts.
+    HF engine: the global RNGs, seeded with (seed, step, rank). vLLM: returns the step's base seed, from which
+    rollout.request_seed derives each call's seed by (item id, sample, round): rank-independent, so the
+    samples do not depend on the number of ranks either."""
+    s = seed * 1_000_003 + step * 1_009
+    random.seed(s + rank)
+    torch.manual_seed(s + rank)
+    return s
 
 
 def traj_summary(rec, sc):
@@ -460,7 +453,7 @@ def main():
                                   rollout.Policy(replica, policy.tokenizer, policy.image_processor, policy.is_vl, policy.name))
     if engine == "vllm" or replica is not None:
         push_weights(model, eng, gpu)  # the engine starts from the trainer's exact weights (resume, scratch)
-    tb = tools.make_toolbox(tools_backend, world_dir=world_dir)
+    tb = tools.make_toolbox(tools_backend, world_dir=world_dir, **tools_kwargs)
     items = [json.loads(line) for line in open(data_path) if line.strip()]
     score = reward.score if not reward_fn else getattr(importlib.import_module(reward_fn.split(":")[0]),
                                                        reward_fn.split(":")[1])
@@ -477,11 +470,12 @@ def main():
 
     for step in range(start, total):
         t0 = time.time()
-        seed_step(step, rank)
+        step_seed = seed_step(step, rank)
         # 1. rollouts: this rank's prompts x group_size trajectories (records in contracts.md format)
         mine = step_items(items, step, rank, world)
         model.eval()
-        records = rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature, top_p=top_p)
+        records = rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature, top_p=top_p,
+                                  seed=step_seed)
         if gpu and engine == "vllm" and vllm_sleep:
             eng.llm.sleep(level=1)  # offload vLLM's weights, free its KV cache for the train phase
         t1 = time.time()

@@ -73,6 +73,7 @@ tool_backend = "web"          # tools.py backend; a mini world always uses "loca
 summarizer_base_url = None    # browse's summarizer (paper: Qwen3-VL-30B-A3B-Instruct); None = tools.py default
 tokenizer_dir = ""            # policy dir: records get tokens/loss_mask from rollout.tokenize_messages; "" = later
 tokenize_vl = True            # image tokens when tokenizer_dir has no config.json (a bare tokenizer dir)
+system_style = "paper"        # rollout.py's system prompt ("compact" on CPU); sft / grpo / eval must use the same
 # stage 3: ground truth (paper: a strong generator given the evidence prompt + references)
 gen_backend = "auto"          # reward.generate: "server" (image_server.py) | "openai" (image API) | "offline";
                               # auto = server if generator_urls else offline (a mini world)
@@ -427,13 +428,13 @@ def stage_traj(c):
         return rec
 
     # rollout.py's limits for the teacher: max_rounds normal calls (+ the forced final one), the context cap
-    saved = rollout.max_rounds, rollout.context_cap
-    rollout.max_rounds, rollout.context_cap = c.teacher_max_rounds, c.max_traj_tokens
+    saved = rollout.max_rounds, rollout.context_cap, rollout.system_style
+    rollout.max_rounds, rollout.context_cap, rollout.system_style = c.teacher_max_rounds, c.max_traj_tokens, c.system_style
     try:
         run_stage(c, "traj", items, one, path)
     finally:
         tools.close_toolbox(tb)
-        rollout.max_rounds, rollout.context_cap = saved
+        rollout.max_rounds, rollout.context_cap, rollout.system_style = saved
 
 
 # ----------------------------------------------------------------------------------------------

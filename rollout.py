@@ -33,6 +33,7 @@ turn (no block, unclosed tags, bad tool JSON) gets a corrective user turn. After
 forced round follows whose user message forbids tools (so <= MAX_ROUNDS + 1 rounds).
 """
 import ast
+import hashlib
 import json
 import os
 import random
@@ -69,6 +70,8 @@ vllm_kv_gb = 2                # VLLM_CPU_KVCACHE_SPACE on CPU
 vllm_gpu_mem = 0.5            # gpu_memory_utilization on GPU
 seed = 1337
 date = ""                     # "YYYY-MM-DD" shown to the model; "" = today
+system_style = "paper"        # "paper": full tool schemas + rules (~1,050 tokens) | "compact": a ~160-token digest
+                              # for a tiny CPU policy (config/*_runcpu.py); data, SFT, RL and eval must match
 api_base_url = ""             # engine "openai": an OpenAI-compatible /v1 endpoint (vllm serve, a gateway to an API)
 api_model = ""                # its model name (the records' "policy")
 api_key_env = "OPENAI_API_KEY"  # the key is read from this environment variable; never stored or recorded
@@ -126,10 +129,24 @@ FINAL_ROUND = ("You have used all your tool calls. Do not call any tool. Now rep
 TOOL_NAMES = ("search", "image_search", "browse")
 
 
+# Ours, for CPU: the paper's prompt is ~1,050 tokens of the mini world's ~2,100-token trajectories; a tiny model
+# trained from scratch pays for it in every step and learns the protocol from the data anyway.
+COMPACT_SYSTEM_PROMPT = """Research agent for image generation. Find facts and reference images, then answer.
+Tools: search(queries, top_k) | image_search(query, top_k) | browse(url, query).
+Reply <think>...</think> then <tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call> or \
+<answer>{{"gen_prompt": ..., "reference_images": [{{"img_id": ..., "note": ...}}]}}</answer>. \
+At most 8 tool calls; image_search at least once. Date: {date}"""
+
+
 def system_prompt(day=None):
     import tools  # lazy: tools.py is another stage; import only when rolling out
+    if system_style not in ("paper", "compact"):
+        raise ValueError(f"rollout.py: system_style must be 'paper' or 'compact', got {system_style!r}")
+    day = day or date or time.strftime("%Y-%m-%d")
+    if system_style == "compact":
+        return COMPACT_SYSTEM_PROMPT.format(date=day)
     schemas = "\n".join(json.dumps(s, ensure_ascii=False) for s in tools.TOOL_SCHEMAS)
-    return SYSTEM_PROMPT.format(tools=schemas, date=day or date or time.strftime("%Y-%m-%d"))
+    return SYSTEM_PROMPT.format(tools=schemas, date=day)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -159,6 +176,9 @@ def make_image_processor(path=None):
 
 
 def load_policy(path, device="cpu", dtype=torch.float32):
+    """A save_pretrained dir -> Policy (VL: Qwen3VLForConditionalGeneration, else AutoModelForCausalLM; sdpa).
+    The model is returned in EVAL mode (sampling needs no dropout); trainers call model.train() themselves
+    (HF also skips gradient checkpointing in eval mode)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3VLForConditionalGeneration
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     tok = AutoTokenizer.from_pretrained(path)
@@ -275,18 +295,68 @@ def collate(inputs, pad_id):
     return b
 
 
-def sequence_logprobs(model, batch):
+def sequence_logprobs(model, batch, temperature=1.0, also_raw=False, chunk=2048):
     """[B, T] logprob of token t given tokens < t (0.0 at t = 0), full forward with every image attached.
-    float32 log_softmax of the raw logits: the same quantity the samplers record."""
+    temperature: logits / temperature before the log-softmax (verl's actor: logits.div_(temperature)); 1.0 =
+    the raw log_softmax the samplers record. also_raw: return (logprobs at temperature, raw logprobs without grad)
+    from the same forward (grpo.py's weight-sync canary).
+    Memory: the logprob is logit[target] - logsumexp(logits) in float32, `chunk` positions at a time, and its
+    backward rebuilds each chunk's softmax (chunk_logprobs), so no float32 [B, T, V] is ever held (19 GB at 32k
+    tokens x 151k vocab). What remains: the model's own logits in compute dtype, [B, T, V] (bf16: ~10 GB at 32k x
+    151k), and in backward their gradient of the same size. Avoiding those needs the base model + lm_head per
+    chunk; under FSDP2 the lm_head lives in the root unit, whose all-gather / gradient reduce-scatter run in the
+    root forward's hooks, so calling the submodules directly is not clean: not done."""
     kw = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
           if k in batch}
     if "pixel_values" in kw:
         kw["pixel_values"] = kw["pixel_values"].to(next(model.parameters()).dtype)
     else:
         kw.pop("mm_token_type_ids", None)
-    logits = model(**kw, use_cache=False).logits[:, :-1].float()
-    lp = logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
-    return torch.nn.functional.pad(lp, (1, 0), value=0.0)
+    logits = model(**kw, use_cache=False).logits  # [B, T, V], compute dtype
+    # position t scores token t+1; the last position's target is a dummy (dropped), so logits stay a free view
+    tgt = torch.nn.functional.pad(batch["input_ids"][:, 1:], (0, 1))
+    pad = lambda x: torch.nn.functional.pad(x[:, :-1], (1, 0), value=0.0)
+    lp = pad(chunk_logprobs(logits, tgt, temperature, chunk))
+    if not also_raw:
+        return lp
+    with torch.no_grad():
+        raw = lp.detach() if temperature == 1.0 else pad(chunk_logprobs(logits.detach(), tgt, 1.0, chunk))
+    return lp, raw
+
+
+class _ChunkLogprobs(torch.autograd.Function):
+    # forward: x = logits/temp in float32 per chunk of rows, logprob = x[target] - logsumexp(x); saves only
+    # the model's logits. backward: d logprob / d logits = (onehot(target) - softmax(x)) / temp, per chunk.
+    @staticmethod
+    def forward(ctx, logits, tgt, temp, chunk):
+        x2, t2 = logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1)
+        out = torch.empty(t2.shape, dtype=torch.float32, device=logits.device)
+        for s in range(0, len(t2), chunk):
+            x = x2[s:s + chunk].float()
+            x = x / temp if temp != 1.0 else x
+            out[s:s + chunk] = x.gather(-1, t2[s:s + chunk, None])[:, 0] - x.logsumexp(-1)
+        ctx.save_for_backward(logits, tgt)
+        ctx.temp, ctx.chunk = temp, chunk
+        return out.view(tgt.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, tgt = ctx.saved_tensors
+        x2, t2, g2 = logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), g.reshape(-1, 1).float()
+        grad = torch.empty_like(x2)
+        for s in range(0, len(t2), ctx.chunk):
+            x = x2[s:s + ctx.chunk].float()
+            x = x / ctx.temp if ctx.temp != 1.0 else x
+            d = x.softmax(-1).mul_(-g2[s:s + ctx.chunk])
+            d.scatter_add_(-1, t2[s:s + ctx.chunk, None], g2[s:s + ctx.chunk])
+            grad[s:s + ctx.chunk] = d / ctx.temp if ctx.temp != 1.0 else d
+        return grad.view(logits.shape), None, None, None
+
+
+def chunk_logprobs(logits, tgt, temperature=1.0, chunk=2048):
+    """[B, T] float32 log_softmax(logits / temperature)[target] for [B, T, V] logits (any dtype) and [B, T] targets,
+    with gradient, `chunk` rows at a time (sequence_logprobs' docstring says what memory that saves)."""
+    return _ChunkLogprobs.apply(logits, tgt, float(temperature), int(chunk))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -437,7 +507,9 @@ def _cut_at_stop(ids, lps, stops, limit):
 
 
 def generate(eng, reqs, temperature=temperature, top_p=top_p):
-    """reqs: [{"tokens": [int], "max_new": int, "pixel_values": [Tensor], "grids": [[t,h,w]], "paths": [str]}].
+    """reqs: [{"tokens": [int], "max_new": int, "pixel_values": [Tensor], "grids": [[t,h,w]], "paths": [str],
+    "seed": int | None}]. seed: vLLM's per-request sampling seed (request_seed); HF generate ignores it (one
+    batched draw from the global torch RNG, which the caller seeds).
     Logprobs are RAW: log_softmax of the unprocessed logits (before temperature / top-p), as vLLM's default
     logprobs_mode="raw_logprobs"; that is what sequence_logprobs recomputes. temperature 0 = greedy."""
     return (_generate_hf if eng.kind == "hf" else _generate_vllm)(eng, reqs, temperature, top_p)
@@ -512,7 +584,7 @@ def _generate_vllm(eng, reqs, temp, top_p):
         else:
             prompts.append(TokensPrompt(prompt_token_ids=toks))
         params.append(SamplingParams(temperature=temp, top_p=top_p if temp > 0 else 1.0, top_k=-1,
-                                     max_tokens=r["max_new"], logprobs=0, stop_token_ids=stops,
+                                     seed=r.get("seed"), max_tokens=r["max_new"], logprobs=0, stop_token_ids=stops,
                                      skip_special_tokens=False, detokenize=False))
     outs = [o.outputs[0] for o in eng.llm.generate(prompts, params, use_tqdm=False)]
     return [_cut_at_stop(list(c.token_ids), [d[t].logprob for t, d in zip(c.token_ids, c.logprobs)], stops, r["max_new"])
@@ -720,9 +792,19 @@ def to_record(t, pol, day):
             "seconds": round(t.seconds, 3), "error": t.error, **({"usage": dict(t.usage)} if t.usage else {})}
 
 
-def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, top_p=top_p, progress=None):
+def request_seed(base, item_id, sample, rnd):
+    """vLLM's sampling seed for one model call: a pure function of (base seed, item id, sample index, round),
+    so the same call draws the same tokens whatever the batch, the rank or the restart (a resumed grpo run).
+    Two copies of one item id in a batch would share seeds (and samples)."""
+    h = hashlib.blake2b(f"{base}|{item_id}|{sample}|{rnd}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 2  # < 2**62: any int64 / torch.Generator seed
+
+
+def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, top_p=top_p, progress=None,
+            seed=None):
     """Roll out `samples` trajectories per item, all in one batch: each round every live trajectory generates
-    together, then their tool calls run concurrently (tools.run_tools); finished ones wait. -> records."""
+    together, then their tool calls run concurrently (tools.run_tools); finished ones wait. -> records.
+    seed (vLLM): every call gets request_seed(seed, item id, sample, round); None = vLLM's engine RNG."""
     import tools
     day = day or date or time.strftime("%Y-%m-%d")
     sys_text = system_prompt(day)
@@ -743,7 +825,8 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, t
         # keep 1 token of room for a closing <|im_end|> we may have to add ourselves
         rooms = [context_cap - length(t) - 1 for t in live]
         reqs = [{"tokens": t.tokens, "max_new": min(max_new_tokens, room), "pixel_values": t.pixels,
-                 "grids": [im["grid_thw"] for im in t.images], "paths": [im["local_path"] for im in t.images]}
+                 "grids": [im["grid_thw"] for im in t.images], "paths": [im["local_path"] for im in t.images],
+                 "seed": None if seed is None else request_seed(seed, t.item["id"], t.sample, t.rounds)}
                 for t, room in zip(live, rooms)]
         try:
             outs = chat_round(eng, live, rooms, temperature, top_p) if api else generate(eng, reqs, temperature, top_p)
@@ -806,7 +889,8 @@ if __name__ == "__main__":
     t0, recs = time.time(), []
     with open(out, "w") as f, tqdm(total=len(items) * samples_per_prompt, desc="trajectories") as bar:
         for i in range(0, len(items), batch_prompts):
-            for r in rollout(items[i:i + batch_prompts], pol, eng, tb, samples=samples_per_prompt, progress=bar):
+            for r in rollout(items[i:i + batch_prompts], pol, eng, tb, samples=samples_per_prompt, progress=bar,
+                             seed=seed):
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
                 recs.append(r)
     s = summarize(recs)

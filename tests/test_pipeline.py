@@ -1,0 +1,78 @@
+"""The main job's plumbing, end to end: `OUT=tmp bash runcpu.sh smoke` (a tiny world, 12 SFT steps, 2 GRPO steps per
+λ, 4 bench items; ~2-3 min on 2 cores) must finish and leave every stage's files in their formats: the SFT loss
+went down, every GRPO step completed and logged, each Table row was judged, results.md / plots were written, and
+one system prompt (the configured compact one) runs through the data, the SFT records and the eval rollouts.
+The full run's numbers are a benchmark artefact (runcpu.sh without `smoke`), not asserted here."""
+import json
+import os
+import subprocess
+
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROWS = ["direct", "workflow", "sft", "grpo_lam0.5", "grpo_lam0.0", "grpo_lam1.0", "oracle"]
+STAGES = ["prepare", "make_data", "sft", "untrained", "grpo"] + [f"eval_{r}" for r in ROWS if r != "oracle"] + [
+    "eval_oracle"]
+
+
+def jsonl(path):
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def test_runcpu_smoke(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1")
+    p = subprocess.run(["bash", "runcpu.sh", "smoke"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=1200)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+
+    times = [line.split("\t") for line in (out / "stage_times.tsv").read_text().splitlines()]
+    assert [n for n, _ in times] == STAGES and all(t.isdigit() for _, t in times)
+
+    # make_data: oracle trajectories in the record format, with the compact system prompt of the CPU configs
+    recs = jsonl(out / "data" / "sft.jsonl")
+    assert recs and all(len(r["tokens"]) == len(r["loss_mask"]) == len(r["logprobs"]) for r in recs)
+    system = recs[0]["messages"][0]["content"]
+    assert system.startswith("Research agent for image generation") and "<tools>" not in system
+    assert all(r["messages"][0]["content"] == system for r in recs)
+
+    # SFT lowered the held-out loss; the untrained row's policy is the same init with zero steps
+    log = jsonl(out / "sft" / "log.jsonl")
+    ev = [e["eval_loss"] for e in log if "eval_loss" in e]
+    assert len(ev) >= 2 and ev[-1] < ev[0] - 0.3, ev
+    assert (out / "sft" / "final" / "config.json").exists() and (out / "untrained" / "final" / "config.json").exists()
+    assert all(abs(e["eval_loss"] - ev[0]) < 1e-4 for e in jsonl(out / "untrained" / "log.jsonl"))
+
+    # GRPO: every step of every λ completed and logged, and the final policy was saved
+    for lam in ("0.5", "0.0", "1.0"):
+        steps = jsonl(out / f"grpo_lam{lam}" / "log.jsonl")
+        assert [s["step"] for s in steps] == [1, 2]
+        for s in steps:
+            assert 0.0 <= s["reward_mean"] <= 1.0 and s["t_step"] > 0 and sum(s["end_reasons"].values()) == 4
+        assert (out / f"grpo_lam{lam}" / "final" / "config.json").exists()
+
+    # eval: each row judged on the same 4 bench items; agent rows rolled out with the same system prompt
+    ids = None
+    for row in ROWS:
+        judged = jsonl(out / "eval" / row / "judged.jsonl")
+        assert len(judged) == 4 and all(j[d] in (0, 0.5, 1) for j in judged for d in
+                                        ("visual_correctness", "text_accuracy", "faithfulness", "aesthetics"))
+        ids = ids or sorted(j["id"] for j in judged)
+        assert sorted(j["id"] for j in judged) == ids
+        assert (out / "eval" / row / "report.md").exists()
+        if row not in ("direct", "oracle"):
+            assert all(t["messages"][0]["content"] == system for t in jsonl(out / "eval" / row / "trajectories.jsonl"))
+    summary = {r: json.loads((out / "eval" / r / "summary.json").read_text())["overall"] for r in ROWS}
+    assert summary["oracle"] > summary["direct"]  # the offline generator + judge tell evidence from none
+
+    # results.md: one table row per eval row, well-formed, plots beside it
+    md = (out / "results.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    header = table[0]
+    body = [line for line in table if line.split("|")[1].strip() in (
+        "direct (no search)", "workflow (untrained policy prompted to search)", "SFT", "SFT + GRPO (λ = 0.5)",
+        "SFT + GRPO λ = 0 (image reward only)", "SFT + GRPO λ = 1 (text reward only)", "oracle answer (upper bound)")]
+    assert len(body) == 7 and all(line.count("|") == header.count("|") for line in body)
+    assert f"**{summary['oracle']:.2f}**" in md and "## Stage times" in md
+    for png in ("grpo_curves.png", "items.png"):
+        assert Image.open(out / png).format == "PNG"
