@@ -381,19 +381,9 @@ Answer with ONE JSON object and nothing else:
 {"rationale": "<2-4 sentences>", "consistency": 0|1|2, "realism": 0|1|2, "aesthetic": 0|1|2}"""
 
 
-def judge_wise(item, gen_path, cfg):
-    """WiScore judge (our prompt, the openai client). Returns the three 0-2 scores and the WiScore
-    "(0.7·consistency + 0.2·realism + 0.1·aesthetic) / 2"."""
-    from openai import OpenAI
-    from reward import data_url
-    client = OpenAI(base_url=cfg["judge_base_url"], api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
-                    timeout=300, max_retries=3)
-    user = [{"type": "text", "text": f"PROMPT: {item['prompt']}\nEXPLANATION: {item.get('explanation') or '-'}"},
-            {"type": "image_url", "image_url": {"url": data_url(gen_path)}}]
-    resp = client.chat.completions.create(model=cfg["judge_model"], temperature=0.0, max_tokens=1024,
-                                          messages=[{"role": "system", "content": WISE_SYSTEM},
-                                                    {"role": "user", "content": user}])
-    text = resp.choices[0].message.content or ""
+def parse_wise(text):
+    """The WISE judge's reply -> {"rationale", "consistency", "realism", "aesthetic"} snapped to {0, 1, 2}, or None
+    (reward.ask_judge retries unparseable replies). JSON, or "Consistency: 2" lines as the WISE release asks for."""
     m = re.search(r"\{.*\}", text, re.S)
     try:
         obj = json.loads(m.group(0)) if m else {}
@@ -402,12 +392,27 @@ def judge_wise(item, gen_path, cfg):
     out = {"rationale": str(obj.get("rationale", text))[:1000]}
     for k, pat in (("consistency", "consistency"), ("realism", "realism"), ("aesthetic", r"aesthetic\w*(?: quality)?")):
         v = obj.get(k, obj.get("aesthetic_quality") if k == "aesthetic" else None)
-        if v is None:  # lenient: "Consistency: 2" lines as the WISE release asks for
+        if v is None:
             mm = re.search(rf"{pat}\W*\s*([0-2](?:\.\d+)?)", text, re.I)
             v = mm.group(1) if mm else None
         if v is None:
-            raise EvalError(f"WISE judge reply has no {k} score: {text[:200]!r}")
+            return None
         out[k] = float(min(2, max(0, round(float(v)))))  # snap to {0, 1, 2}
+    return out
+
+
+def judge_wise(item, gen_path, cfg):
+    """WiScore judge: our prompt through reward.ask_judge (the same client, retries, cache and key handling as
+    the K-Score judge). Returns the three 0-2 scores and "(0.7·consistency + 0.2·realism + 0.1·aesthetic) / 2"."""
+    import reward
+    gen = reward.data_url(gen_path)
+    user = [{"type": "text", "text": f"PROMPT: {item['prompt']}\nEXPLANATION: {item.get('explanation') or '-'}"},
+            {"type": "image_url", "image_url": {"url": gen}}]
+    messages = [{"role": "system", "content": WISE_SYSTEM}, {"role": "user", "content": user}]
+    out, err = reward.ask_judge("wise", messages, parse_wise, [reward._sha(WISE_SYSTEM), reward._sha(user[0]["text"]),
+                                                               reward._sha(gen)], reward_config(cfg))
+    if out is None:
+        raise EvalError(f"WISE judge: {err}")
     out["wiscore"] = round((0.7 * out["consistency"] + 0.2 * out["realism"] + 0.1 * out["aesthetic"]) / 2, 4)
     return out
 

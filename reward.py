@@ -474,7 +474,7 @@ def _cache(path, key, value=None):
     return json.loads(row[0]) if row else None
 
 
-def _ask_judge(kind, messages, parse, cache_inputs, c):
+def ask_judge(kind, messages, parse, cache_inputs, c):
     """One judge question -> (parsed dict, None) or (None, error). Cache, bounded concurrency, retries with
     jittered backoff on timeouts / connection errors / 5xx / 429 / unparseable replies; never raises."""
     import openai
@@ -526,7 +526,7 @@ def judge_kscore(prompt, gen_path, gt_path, c):
                     {"type": "text", "text": "Image 2 (ground truth):"},
                     {"type": "image_url", "image_url": {"url": gt}},
                     {"type": "text", "text": "Grade Image 1. Reply with the JSON object only."}]}]
-    return _ask_judge("kscore", messages, parse_kscore, [_sha(prompt), _sha(gen), _sha(gt)], c)
+    return ask_judge("kscore", messages, parse_kscore, [_sha(prompt), _sha(gen), _sha(gt)], c)
 
 
 def judge_text(prompt, answer, gt_path, c):
@@ -537,7 +537,7 @@ def judge_text(prompt, answer, gt_path, c):
                     {"type": "text", "text": f"ORIGINAL prompt:\n{prompt}\n\nGround-truth image:"},
                     {"type": "image_url", "image_url": {"url": gt}},
                     {"type": "text", "text": f"Agent's answer:\n{text}\n\nReply with the JSON object only."}]}]
-    return _ask_judge("text", messages, parse_text_score, [_sha(prompt), _sha(text), _sha(gt)], c)
+    return ask_judge("text", messages, parse_text_score, [_sha(prompt), _sha(text), _sha(gt)], c)
 
 
 # ----------------------------------------------------------------------------------------------
