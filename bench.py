@@ -508,7 +508,7 @@ def grpo_ours(world, engine):
     import torch
     import grpo
     import rollout as R
-    from sft import _save_model_dir
+    from trainer import save_model_dir as _save_model_dir
     tok, model = grpo_policy(world)
     pol = R.Policy(model, tok, None, False, "tiny")
     grpo.max_tokens_per_micro, R.context_cap = 37000, 4096

@@ -86,3 +86,8 @@ def configure(g, argv=None):
                 value = val  # e.g. --run_name=123 for a string key stays the string "123"
             _check_and_set(g, keys, key, value, f"command line '--{key}'")
     return {k: g[k] for k in sorted(keys)}
+
+
+def config_keys(g):
+    """The configurable keys of a script's globals g, sorted: the one list every stage logs / checks."""
+    return sorted(_configurable(g))

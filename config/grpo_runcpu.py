@@ -11,9 +11,9 @@ learning_rate = 3e-5           # paper 1e-6 is for an 8B model; AdamW moves each
                                # drifted a 200-step SFT policy into non-answers (reward 0.08 -> 0.02 in 11 steps)
 n_prompts = 4                  # paper 8
 group_size = 6                 # paper 6
-epochs = 1
+num_epochs = 1
 max_steps = 12
-save_freq = 6
+save_interval = 6
 max_tokens_per_micro = 8192
 vllm_max_model_len = 8192
 rollout_kwargs = {"max_new_tokens": 256, "context_cap": 4096, "date": "2025-06-01", "system_style": "compact"}

@@ -145,10 +145,10 @@ def test_torchrun_two_ranks(world, tmp_path, engine):
 
 def test_sigkill_then_resume_gives_the_same_loss(world, tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    _run([sys.executable, "grpo.py", *_args(world, ref, 4, extra=["--save_freq=2"])])
+    _run([sys.executable, "grpo.py", *_args(world, ref, 4, extra=["--save_interval=2"])])
     want = _log(ref)
     # the same run, killed (SIGKILL: no cleanup) while step 3 runs, after the step-2 checkpoint landed
-    p = subprocess.Popen([sys.executable, "grpo.py", *_args(world, cut, 4, extra=["--save_freq=2"])], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "grpo.py", *_args(world, cut, 4, extra=["--save_interval=2"])], cwd=ROOT,
                          env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while not os.path.exists(cut / "latest") and time.time() - t0 < 300:
@@ -156,7 +156,7 @@ def test_sigkill_then_resume_gives_the_same_loss(world, tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert open(cut / "latest").read().strip() == "ckpt_0000002"
-    _run([sys.executable, "grpo.py", *_args(world, cut, 4, extra=["--save_freq=2", "--init_from=resume"])])
+    _run([sys.executable, "grpo.py", *_args(world, cut, 4, extra=["--save_interval=2", "--init_from=resume"])])
     got = _log(cut)
     # on-policy GRPO's loss VALUE is ~0 when lengths are equal (ratio 1, advantages sum to 0 per group), so
     # the gradient norm -- a function of the exact weights and the exact samples -- is compared as well

@@ -66,6 +66,7 @@ def test_offline_run_formats_and_disjoint_splits(world, offline_run):
     assert summary["overlap"] == {"prompt": 0, "entity": 0, "near_dup": 0}
     # our trajectory records: the contract's keys, aligned token arrays, loss only on assistant tokens
     import rollout
+    import trainer
     policy = md.load_tokenizing_policy(SimpleNamespace(tokenizer_dir=f"{world}/tokenizer", tokenize_vl=True))
     pad = policy.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     for r in sft:
@@ -78,7 +79,7 @@ def test_offline_run_formats_and_disjoint_splits(world, offline_run):
         obs = "\n".join(m["content"] for m in r["messages"] if m["role"] == "user")
         for ref in r["answer"]["reference_images"]:
             assert f"{ref['img_id']}: title: {ref['title']}" in obs
-    x = rollout.trajectory_inputs(sft[0], policy)  # the trainer's view of a record
+    x = trainer.trajectory_inputs(sft[0], policy)  # the trainer's view of a record
     assert x["input_ids"].shape[0] == len(sft[0]["tokens"]) and "pixel_values" in x
     # sft.py reads both our records and the release's sharegpt rows to the same tokens
     import sft as sft_mod

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import rollout as R
+import trainer
 from rollout import loads_lenient, parse_answer, parse_turn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -243,9 +244,9 @@ def check_record(rec, pol):
     assert len(rec["tokens"]) < R.context_cap
     pad = pol.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert sum(x == pad for x in rec["tokens"]) == sum(im["num_tokens"] for im in rec["images"])
-    b = R.collate([R.trajectory_inputs(rec, pol)], R._ids(pol.tokenizer)["pad"])
+    b = trainer.collate([trainer.trajectory_inputs(rec, pol)], R.special_ids(pol.tokenizer)["pad"])
     with torch.no_grad():
-        lp = R.sequence_logprobs(pol.model, b)
+        lp = trainer.sequence_logprobs(pol.model, b)
     m = b["loss_mask"].bool()
     # HF engine, float32: same forward up to batching/padding differences -> 1e-4 absolute
     assert torch.allclose(lp[m], b["logprobs"][m], atol=1e-4), (lp[m] - b["logprobs"][m]).abs().max()
@@ -360,9 +361,9 @@ def test_sampled_rollout_logprobs_match_recompute(agent):
         recs = R.rollout(items[:1], pol, R.make_engine("hf", pol), tb, samples=3)
     finally:
         R.max_new_tokens = old
-    b = R.collate([R.trajectory_inputs(r, pol) for r in recs], R._ids(pol.tokenizer)["pad"])
+    b = trainer.collate([trainer.trajectory_inputs(r, pol) for r in recs], R.special_ids(pol.tokenizer)["pad"])
     with torch.no_grad():
-        lp = R.sequence_logprobs(pol.model, b)
+        lp = trainer.sequence_logprobs(pol.model, b)
     m = b["loss_mask"].bool()
     assert m.sum() == sum(r["num_gen_tokens"] for r in recs) > 0
     assert torch.allclose(lp[m], b["logprobs"][m], atol=1e-4)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import rollout as R
+import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest.importorskip("vllm")
@@ -68,9 +69,9 @@ def test_vllm_rollout_record_recompute(setup):
     assert len(recs) == 4 and all(r["end_reason"] in ("repeated", "no_answer", "parse_failed", "answer")
                                   for r in recs), [(r["end_reason"], r["error"]) for r in recs]
     assert all(r["images"] == [] for r in recs)  # text-only policy
-    b = R.collate([R.trajectory_inputs(r, pol) for r in recs], R._ids(pol.tokenizer)["pad"])
+    b = trainer.collate([trainer.trajectory_inputs(r, pol) for r in recs], R.special_ids(pol.tokenizer)["pad"])
     with torch.no_grad():
-        lp = R.sequence_logprobs(pol.model, b)
+        lp = trainer.sequence_logprobs(pol.model, b)
     m = b["loss_mask"].bool()
     assert m.sum() == sum(r["num_gen_tokens"] for r in recs) > 0
     assert (lp[m] - b["logprobs"][m]).abs().max() < 1e-3
