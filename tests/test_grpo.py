@@ -21,9 +21,12 @@ def test_group_advantages_hand_values():
     r2[4:] = torch.tensor([0.0, 0.5, 0.5, 1.0])
     a2 = group_advantages(r2, 4)
     assert torch.allclose(a2[:4], want[:4], atol=1e-6)
-    m, sd = 0.5, math.sqrt((0.25 + 0 + 0 + 0.25) / 3)
+    # group [0, .5, .5, 1]: mean .5, deviations [-.5, 0, 0, .5], unbiased std sqrt(.5 / 3)
+    sd = math.sqrt((0.25 + 0 + 0 + 0.25) / 3)
     assert torch.allclose(a2[4:], torch.tensor([-0.5, 0, 0, 0.5]) / (sd + 1e-6), atol=1e-6)
-    assert abs(float(a2[4:].sum())) < 1e-6 and m == 0.5
+    # the mean is subtracted: advantages sum to 0 per group, and a constant shift of a group changes nothing
+    assert abs(float(a2[4:].sum())) < 1e-6
+    assert torch.allclose(group_advantages(r2 + torch.tensor([0.0] * 4 + [0.25] * 4), 4), a2, atol=1e-5)
 
 
 def test_group_advantages_unbiased_std_not_population():
@@ -68,16 +71,17 @@ def test_policy_loss_seq_mean_token_sum_and_masked_rows():
     ratios = torch.tensor([[1.5, 1.1, 1.0], [5.0, 0.5, 9.0], [2.0, 2.0, 2.0]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.float)
     adv = torch.tensor([1.0, -1.0, 5.0])
-    loss = policy_loss(ratios.log(), torch.zeros(3, 3), adv, mask)
-    assert loss.dim() == 0
+    loss, st = policy_loss(ratios.log(), torch.zeros(3, 3), adv, mask)
+    # stats over the 4 unmasked tokens: ε clip on 1.5 (A>0) and 0.5 (A<0), dual clip on 5.0 (A<0)
+    assert loss.dim() == 0 and st["tokens"] == 4.0 and st["clip"] == 2.0 and st["dual_clip"] == 1.0
     assert abs(float(loss) - (-2.38 + 3.8) / 2) < 1e-5
     # token SUM not token mean: doubling a sequence's tokens doubles its term
-    l1 = policy_loss(torch.zeros(1, 4), torch.zeros(1, 4), torch.tensor([1.0]), torch.tensor([[1.0, 1, 0, 0]]))
-    l2 = policy_loss(torch.zeros(1, 4), torch.zeros(1, 4), torch.tensor([1.0]), torch.tensor([[1.0, 1, 1, 1]]))
+    l1, _ = policy_loss(torch.zeros(1, 4), torch.zeros(1, 4), torch.tensor([1.0]), torch.tensor([[1.0, 1, 0, 0]]))
+    l2, _ = policy_loss(torch.zeros(1, 4), torch.zeros(1, 4), torch.tensor([1.0]), torch.tensor([[1.0, 1, 1, 1]]))
     assert abs(float(l1) + 2.0) < 1e-6 and abs(float(l2) + 4.0) < 1e-6
     # everything masked -> 0, still differentiable
     lp = torch.zeros(2, 3, requires_grad=True)
-    l0 = policy_loss(lp, torch.zeros(2, 3), torch.tensor([1.0, -1.0]), torch.zeros(2, 3))
+    l0, _ = policy_loss(lp, torch.zeros(2, 3), torch.tensor([1.0, -1.0]), torch.zeros(2, 3))
     l0.backward()
     assert float(l0) == 0.0 and float(lp.grad.abs().sum()) == 0.0
 
@@ -86,9 +90,31 @@ def test_on_policy_gradient_is_minus_advantage():
     # ratio = 1 (old = logp detached): d loss / d logp_t = -A_i / n_seqs on every unmasked token
     logp = torch.randn(2, 3, requires_grad=True)
     mask = torch.tensor([[1.0, 1, 1], [1, 0, 0]])
-    loss = policy_loss(logp, logp.detach(), torch.tensor([0.5, -2.0]), mask)
+    loss, _ = policy_loss(logp, logp.detach(), torch.tensor([0.5, -2.0]), mask)
     loss.backward()
     assert torch.allclose(logp.grad, torch.tensor([[-0.25, -0.25, -0.25], [1.0, 0, 0]]), atol=1e-6)
+
+
+def test_policy_loss_divisor_nominal_vs_kept():
+    # the same two kept sequences as above (token sums -2.38 and 3.8) inside a mini-batch of 6 rows, 4 of them
+    # masked out (filtered): 'kept' divides by the 2 that count, 'nominal' (release) by all 6 rows
+    ratios = torch.tensor([[1.5, 1.1], [5.0, 0.5]] + [[1.0, 1.0]] * 4)
+    mask = torch.tensor([[1.0, 1], [1, 1]] + [[0.0, 0]] * 4)
+    adv = torch.tensor([1.0, -1.0, 0.3, 0.3, -0.3, -0.3])
+    kept, _ = policy_loss(ratios.log(), torch.zeros(6, 2), adv, mask, divisor=2)
+    nominal, st = policy_loss(ratios.log(), torch.zeros(6, 2), adv, mask, divisor=6)
+    assert abs(float(kept) - 1.42 / 2) < 1e-5 and abs(float(nominal) - 1.42 / 6) < 1e-5
+    assert st["loss"] == pytest.approx(1.42 / 6, abs=1e-5)
+
+
+def test_policy_loss_kl_term():
+    # kl_coef * low_var_kl(logp, ref) is added to every token's loss before the token sum: ratio 1, A = 0 so the
+    # PPO part is 0 and the loss is kl_coef * sum_t k3 / divisor
+    logp = torch.zeros(1, 3)
+    ref = torch.full((1, 3), 0.5)
+    loss, st = policy_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 3), divisor=2, ref_logp=ref, kl_coef=0.1)
+    k3 = math.exp(0.5) - 0.5 - 1
+    assert float(loss) == pytest.approx(0.1 * 3 * k3 / 2, rel=1e-5) and st["kl"] == pytest.approx(3 * k3, rel=1e-5)
 
 
 def test_low_var_kl_zero_when_equal_and_positive():
@@ -105,10 +131,24 @@ def test_compact_filter():
     rewards = [0.5, 0.0, 0.2, 0.0, 0, 0, 0, 0, 0.1, 0.3, 0, 0]
     errs = [False] * 12
     errs[9] = True  # generator fault
-    keep, counts = compact_filter(reasons, rewards, 4, reward_errors=errs)
+    filt = ("overlong", "repeated", "parse_failed", "no_answer", "error", "timeout")
+    # 'group' (the release's comment): only the all-zero group 1 leaves as a whole
+    keep, counts = compact_filter(reasons, rewards, 4, filt, reward_errors=errs, mask_failed="group")
     assert keep == [True, False, True, True, False, False, False, False, True, False, False, False]
     assert counts == {"reason:overlong": 1, "reason:parse_failed": 1, "reason:repeated": 1,
                       "reason:timeout": 1, "reward_error": 1, "dead_group": 1}
+    # 'trajectory' (the release's code, default): every trajectory with reward <= 0 leaves -- index 3 of group 0
+    # (max_rounds, reward 0) now leaves too, and group 1's three zero-reward answers are counted one by one
+    keep, counts = compact_filter(reasons, rewards, 4, filt, reward_errors=errs)
+    assert keep == [True, False, True, False, False, False, False, False, True, False, False, False]
+    assert counts == {"reason:overlong": 1, "reason:parse_failed": 1, "reason:repeated": 1,
+                      "reason:timeout": 1, "reward_error": 1, "failed": 4}
+    # a group with one success keeps that one only under 'trajectory', the whole group under 'group'
+    k_t, _ = compact_filter(["answer"] * 3, [0.0, 0.4, -0.1], 3, filt)
+    k_g, _ = compact_filter(["answer"] * 3, [0.0, 0.4, -0.1], 3, filt, mask_failed="group")
+    assert k_t == [False, True, False] and k_g == [True, True, True]
+    with pytest.raises(ValueError, match="mask_failed"):
+        compact_filter(["answer"], [1.0], 1, filt, mask_failed="episode")
 
 
 @pytest.mark.parametrize("budget", [10, 25, 100])
