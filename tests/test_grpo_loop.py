@@ -121,7 +121,8 @@ def _torchrun(args):
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
 def test_torchrun_two_ranks(world, tmp_path, engine):
     out = tmp_path / engine
-    _run(_torchrun(_args(world, out, 3, engine, ["--check_sync=True"])))
+    # mask_failed='group': every trajectory stays in the loss (frac_target gives a 0 now and then), so kept == 8
+    _run(_torchrun(_args(world, out, 3, engine, ["--check_sync=True", "--mask_failed=group"])))
     log = _log(out)
     assert sorted(log) == [1, 2, 3]
     for r in log.values():
@@ -134,7 +135,7 @@ def test_torchrun_two_ranks(world, tmp_path, engine):
         # the same run in ONE process, no FSDP: vLLM's per-request seeds (rollout.request_seed) make the samples
         # rank-independent, so both runs train on the same trajectories and must get the same gradients despite
         # FSDP2 (reduce-scatter averaging vs the loss's x world, sync_check's no_grad forwards between steps)
-        _run([sys.executable, "grpo.py", *_args(world, tmp_path / "one", 3, engine)])
+        _run([sys.executable, "grpo.py", *_args(world, tmp_path / "one", 3, engine, ["--mask_failed=group"])])
         one = _log(tmp_path / "one")
         for s in (1, 2, 3):
             assert one[s]["reward_mean"] == log[s]["reward_mean"] and one[s]["gen_tokens"] == log[s]["gen_tokens"]

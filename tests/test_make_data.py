@@ -83,8 +83,8 @@ def test_offline_run_formats_and_disjoint_splits(world, offline_run):
     assert x["input_ids"].shape[0] == len(sft[0]["tokens"]) and "pixel_values" in x
     # sft.py reads both our records and the release's sharegpt rows to the same tokens
     import sft as sft_mod
-    ours, c1 = sft_mod.load_examples(f"{o}/sft.jsonl", policy, cutoff=100000)
-    rel, c2 = sft_mod.load_examples(f"{o}/release/sft_sharegpt.jsonl", policy, cutoff=100000)
+    ours, c1 = sft_mod.load_examples(f"{o}/sft.jsonl", policy, cutoff=100000, overlong_mode="truncate")
+    rel, c2 = sft_mod.load_examples(f"{o}/release/sft_sharegpt.jsonl", policy, cutoff=100000, overlong_mode="truncate")
     assert c1["rows"] == c2["rows"] == len(sft)
     assert [e["tokens"] for e in ours] == [e["tokens"] for e in rel] == [r["tokens"] for r in sft]
     for row in rows(f"{o}/release/sft_sharegpt.jsonl"):

@@ -125,7 +125,7 @@ def expected_mask(tokens, tok):
 def test_loss_mask_token_by_token_real_qwen_tokenizer(world):
     tok = qwen_tokenizer()
     policy = Policy(None, tok, make_image_processor(), True, "qwen-tok")
-    exs, counts = sft.load_examples(world["traj"], policy, cutoff=100000)
+    exs, counts = sft.load_examples(world["traj"], policy, cutoff=100000, overlong_mode="truncate")
     assert counts == {"rows": 8, "truncated": 0, "dropped_overlong": 0, "dropped_no_loss": 0}
     ex = exs[0]
     assert ex["tokens"][0] == tok.convert_tokens_to_ids("<|im_start|>")
@@ -161,32 +161,32 @@ def test_sharegpt_matches_record_and_errors(world, tmp_path):
         share.append({"messages": msgs, "images": imgs})
     p = tmp_path / "sft_data.json"
     p.write_text(json.dumps(share, indent=1))
-    a, _ = sft.load_examples(world["traj"], policy, cutoff=100000)
-    b, _ = sft.load_examples(str(p), policy, cutoff=100000)
+    a, _ = sft.load_examples(world["traj"], policy, cutoff=100000, overlong_mode="truncate")
+    b, _ = sft.load_examples(str(p), policy, cutoff=100000, overlong_mode="truncate")
     assert [(x["tokens"], x["loss_mask"], x["images"]) for x in a] == [(x["tokens"], x["loss_mask"], x["images"])
                                                                        for x in b]
     # errors name the file and the line / item
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(share[0]) + "\n{not json\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON"):
-        sft.load_examples(str(bad), policy)
+        sft.load_examples(str(bad), policy, 32768, "truncate")
     missing = dict(share[1], images=["nowhere/flag.png"])
     bad.write_text(json.dumps(share[0]) + "\n" + json.dumps(missing) + "\n")
     with pytest.raises(FileNotFoundError, match=r"bad.jsonl:2: image not found: .*nowhere/flag.png"):
-        sft.load_examples(str(bad), policy)
+        sft.load_examples(str(bad), policy, 32768, "truncate")
     extra = dict(share[0], images=share[0]["images"] * 2)
     bad.write_text(json.dumps([share[0], extra]))
     with pytest.raises(ValueError, match=r"bad.jsonl\[1\]: 1 image\(s\) in 'images' have no <image>"):
-        sft.load_examples(str(bad), policy)
+        sft.load_examples(str(bad), policy, 32768, "truncate")
     bad.write_text(json.dumps({"messages": [{"role": "wizard", "content": "x"}]}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: messages\[0\] needs a known 'role'"):
-        sft.load_examples(str(bad), policy)
+        sft.load_examples(str(bad), policy, 32768, "truncate")
 
 
 def test_overlong_truncate_and_drop(world):
     tok = qwen_tokenizer()
     policy = Policy(None, tok, make_image_processor(), True, "qwen-tok")
-    full = sft.load_examples(world["traj"], policy, cutoff=100000)[0][0]
+    full = sft.load_examples(world["traj"], policy, cutoff=100000, overlong_mode="truncate")[0][0]
     s = full["images"][0]["token_start"]
     # a cutoff inside the image block cuts before its <|vision_start|>: no half image, image dropped
     exs, counts = sft.load_examples(world["traj"], policy, cutoff=s + 2, overlong_mode="truncate")
@@ -207,7 +207,7 @@ def test_overlong_truncate_and_drop(world):
 def test_images_reach_the_model(world, tmp_path):
     """pixel values and grid reach the forward: the loss changes when only the pixels change."""
     policy = tiny_policy(world["tok"])
-    exs, _ = sft.load_examples(world["traj"], policy)
+    exs, _ = sft.load_examples(world["traj"], policy, 32768, "truncate")
     batch = sft.micro_batch(exs, [0, 1], policy, torch.device("cpu"))
     assert batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 4, 4]] and batch["pixel_values"].shape[0] == 32
     pad = policy.tokenizer.convert_tokens_to_ids("<|image_pad|>")
@@ -338,6 +338,9 @@ def test_sigkill_then_resume_matches_uninterrupted(world, tmp_path):
     a, b = losses(ref), losses(cut)
     after = [s for s in range(done + 1, steps + 1)]
     assert [a[s] for s in after] == [b[s] for s in after]  # exactly, not approximately
+    # the resumed log holds every step once: the lines logged after the checkpoint were dropped on resume
+    logged = [e["step"] for e in map(json.loads, open(os.path.join(cut, "log.jsonl"))) if "loss" in e]
+    assert logged == list(range(1, steps + 1)), logged
 
 
 KILL_DURING_SAVE = r"""
@@ -350,11 +353,11 @@ tok = AutoTokenizer.from_pretrained({tok!r})
 model = sft.scratch_model(tok, n_embd=32, mlp=64, head_dim=8)
 model.model.visual.requires_grad_(False)  # as prepare_model does (freeze_vision)
 opt = sft.make_optimizer(model)
-sched = torch.optim.lr_scheduler.LambdaLR(opt, sft.lr_lambda(10))
+sched = torch.optim.lr_scheduler.LambdaLR(opt, sft.lr_lambda(10, 0.02))
 pol = Policy(model, tok, make_image_processor(), True, "t")
 model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
 opt.step(); sched.step()
-sft.save_checkpoint({out!r}, 1, model, opt, sched, pol, state={{"n_train": 8}})
+sft.save_checkpoint({out!r}, 1, model, opt, sched, pol, "sft", state={{"n_train": 8}})
 real = torch.save
 def slow(obj, f, *a, **k):
     real(obj, f, *a, **k)
@@ -362,7 +365,7 @@ def slow(obj, f, *a, **k):
     time.sleep(60)  # killed here, mid-save: model/ and optimizer.pt written, the rest not
 torch.save = slow
 opt.step(); sched.step()
-sft.save_checkpoint({out!r}, 2, model, opt, sched, pol)
+sft.save_checkpoint({out!r}, 2, model, opt, sched, pol, "sft")
 """
 
 
@@ -385,7 +388,7 @@ def test_kill_during_save_leaves_no_torn_checkpoint(world, tmp_path):
     pol = load_policy(os.path.join(ck, "model"))
     pol.model.model.visual.requires_grad_(False)
     opt = sft.make_optimizer(pol.model)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, sft.lr_lambda(10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, sft.lr_lambda(10, 0.02))
     st = sft.load_checkpoint(ck, pol.model, opt, sched)
     assert st["step"] == 1 and st["state"] == {"n_train": 8} and sched.last_epoch == 1
     assert all(len(s) == 3 for s in opt.state.values())  # step, exp_avg, exp_avg_sq for every parameter
