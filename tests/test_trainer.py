@@ -162,3 +162,26 @@ def test_checkpoint_kind_sizes_seed_and_optimizer_checked(tmp_path, tok):
     assert not opt2.state  # nothing was restored
     # the matching run loads
     assert trainer.load_checkpoint(ck, pol.model, opt, expect={"kind": "sft", **meta})["step"] == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the same checks through the scripts: one clear line, non-zero exit, nothing trained or written as a result
+
+def _script(args):
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env.pop("RANK", None)
+    return subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_scripts_refuse_missing_init_from_and_sft_checkpoint_for_grpo(tmp_path, tok):
+    missing = str(tmp_path / "nowhere")
+    p = _script(["sft.py", f"--init_from={missing}", f"--out_dir={tmp_path / 'sft'}"])
+    assert p.returncode != 0 and f"init_from: path {missing} does not exist" in p.stderr
+    assert "Repo id" not in p.stderr
+    ck, _, _, _ = _checkpoint(tmp_path, tok, kind="sft", seed=42)  # an SFT run's checkpoint in out_dir
+    out = os.path.dirname(ck)
+    p = _script(["grpo.py", "config/grpo_cpu.py", "--init_from=resume", f"--out_dir={out}", "--engine=hf"])
+    assert p.returncode != 0 and "kind='sft' in the checkpoint, 'grpo' in this run" in p.stderr, p.stderr[-2000:]
+    assert not os.path.exists(os.path.join(out, "final")) and not os.path.exists(os.path.join(out, "log.jsonl"))
