@@ -7,6 +7,7 @@ load; the ratios, taken back to back, are what to read).
     python bench.py --what=tools    # local search p50/p99; 32 web calls at 200 ms: run_tools vs one by one
     python bench.py --what=reward   # score() on 48 trajectories, injected judge/generator latency: parallel/serial
     python bench.py --what=rollout  # generate tokens/s HF vs vLLM (batch 8, 32); agent overlap with tool latency
+    python bench.py --what=stream   # GRPO rollout -> reward, streamed: step / max(rollout alone, reward alone)
     python bench.py --what=sft      # SFT tokens/s + peak memory, tiny VL and SmolLM2, grad ckpt off/on (minutes)
     python bench.py --what=grpo     # GRPO step: ours (HF, vLLM) vs TRL GRPOTrainer (minutes; needs TRL:
                                     #   pip install -r requirements-bench.txt)
@@ -48,6 +49,13 @@ tool_latency = 0.5         # s injected into every tool call of the agent rollou
 agent_items = 4            # items x samples in the agent rollout
 agent_samples = 2
 agent_max_new = 48         # max new tokens per round in the agent rollout
+# stream: GRPO steps 1-2 (rollout -> reward), rewards streamed behind the sampling vs each part alone
+stream_gen_latencies = (0.5, 1.0)   # G: s the loopback image server sleeps per generation (serial per server)
+stream_tool_latency = 0.5  # T: s every tool call sleeps
+stream_items = 8           # groups per step (paper: 8 prompts) ...
+stream_samples = 3         # ... x samples (paper: 6; halved to keep the CPU bench short)
+stream_gen_servers = 4     # loopback generator servers (paper: 16 GPUs of Qwen-Image-Edit for 48 trajectories)
+rounds = 5                 # interleaved rounds per comparison (A B A B ...; median and min-max of the ratio)
 # sft
 sft_cases = {"tiny_vl": ("tiny", 4, 1024), "smollm2": ("smollm2", 2, 512)}  # name -> (model, batch, seq_len)
 sft_steps = 3              # timed optimizer steps per case (after one warm-up step)
@@ -57,7 +65,7 @@ grpo_prompts = 8           # prompts per step (paper: batch 8; at most 8, one pe
 grpo_group = 6             # samples per prompt (paper: group size 6)
 grpo_new_tokens = 64       # completion length, no early stop, on both sides
 
-BENCHES = ("world", "tools", "reward", "rollout", "sft", "grpo")
+BENCHES = ("world", "tools", "reward", "rollout", "stream", "sft", "grpo")
 SMALL_WORLD = dict(seed=7, n_countries=12, bench_countries=2, rl_countries=2, n_sft=10, n_rl=5, n_bench=8,
                    n_distractors=200, tokenizer_wiki_pages=200)  # seconds to build; its tokenizer + bench items
 
@@ -84,6 +92,28 @@ def clock(acc, key, on=True):
 
 def ratio(a, b):
     return f"{a / b:.2f}x" if b else "n/a"
+
+
+def load():
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def interleave(contenders, n_rounds, warm=True):
+    """Run the contenders (name -> fn() -> seconds) in turn, A B C A B C ..., n_rounds times, after one untimed
+    warm-up round: a load swing on the shared machine hits every contender alike. -> {name: [seconds, ...]}."""
+    times = {k: [] for k in contenders}
+    for r in range(n_rounds + int(warm)):
+        for k, fn in contenders.items():
+            dt = fn()
+            if r >= int(warm):
+                times[k].append(dt)
+    return times
+
+
+def spread(xs):
+    """'median (min-max)' of a list of ratios."""
+    xs = sorted(xs)
+    return f"{xs[len(xs) // 2]:.2f} ({xs[0]:.2f}-{xs[-1]:.2f})"
 
 
 @functools.lru_cache(None)
@@ -378,6 +408,119 @@ def bench_rollout():
         print(f"  {name:18s} {a['wall_s']:>7.2f} {a['gen_s']:>7.2f} {a['tool_s_summed']:>7.2f} {a['tool_calls']:>5d} "
               f"{a['overlap_ratio']:>15.3f}  {a['end_reasons']}")
     return {"gen_tokens_per_s": {f"{k}_b{bs}": v for (k, bs), v in tps.items()}, "agent": agent}
+
+
+# -----------------------------------------------------------------------------
+# stream: GRPO steps 1-2 with the reward streamed behind the sampling
+
+class StaggeredScript:
+    """HF logits processor: item k makes 1 + k % 4 image_search calls (sleeping T each), then answers citing
+    IMG_001, so the groups of a step end in different rounds, as the paper's do."""
+
+    def __init__(self, tok, items):
+        self.tok, self.head = tok, tok.encode("<|im_start|>assistant\n")
+        self.n_tools = {it["prompt"]: 1 + k % 4 for k, it in enumerate(items)}
+        self.tools = [tok.encode(f'<tool_call>{{"name": "image_search", "arguments": {{"query": "flag {q}"}}}}'
+                                 '</tool_call><|im_end|>') for q in ("a", "b", "c", "d")]
+        self.answer = tok.encode('<answer>{"gen_prompt": "the flag", "reference_images": [{"img_id": "IMG_001"}]}'
+                                 '</answer><|im_end|>')
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        n = len(self.head)
+        for b, row in enumerate(input_ids.tolist()):
+            starts = [i for i in range(len(row) - n + 1) if row[i:i + n] == self.head]
+            prompt = self.tok.decode(row[:starts[0]]).split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+            r = len(starts) - 1
+            target = self.tools[r] if r < self.n_tools[prompt] else self.answer
+            scores[b] = float("-inf")
+            scores[b, target[min(len(row) - starts[-1] - n, len(target) - 1)]] = 0.0
+        return scores
+
+
+def bench_stream():
+    """grpo.rollout_and_score on one step (stream_items groups x stream_samples, HF engine, scripted tool use,
+    tools sleeping T, a loopback image server per "GPU" sleeping G per generation, a loopback judge), three
+    contenders interleaved for `rounds` rounds: the rollout alone, the reward alone (reward.score on that
+    rollout's records), the streamed step. ratio = streamed step / max(rollout alone, reward alone): 1.0 is a
+    perfect overlap, ~(rollout + reward) / max(...) is what the sequential path costs."""
+    import torch
+    from transformers import AutoTokenizer
+    import grpo
+    import reward
+    import rollout as R
+    import tools
+    from sft import scratch_model
+    torch.set_num_threads(threads)
+    world, tmp = small_world(), tempfile.mkdtemp(prefix="bench_stream_")
+    tok = AutoTokenizer.from_pretrained(os.path.join(world, "tokenizer"))
+    pol = R.Policy(scratch_model(tok, vision=False, head_dim=32, seed=0), tok, None, False, "tiny")
+    items = [json.loads(line) for line in open(os.path.join(world, "rl.jsonl"))]
+    items = (items * stream_items)[:stream_items]
+    items = [dict(it, id=f"{it['id']}_{k}", prompt=f"{it['prompt']} (#{k})") for k, it in enumerate(items)]
+    eng = R.make_engine("hf", pol)
+    eng.logits_processors = [StaggeredScript(tok, items)]
+    tb = tools.make_toolbox(world_dir=world, image_dir=os.path.join(tmp, "img"))
+    real_run_tool = tools.run_tool
+
+    def slow_run_tool(*a, **k):  # tools.run_tools calls run_tool from its thread pool
+        time.sleep(stream_tool_latency)
+        return real_run_tool(*a, **k)
+    judge, judge_url = serve(judge_latency)
+    old = R.max_new_tokens, R.max_rounds, R.context_cap
+    tools.run_tool, R.max_new_tokens, R.max_rounds, R.context_cap = slow_run_tool, 48, 6, 8192
+    res = {}
+    try:
+        for G in stream_gen_latencies:
+            gens = [serve(G) for _ in range(stream_gen_servers)]
+            kw = dict(gen_backend="server", gen_server_urls=[u for _, u in gens], judge_backend="openai", data_dir=world,
+                      judge_base_url=judge_url + "/v1", judge_cache=None, out_dir=os.path.join(tmp, f"gen{G}"),
+                      judge_backoff=0.01, gen_backoff=0.01)
+            last = {}
+
+            def run(hook):
+                torch.manual_seed(0)
+                return R.rollout(items, pol, eng, tb, samples=stream_samples, temperature=0.7, top_p=0.95,
+                                 on_group=hook)
+
+            def rollout_alone():
+                t0 = time.perf_counter()
+                last["records"] = run(None)
+                return time.perf_counter() - t0
+
+            def reward_alone():
+                t0 = time.perf_counter()
+                sc = reward.score(last["records"], items, **kw)
+                dt = time.perf_counter() - t0
+                assert all(x["error"] is None for x in sc), [x["error"] for x in sc if x["error"]][:3]
+                return dt
+
+            def streamed():
+                t0 = time.perf_counter()
+                recs, sc, _ = grpo.rollout_and_score(run, reward.score, items, kw, stream=True)
+                assert all(x["error"] is None for x in sc) and len(sc) == len(recs)
+                return time.perf_counter() - t0
+            la0 = load()
+            t = interleave({"rollout": rollout_alone, "reward": reward_alone, "streamed": streamed}, rounds)
+            stop(*(s for s, _ in gens))
+            ratios = [s / max(a, b) for a, b, s in zip(t["rollout"], t["reward"], t["streamed"])]
+            seq = [(a + b) / max(a, b) for a, b in zip(t["rollout"], t["reward"])]
+            med = lambda xs: sorted(xs)[len(xs) // 2]
+            res[G] = {"rollout_s": med(t["rollout"]), "reward_s": med(t["reward"]), "streamed_s": med(t["streamed"]),
+                      "ratio": ratios, "sequential_ratio": seq, "load": f"{la0} -> {load()}",
+                      "end_reasons": R.summarize(last["records"])["end_reasons"]}
+    finally:
+        tools.run_tool, (R.max_new_tokens, R.max_rounds, R.context_cap) = real_run_tool, old
+        tools.close_toolbox(tb)
+        stop(judge)
+    print(f"GRPO steps 1-2, {stream_items} groups x {stream_samples}, tools {stream_tool_latency} s, "
+          f"{stream_gen_servers} generator servers, judge {judge_latency} s, {rounds} interleaved rounds")
+    print(f"  {'G s':>5s} {'rollout s':>9s} {'reward s':>8s} {'streamed s':>10s} {'streamed/max':>18s} "
+          f"{'sequential/max':>18s}  load avg (start -> end)")
+    for G, r in res.items():
+        print(f"  {G:>5.2f} {r['rollout_s']:>9.2f} {r['reward_s']:>8.2f} {r['streamed_s']:>10.2f} "
+              f"{spread(r['ratio']):>18s} {spread(r['sequential_ratio']):>18s}  {r['load']}  {r['end_reasons']}")
+    return res
 
 
 # -----------------------------------------------------------------------------

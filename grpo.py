@@ -392,6 +392,25 @@ def score_records(score, records, items, kw):
         return [{"reward": 0.0, "error": f"score: {type(e).__name__}: {e}"} for _ in records]
 
 
+def rollout_and_score(run_rollout, score, items, kw, stream=True, after_rollout=None):
+    """Steps 1-2 of a GRPO step: run_rollout(on_group) -> records (rollout.rollout with its hook), then
+    score_records. stream: each group goes to score() from the hook, in a thread, as soon as it ends, while the
+    others are still sampling; the generator/judge limits are reward.py's process-wide semaphores, so they hold
+    across groups. Returns (records, scores in record order, time the rollout ended), after every group's
+    reward is in: the advantage waits for this step's groups only."""
+    with cf.ThreadPoolExecutor(max(1, len(items))) as pool:
+        futs = {}
+        hook = (lambda g, recs: futs.__setitem__(g, pool.submit(score_records, score, recs, items, kw))) if stream \
+            else None
+        records = run_rollout(hook)
+        if after_rollout is not None:
+            after_rollout()
+        t_end = time.time()
+        scores = [s for g in sorted(futs) for s in futs[g].result()] if stream else \
+            score_records(score, records, items, kw)
+    return records, scores, t_end
+
+
 def main():
     import copy
     import importlib
@@ -483,25 +502,17 @@ def main():
         t0 = time.time()
         step_seed = seed_step(step, rank)
         # 1. rollouts: this rank's prompts x group_size trajectories (records in contracts.md format), and
-        # 2. the dual reward (invalid -> 0 without a judge call; faults -> 0 with "error", counted). Streamed: each
-        # group goes to score() from rollout's on_group hook as soon as it ends, in a thread, while the others are
-        # still sampling; the generator/judge limits are reward.py's process-wide semaphores, so they hold across
-        # groups. The advantage below waits for this step's groups only. t_reward = the reward wait left after
-        # the rollout (streamed: the part not hidden behind sampling).
+        # 2. the dual reward (invalid -> 0 without a judge call; faults -> 0 with "error", counted), streamed
+        # group by group behind the sampling (stream_rewards; rollout_and_score). t_reward = the reward wait left
+        # after the rollout (streamed: the part not hidden behind sampling).
         mine = step_items(items, step, rank, world)
         model.eval()
         faults0 = Counter(reward.STATS)
-        with cf.ThreadPoolExecutor(max(1, len(mine))) as pool:
-            futs = {}
-            hook = ((lambda g, recs: futs.__setitem__(g, pool.submit(score_records, score, recs, mine, rkw)))
-                    if stream_rewards else None)
-            records = rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature,
-                                      top_p=top_p, seed=step_seed, on_group=hook)
-            if gpu and engine == "vllm" and vllm_sleep:
-                eng.llm.sleep(level=1)  # offload vLLM's weights, free its KV cache for the train phase
-            t1 = time.time()
-            scores = ([s for g in sorted(futs) for s in futs[g].result()] if stream_rewards
-                      else score_records(score, records, mine, rkw))
+        sleep = (lambda: eng.llm.sleep(level=1)) if gpu and engine == "vllm" and vllm_sleep else None
+        records, scores, t1 = rollout_and_score(  # (sleep: offload vLLM's weights, free its KV cache for training)
+            lambda hook: rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature,
+                                         top_p=top_p, seed=step_seed, on_group=hook),
+            score, mine, rkw, stream_rewards, after_rollout=sleep)
         rewards = torch.tensor([float(s.get("reward") or 0.0) for s in scores])
         t2 = time.time()
         # 3. GRPO advantages within each group of group_size (groups never span ranks)
