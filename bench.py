@@ -51,10 +51,10 @@ agent_samples = 2
 agent_max_new = 48         # max new tokens per round in the agent rollout
 # stream: GRPO steps 1-2 (rollout -> reward), rewards streamed behind the sampling vs each part alone
 stream_gen_latencies = (0.5, 1.0)   # G: s the loopback image server sleeps per generation (serial per server)
-stream_tool_latency = 0.5  # T: s every tool call sleeps
+stream_tool_latency = 1.0  # T: s every tool call sleeps
 stream_items = 8           # groups per step (paper: 8 prompts) ...
 stream_samples = 3         # ... x samples (paper: 6; halved to keep the CPU bench short)
-stream_gen_servers = 4     # loopback generator servers (paper: 16 GPUs of Qwen-Image-Edit for 48 trajectories)
+stream_gen_servers = 8     # loopback generator servers (paper: 16 GPUs of Qwen-Image-Edit for 48 trajectories)
 rounds = 5                 # interleaved rounds per comparison (A B A B ...; median and min-max of the ratio)
 # sft
 sft_cases = {"tiny_vl": ("tiny", 4, 1024), "smollm2": ("smollm2", 2, 512)}  # name -> (model, batch, seq_len)
@@ -102,10 +102,12 @@ def interleave(contenders, n_rounds, warm=True):
     warm-up round: a load swing on the shared machine hits every contender alike. -> {name: [seconds, ...]}."""
     times = {k: [] for k in contenders}
     for r in range(n_rounds + int(warm)):
-        for k, fn in contenders.items():
-            dt = fn()
+        this = {k: fn() for k, fn in contenders.items()}
+        for k, dt in this.items():
             if r >= int(warm):
                 times[k].append(dt)
+        print(f"  round {r}{' (warm-up)' if warm and r == 0 else ''}: "
+              + " ".join(f"{k} {dt:.2f}s" for k, dt in this.items()) + f"  load {load()}", flush=True)
     return times
 
 
@@ -418,7 +420,7 @@ class StaggeredScript:
 
     def __init__(self, tok, items):
         self.tok, self.head = tok, tok.encode("<|im_start|>assistant\n")
-        self.n_tools = {it["prompt"]: 1 + k % 4 for k, it in enumerate(items)}
+        self.n_tools, self.cache = {it["prompt"]: 1 + k % 4 for k, it in enumerate(items)}, {}
         self.tools = [tok.encode(f'<tool_call>{{"name": "image_search", "arguments": {{"query": "flag {q}"}}}}'
                                  '</tool_call><|im_end|>') for q in ("a", "b", "c", "d")]
         self.answer = tok.encode('<answer>{"gen_prompt": "the flag", "reference_images": [{"img_id": "IMG_001"}]}'
@@ -426,14 +428,20 @@ class StaggeredScript:
 
     def __call__(self, input_ids, scores):
         scores = scores.clone()
-        n = len(self.head)
-        for b, row in enumerate(input_ids.tolist()):
-            starts = [i for i in range(len(row) - n + 1) if row[i:i + n] == self.head]
-            prompt = self.tok.decode(row[:starts[0]]).split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+        n = len(self.head)  # vectorised head search: this processor runs for every row at every token
+        hits = input_ids[:, :input_ids.shape[1] - n + 1] == self.head[0]
+        for j in range(1, n):
+            hits &= input_ids[:, j:input_ids.shape[1] - n + 1 + j] == self.head[j]
+        for b in range(input_ids.shape[0]):
+            starts = hits[b].nonzero().flatten().tolist()
+            key = tuple(input_ids[b, :starts[0]].tolist())
+            if key not in self.cache:
+                prompt = self.tok.decode(list(key)).split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+                self.cache[key] = self.n_tools[prompt]
             r = len(starts) - 1
-            target = self.tools[r] if r < self.n_tools[prompt] else self.answer
+            target = self.tools[r] if r < self.cache[key] else self.answer
             scores[b] = float("-inf")
-            scores[b, target[min(len(row) - starts[-1] - n, len(target) - 1)]] = 0.0
+            scores[b, target[min(input_ids.shape[1] - starts[-1] - n, len(target) - 1)]] = 0.0
         return scores
 
 
