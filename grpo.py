@@ -35,6 +35,7 @@ Logprobs are taken at the sampling temperature (verl divides logits by it). No K
 Shortcuts: one vLLM engine per rank (TP 1) instead of the release's TP 2; an optimizer step is skipped when
 every group was filtered out (verl would still step with zero gradients and move on Adam momentum).
 """
+import concurrent.futures as cf
 import json
 import math
 import os
@@ -80,6 +81,8 @@ check_sync = False           # after each weight push: vLLM greedy vs the traine
 lam = 0.5                    # paper: r = (1-λ)K + λ r_text, λ = 0.5
 reward_kwargs = {}           # extra keyword arguments for reward.score (judge/generator urls, ...)
 reward_fn = ""               # "" = reward.score (the dual reward); "module:function" with score()'s signature
+stream_rewards = True        # score each group as soon as its trajectories end, while the rest still sample
+                             # (release: a trajectory's reward starts when it ends); False = all rollouts, then all rewards
 # loss / optimizer
 clip_low = 0.2               # release: clip_ratio_low 0.2 (verl default)
 clip_high = 0.28             # release: clip_ratio_high=0.28
@@ -403,6 +406,33 @@ def step_log(rows, filt, st, extra):
 # ----------------------------------------------------------------------------------------------
 # the loop
 
+def score_records(score, records, items, kw):
+    """score(records, items, **kw), never raising: a reward-service fault gives zeros, counted as errors."""
+    try:
+        return score(records, items, **kw)
+    except Exception as e:  # never lose a step to the reward service
+        return [{"reward": 0.0, "error": f"score: {type(e).__name__}: {e}"} for _ in records]
+
+
+def rollout_and_score(run_rollout, score, items, kw, stream=True, after_rollout=None):
+    """Steps 1-2 of a GRPO step: run_rollout(on_group) -> records (rollout.rollout with its hook), then
+    score_records. stream: each group goes to score() from the hook, in a thread, as soon as it ends, while the
+    others are still sampling; the generator/judge limits are reward.py's process-wide semaphores, so they hold
+    across groups. Returns (records, scores in record order, time the rollout ended), after every group's
+    reward is in: the advantage waits for this step's groups only."""
+    with cf.ThreadPoolExecutor(max(1, len(items))) as pool:
+        futs = {}
+        hook = (lambda g, recs: futs.__setitem__(g, pool.submit(score_records, score, recs, items, kw))) if stream \
+            else None
+        records = run_rollout(hook)
+        if after_rollout is not None:
+            after_rollout()
+        t_end = time.time()
+        scores = [s for g in sorted(futs) for s in futs[g].result()] if stream else \
+            score_records(score, records, items, kw)
+    return records, scores, t_end
+
+
 def main():
     import copy
     import importlib
@@ -493,20 +523,18 @@ def main():
     for step in range(start, total):
         t0 = time.time()
         step_seed = seed_step(step, rank)
-        # 1. rollouts: this rank's prompts x group_size trajectories (records in contracts.md format)
+        # 1. rollouts: this rank's prompts x group_size trajectories (records in contracts.md format), and
+        # 2. the dual reward (invalid -> 0 without a judge call; faults -> 0 with "error", counted), streamed
+        # group by group behind the sampling (stream_rewards; rollout_and_score). t_reward = the reward wait left
+        # after the rollout (streamed: the part not hidden behind sampling).
         mine = step_items(items, step, rank, world)
         model.eval()
-        records = rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature, top_p=top_p,
-                                  seed=step_seed)
-        if gpu and engine == "vllm" and vllm_sleep:
-            eng.llm.sleep(level=1)  # offload vLLM's weights, free its KV cache for the train phase
-        t1 = time.time()
-        # 2. the dual reward (invalid -> 0 without a judge call; faults -> 0 with "error", counted)
         faults0 = Counter(reward.STATS)
-        try:
-            scores = score(records, mine, **rkw)
-        except Exception as e:  # never lose a step to the reward service: zeros, counted as errors
-            scores = [{"reward": 0.0, "error": f"score: {type(e).__name__}: {e}"} for _ in records]
+        sleep = (lambda: eng.llm.sleep(level=1)) if gpu and engine == "vllm" and vllm_sleep else None
+        records, scores, t1 = rollout_and_score(  # (sleep: offload vLLM's weights, free its KV cache for training)
+            lambda hook: rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature,
+                                         top_p=top_p, seed=step_seed, on_group=hook),
+            score, mine, rkw, stream_rewards, after_rollout=sleep)
         rewards = torch.tensor([float(s.get("reward") or 0.0) for s in scores])
         t2 = time.time()
         # 3. GRPO advantages within each group of group_size (groups never span ranks)

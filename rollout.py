@@ -701,10 +701,14 @@ def request_seed(base, item_id, sample, rnd):
 
 
 def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, top_p=top_p, progress=None,
-            seed=None):
+            seed=None, on_group=None):
     """Roll out `samples` trajectories per item, all in one batch: each round every live trajectory generates
     together, then their tool calls run concurrently (tools.run_tools); finished ones wait. -> records.
-    seed (vLLM): every call gets request_seed(seed, item id, sample, round); None = vLLM's engine RNG."""
+    seed (vLLM): every call gets request_seed(seed, item id, sample, round); None = vLLM's engine RNG.
+    on_group(g, records): called (in this thread, between rounds) as soon as all `samples` trajectories of
+    items[g] have ended, with the very record dicts that are returned; grpo.py uses it to start the group's
+    reward while the other groups are still sampling (the release scores each trajectory as it ends).
+    It must return quickly (hand the work to a thread) and must not change the records."""
     import tools
     day = day or date or time.strftime("%Y-%m-%d")
     sys_text = system_prompt(day)
@@ -713,12 +717,21 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, t
     for t in trajs:
         t.api = api
     length = lambda t: max(len(t.tokens), t.ctx_tokens)  # ctx_tokens: an API engine without tokenizer
+    recs, flushed = [None] * len(trajs), [False] * len(items)
     while True:
         for t in trajs:
             if t.end is None and time.time() - t.t0 > traj_timeout:
                 _end(t, "timeout")
             if t.end is None and context_cap - length(t) - 1 <= 0:
                 _end(t, "overlong")
+        for g in range(len(items)):  # groups whose trajectories have all ended: their records are final
+            grp = range(g * samples, (g + 1) * samples)
+            if not flushed[g] and all(trajs[i].end is not None for i in grp):
+                for i in grp:
+                    recs[i] = to_record(trajs[i], pol, day)
+                flushed[g] = True
+                if on_group is not None:
+                    on_group(g, [recs[i] for i in grp])
         live = [t for t in trajs if t.end is None]
         if not live:
             break
@@ -762,7 +775,7 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, t
             now = sum(t.end is not None for t in trajs)
             progress.update(now - done)
             done = now
-    return [to_record(t, pol, day) for t in trajs]
+    return recs
 
 
 def summarize(records):
