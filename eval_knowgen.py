@@ -44,6 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
+from configurator import config_keys
+
 # -----------------------------------------------------------------------------
 # config (paper values where the paper has one)
 benchmark = "knowgen"        # knowgen | wise
@@ -95,8 +97,7 @@ table_out = "results.md"     # the table's markdown; grpo_curves.png and items.p
 stage_times = None           # a "stage<TAB>seconds" file (runcpu.sh) appended to the table
 seed = 0                     # the report's sample of items
 
-_CONFIG_KEYS = [k for k, v in list(globals().items()) if not k.startswith("_")
-                and isinstance(v, (int, float, bool, str, list, dict, type(None)))]
+_CONFIG_KEYS = config_keys(globals())
 
 # -----------------------------------------------------------------------------
 # benchmark definitions (facts file)

@@ -549,8 +549,8 @@ def main():
 
 
 def _config_keys():
-    from configurator import _configurable
-    return sorted(_configurable(globals()))
+    from configurator import config_keys
+    return config_keys(globals())
 
 
 if __name__ == "__main__":

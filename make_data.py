@@ -782,9 +782,9 @@ def stage_curate(c):
 
 def config():
     """The configurable globals of this module as a dict (what configurator.configure sets)."""
+    from configurator import config_keys
     g = globals()
-    return {k: g[k] for k in g if not k.startswith("_") and k.islower() and
-            isinstance(g[k], (int, float, bool, str, list, tuple, dict, type(None)))}
+    return {k: g[k] for k in config_keys(g)}
 
 
 def main(**overrides):

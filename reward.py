@@ -36,6 +36,8 @@ import numpy as np
 import requests
 from PIL import Image, ImageDraw, ImageFont
 
+from configurator import config_keys
+
 # ----------------------------------------------------------------------------------------------
 # config (every key can be passed to score(...) as a keyword argument, or on the command line)
 lam = 0.5                        # paper: r = (1-λ)K + λ r_text, λ = 0.5 (λ in [0.3, 0.6] all strong)
@@ -83,8 +85,7 @@ offline_coarse_tol = 48          # coarse match ("from afar"): 4x4 cells, looser
 offline_loose = 0.75             # ... and this fraction of them
 offline_text_tol = 0.05          # max mismatched ink fraction for "the same text"
 
-_CONFIG_KEYS = [k for k, v in dict(globals()).items() if not k.startswith("_")
-                and isinstance(v, (int, float, bool, str, list, tuple, dict, type(None)))]
+_CONFIG_KEYS = config_keys(globals())
 
 log = logging.getLogger("reward")
 STATS = Counter()   # judge_requests, judge_cache_hits, judge_parse_failures, judge_failures, gen_requests, ...
