@@ -266,8 +266,8 @@ def bench_reward():
     gen_urls = [u for _, u in gens]
     common = dict(gen_backend="server", judge_backend="openai", judge_base_url=judge_url + "/v1", judge_cache=None,
                   out_dir=os.path.join(tmp, "gen"), judge_backoff=0.01, gen_backoff=0.01)
-    runs = {"serial": dict(score_workers=1, judge_concurrency=1, gen_per_server=1, gen_server_urls=gen_urls[:1]),
-            "parallel": dict(gen_server_urls=gen_urls)}  # score()'s defaults: 64 workers, 2 per server, 32 judge reqs
+    runs = {"serial": dict(score_workers=1, judge_concurrency=1, gen_per_server=1, generator_urls=gen_urls[:1]),
+            "parallel": dict(generator_urls=gen_urls)}  # score()'s defaults: 64 workers, 2 per server, 32 judge reqs
     rate = {}
     for name, cfg in runs.items():
         t0 = time.perf_counter()

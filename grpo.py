@@ -390,10 +390,7 @@ def main():
     import rollout
     import sft
     import tools
-    for k, v in rollout_kwargs.items():  # round / token limits etc. are rollout.py globals
-        if k not in vars(rollout):
-            raise KeyError(f"grpo.py: rollout_kwargs key '{k}' is not a global of rollout.py")
-        setattr(rollout, k, v)
+    rs = rollout.settings(rollout_kwargs, where="grpo.py rollout_kwargs")  # round / token limits: an argument
     ddp, gpu = "RANK" in os.environ, device.startswith("cuda")
     if ddp:
         dist.init_process_group("nccl" if gpu else "gloo")
@@ -447,10 +444,11 @@ def main():
     if engine == "vllm":
         kw = dict(gpu_memory_utilization=vllm_gpu_memory_utilization, enable_sleep_mode=vllm_sleep) if gpu else {}
         shell = rollout.Policy(None, policy.tokenizer, policy.image_processor, policy.is_vl, policy.name)
-        eng = rollout.make_engine("vllm", shell, path=engine_path, dtype=dtype, max_model_len=vllm_max_model_len, **kw)
+        eng = rollout.make_engine("vllm", shell, path=engine_path, dtype=dtype, max_model_len=vllm_max_model_len, s=rs, **kw)
     else:
         eng = rollout.make_engine("hf", policy if replica is None else
-                                  rollout.Policy(replica, policy.tokenizer, policy.image_processor, policy.is_vl, policy.name))
+                                  rollout.Policy(replica, policy.tokenizer, policy.image_processor, policy.is_vl, policy.name),
+                                  s=rs)
     if engine == "vllm" or replica is not None:
         push_weights(model, eng, gpu)  # the engine starts from the trainer's exact weights (resume, scratch)
     tb = tools.make_toolbox(tools_backend, world_dir=world_dir, **tools_kwargs)
@@ -475,7 +473,7 @@ def main():
         mine = step_items(items, step, rank, world)
         model.eval()
         records = rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature, top_p=top_p,
-                                  seed=step_seed)
+                                  seed=step_seed, s=rs)
         if gpu and engine == "vllm" and vllm_sleep:
             eng.llm.sleep(level=1)  # offload vLLM's weights, free its KV cache for the train phase
         t1 = time.time()

@@ -354,6 +354,14 @@ def turn(think, tag, obj):
     return f"<think>{think}</think>\n<{tag}>\n{json.dumps(obj, ensure_ascii=False)}\n</{tag}>"
 
 
+def teacher_settings(c):
+    """rollout.py's protocol settings for the teacher and the oracle: max_rounds normal calls (+ the forced
+    final one), the context cap, the prompt style and date (an argument; rollout.py's globals stay untouched)."""
+    import rollout
+    return rollout.settings(dict(max_rounds=c.teacher_max_rounds, context_cap=c.max_traj_tokens,
+                                 system_style=c.system_style, date=c.date), where="make_data.py")
+
+
 def oracle_trajectory(c, item, tb, world_images, pol):
     """The correct multi-hop trajectory from item["solution"], built by rollout.py's own turn handling (so its
     record, tokens included, is what a policy writing these turns would get): each hop is a tool-call turn run
@@ -363,7 +371,8 @@ def oracle_trajectory(c, item, tb, world_images, pol):
     if not isinstance(item.get("solution"), dict):
         raise ValueError(f"item {item['id']}: the oracle needs a mini-world solution (set --teacher_base_url)")
     sol = item["solution"]
-    t = rollout.new_traj(item, 0, pol, rollout.system_prompt(c.date))
+    rs = teacher_settings(c)
+    t = rollout.new_traj(item, 0, pol, rollout.system_prompt(c.date, rs), rs)
     t.api = True  # text turns (re-tokenized), every image attached
     for i, hop in enumerate(sol["hops"]):
         a = hop["arguments"]
@@ -413,13 +422,14 @@ def stage_traj(c):
     if c.teacher_base_url:  # the teacher is rollout.py's agent on its "openai" engine
         eng = rollout.make_engine("openai", teacher, base_url=c.teacher_base_url, model=c.teacher_model, workers=1,
                                   api_key_env=c.api_key_env, max_tokens=c.teacher_max_tokens, timeout=c.timeout,
-                                  retries=c.retries)
+                                  retries=c.retries, s=teacher_settings(c))
 
     def one(item, usage):
         if not c.teacher_base_url:
             rec = oracle_trajectory(c, item, tb, world_images, teacher)
         else:
-            rec = rollout.rollout([item], teacher, eng, tb, day=c.date, temperature=c.teacher_temperature, top_p=None)[0]
+            rec = rollout.rollout([item], teacher, eng, tb, day=c.date, temperature=c.teacher_temperature, top_p=None,
+                                  s=teacher_settings(c))[0]
             usage.update(rec.pop("usage", {}))
             if rec["end_reason"] == "error":  # an API fault (or a bug): counted, and the next run retries the item
                 raise RuntimeError(rec["error"])
@@ -427,14 +437,10 @@ def stage_traj(c):
         usage["tool_calls"] += sum(rec["tool_calls"].values())
         return rec
 
-    # rollout.py's limits for the teacher: max_rounds normal calls (+ the forced final one), the context cap
-    saved = rollout.max_rounds, rollout.context_cap, rollout.system_style
-    rollout.max_rounds, rollout.context_cap, rollout.system_style = c.teacher_max_rounds, c.max_traj_tokens, c.system_style
     try:
         run_stage(c, "traj", items, one, path)
     finally:
         tools.close_toolbox(tb)
-        rollout.max_rounds, rollout.context_cap, rollout.system_style = saved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,7 +463,7 @@ def stage_gt(c):
     originals = {r["url"]: os.path.join(c.world_dir, r["path"]) for r in by_image_id(c).values()}
     backend = c.gen_backend if c.gen_backend != "auto" else "server" if c.generator_urls else "offline"
     rc = reward.make_config(gen_backend=backend,
-                            gen_server_urls=list(c.generator_urls), gen_retries=c.retries)
+                            generator_urls=list(c.generator_urls), gen_retries=c.retries)
 
     def one(rec, usage):
         name = "gt/" + re.sub(r"[^A-Za-z0-9_.-]", "_", rec["id"]) + ".png"

@@ -7,7 +7,7 @@ CPU, the mini world (offline generator + offline judges, no GPU, no keys):
     python reward.py --trajectories=out/rollouts.jsonl --items=data/miniworld/rl.jsonl
 One GPU per image server (see image_server.py) + an OpenAI-compatible judge (key from $OPENAI_API_KEY):
     python reward.py --trajectories=out/rollouts.jsonl --items=data/knowgen/rl.jsonl --data_dir=data/knowgen \
-        --gen_backend=server --gen_server_urls="['http://127.0.0.1:8000','http://127.0.0.1:8001']" \
+        --gen_backend=server --generator_urls="['http://127.0.0.1:8000','http://127.0.0.1:8001']" \
         --judge_backend=openai --judge_model=gpt-4.1
 (in training, grpo.py imports score() and passes these settings as keyword arguments).
 
@@ -46,7 +46,7 @@ out_dir = "out/gen_images"       # generated images are saved here
 score_workers = 64               # trajectories generated concurrently (each waits for its generator slot)
 # generator
 gen_backend = "offline"          # "offline" | "server" | "openai"
-gen_server_urls = ["http://127.0.0.1:8000"]  # one image_server.py per GPU
+generator_urls = ["http://127.0.0.1:8000"]  # one image_server.py per GPU
 gen_per_server = 2               # requests in flight per server URL (1 generating + 1 queued hides transfer)
 gen_max_refs = 3                 # release: the client sends at most the first 3 references
 gen_timeout = 1800.0             # s, release: long timeout (a 40-step 20B edit can queue behind others)
@@ -574,7 +574,7 @@ def generate_server(gen_prompt, ref_paths, out_path, c):
     for attempt in range(int(c["gen_retries"]) + 1):
         if attempt:
             _backoff(attempt, c["gen_backoff"])
-        url = _acquire_server(list(c["gen_server_urls"]), c["gen_per_server"])
+        url = _acquire_server(list(c["generator_urls"]), c["gen_per_server"])
         try:
             _count("gen_requests")
             r = requests.post(url.rstrip("/") + "/generate", json=body, timeout=c["gen_timeout"])

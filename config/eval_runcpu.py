@@ -10,5 +10,5 @@ agent_engine = "hf"
 agent_batch = 40             # all items in one generate batch: the tiny model's decode step costs about the same
 limit = 40                   # the first 40 of the 80 bench items (both groups; ~1-3 min a row); 0 = all 80
 num_workers = 1
-rollout_cfg = {"max_new_tokens": 256, "context_cap": 4096, "date": "2025-06-01", "system_style": "compact"}
+rollout_kwargs = {"max_new_tokens": 256, "context_cap": 4096, "date": "2025-06-01", "system_style": "compact"}
 report_n = 12

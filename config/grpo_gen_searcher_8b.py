@@ -13,7 +13,7 @@ tools_backend = "web"               # Serper + reader + Qwen3-VL-30B-A3B summari
 tools_kwargs = {"summarizer_base_url": "http://127.0.0.1:8002/v1",   # browse's VLM served by vLLM
                 "summarizer_model": "Qwen3-VL-30B-A3B-Instruct"}
 reward_kwargs = {"gen_backend": "server",
-                 "gen_server_urls": ["http://127.0.0.1:8010", "http://127.0.0.1:8011",
+                 "generator_urls": ["http://127.0.0.1:8010", "http://127.0.0.1:8011",
                                      "http://127.0.0.1:8012", "http://127.0.0.1:8013"],
                  "judge_backend": "openai", "judge_model": "gpt-4.1"}
 rollout_kwargs = {"max_rounds": 9, "force_final_round": True, "max_new_tokens": 4096, "context_cap": 36000}
