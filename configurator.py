@@ -30,9 +30,10 @@ class ConfigError(ValueError):
 
 def config_keys(g):
     """THE list of a file's config keys (sorted): its globals that are hyperparameters, i.e. plain values, not
-    modules/functions/classes/private names. Every stage uses this for its config dumps and defaults."""
+    modules/functions/classes/private names/UPPER_CASE constants (config keys are lower case). Every stage uses
+    this for its config dumps and defaults."""
     return sorted(k for k, v in g.items()
-                  if not k.startswith("_") and isinstance(v, (int, float, bool, str, list, tuple, dict, type(None))))
+                  if not k.startswith("_") and not k.isupper() and isinstance(v, (int, float, bool, str, list, tuple, dict, type(None))))
 
 
 def _check_and_set(g, keys, key, value, where):
@@ -79,13 +80,13 @@ def _configure(g, argv):
                 src = open(arg).read()
             except OSError as e:
                 raise ConfigError(f"cannot read config file '{arg}': {e}") from None
-            scope = {}
+            scope = {"__file__": os.path.abspath(arg)}  # lets a config file read a sibling's values
             try:
                 exec(compile(src, arg, "exec"), scope)
             except Exception as e:  # a syntax or runtime error inside the config file
                 raise ConfigError(f"config file '{arg}' failed: {type(e).__name__}: {e}") from None
             for k, v in scope.items():
-                if k.startswith("_") or k == "__builtins__" or type(v).__name__ in ("module", "function"):
+                if k.startswith("_") or type(v).__name__ in ("module", "function"):
                     continue
                 _check_and_set(g, keys, k, v, f"config file '{arg}'")
         else:

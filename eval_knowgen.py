@@ -1,22 +1,23 @@
 """
 eval_knowgen.py: KnowGen evaluation (K-Score), the baseline / ablation rows of Table 1, and WISE.
 
-CPU, the mini world (offline generator + offline judge; seconds):
+CPU, the mini world (offline generator + offline judge; seconds). config/eval_runcpu.py's paths are runcpu.sh's:
     python data/miniworld/prepare.py --out_dir=data/miniworld
-    python eval_knowgen.py config/eval_mini.py --mode=direct --out_dir=out/eval_mini_direct
-    python eval_knowgen.py config/eval_mini.py --mode=oracle --out_dir=out/eval_mini_oracle
-    python eval_knowgen.py config/eval_mini.py --mode=agent --policy_path=out/grpo_mini --out_dir=out/eval_mini_agent
+    M="--items_path=data/miniworld/bench.jsonl --world_dir=data/miniworld --limit=0"
+    python eval_knowgen.py config/eval_runcpu.py $M --mode=direct --out_dir=out/eval_mini_direct
+    python eval_knowgen.py config/eval_runcpu.py $M --mode=oracle --out_dir=out/eval_mini_oracle
+    python eval_knowgen.py config/eval_runcpu.py $M --mode=agent --policy_path=out/cpu/grpo_lam0.5/final --out_dir=out/eval_mini_agent
     python eval_knowgen.py --compare=out/eval_mini_direct/judged.jsonl,out/eval_mini_oracle/judged.jsonl
 GPU node (agent in-process via vLLM; Qwen-Image(-Edit) servers: image_server.py; an OpenAI-compatible judge):
     python data/knowgen/prepare.py                    # the released KnowGen -> data/knowgen/knowgen.jsonl
     python eval_knowgen.py config/eval_knowgen.py --mode=direct --out_dir=out/kg_qwenimage          # baseline row
     python eval_knowgen.py config/eval_knowgen.py --mode=workflow --policy_path=Qwen3-VL-8B-Instruct \
         --out_dir=out/kg_workflow                                                                    # ablation row
-    python eval_knowgen.py config/eval_knowgen.py --mode=agent --policy_path=out/grpo/ckpt --out_dir=out/kg_agent
+    python eval_knowgen.py config/eval_knowgen.py --mode=agent --out_dir=out/kg_agent  # policy_path: grpo's final
     python eval_knowgen.py config/eval_knowgen.py --mode=agent --agent_engine=openai --agent_base_url=http://gpu0:8000/v1 \
         --agent_model=gen-searcher-8b --out_dir=out/kg_served   # a served agent (vllm serve) or a closed API model
     python eval_knowgen.py config/eval_knowgen.py --stage=judge --judge_model=gpt-4o --out_dir=out/kg_agent  # re-judge
-    python eval_knowgen.py config/eval_wise.py --mode=agent --policy_path=out/grpo/ckpt --out_dir=out/wise_agent
+    python eval_knowgen.py config/eval_knowgen.py --benchmark=wise --items_path=data/wise --mode=agent --out_dir=out/wise_agent
 Aggregate only (prints the Table-1-style table, writes the summary JSON beside the input):
     python eval_knowgen.py --judged=out/kg_agent/judged.jsonl [--summary_out=FILE.json] [--benchmark=wise]
 

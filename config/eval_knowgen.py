@@ -2,6 +2,9 @@
 # servers (image_server.py, one per GPU), text-only Qwen-Image servers for answers without references, GPT-4.1 as
 # the K-Score judge (key from $OPENAI_API_KEY).
 # python eval_knowgen.py config/eval_knowgen.py --mode=direct|workflow|agent [--policy_path=CKPT] --out_dir=out/kg_X
+# WISE (1,000 prompts, no ground truth; WiScore from the same judge with our prompt): the released prompt lists
+# (cultural_common_sense.json, spatio-temporal_reasoning.json, natural_science.json) in data/wise/, then
+#   python eval_knowgen.py config/eval_knowgen.py --benchmark=wise --items_path=data/wise --out_dir=out/wise_X
 # a served agent or a closed API instead of a checkpoint (rollout.py's "openai" engine):
 #   --agent_engine=openai --agent_base_url=http://HOST:8000/v1 --agent_model=NAME  (key: $OPENAI_API_KEY)
 benchmark = "knowgen"
@@ -20,3 +23,4 @@ judge_backend = "openai"
 judge_model = "gpt-4.1"
 num_workers = 16
 out_dir = "out/eval_knowgen"
+policy_path = "out/grpo_gen_searcher_8b/final"  # grpo.py config/grpo_gen_searcher_8b.py's out_dir/final

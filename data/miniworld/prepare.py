@@ -595,11 +595,19 @@ def _write_jsonl(path, rows):
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def build_world(out_dir, seed=1337, n_countries=n_countries, bench_countries=bench_countries,
-                rl_countries=rl_countries, n_sft=n_sft, n_rl=n_rl, n_bench=n_bench, n_distractors=n_distractors,
-                image_size=image_size, vocab_size=vocab_size, tokenizer_seed_offset=tokenizer_seed_offset,
-                tokenizer_wiki_pages=tokenizer_wiki_pages, tokenizer=True):
-    """Write the mini world into out_dir (deterministic in all arguments). Returns a summary dict."""
+def build_world(out_dir, seed=1337, n_countries=None, bench_countries=None, rl_countries=None, n_sft=None, n_rl=None,
+                n_bench=None, n_distractors=None, image_size=None, vocab_size=None, tokenizer_seed_offset=None,
+                tokenizer_wiki_pages=None, tokenizer=True):
+    """Write the mini world into out_dir (deterministic in all arguments). Returns a summary dict. An argument
+    left None takes the config global's value at call time (so a --key=value override reaches it)."""
+    g = globals()
+    n_countries, bench_countries, rl_countries, n_sft, n_rl, n_bench, n_distractors, image_size, vocab_size, \
+        tokenizer_seed_offset, tokenizer_wiki_pages = (
+            g[k] if v is None else v for k, v in (
+                ("n_countries", n_countries), ("bench_countries", bench_countries), ("rl_countries", rl_countries),
+                ("n_sft", n_sft), ("n_rl", n_rl), ("n_bench", n_bench), ("n_distractors", n_distractors),
+                ("image_size", image_size), ("vocab_size", vocab_size),
+                ("tokenizer_seed_offset", tokenizer_seed_offset), ("tokenizer_wiki_pages", tokenizer_wiki_pages)))
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     from reward import offline_generate  # the mini world's generator: ground truths are its oracle renders
