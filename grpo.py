@@ -229,7 +229,7 @@ def push_weights(model, eng, gpu, asleep=False):
     vLLM, colocated (GPU): the engine slept through training (weights offloaded, KV cache freed); wake the
     weights only, stream the gathered tensors through the worker's reload_weights (= model.load_weights
     per tensor), then wake the KV cache and drop the prefix cache (it holds KV of the old weights).
-    vLLM on CPU (in-process engine, environment.md): the same reload_weights with a materialised list;
+    vLLM on CPU (in-process engine, VLLM_ENABLE_V1_MULTIPROCESSING=0): the same reload_weights with a materialised list;
     sleep/wake_up are no-ops there. HF replica (FSDP + hf engine): load_state_dict."""
     if eng.kind == "hf":
         eng.policy.model.load_state_dict(dict(full_weights(model)))
@@ -473,7 +473,7 @@ def main():
     for step in range(start, total):
         t0 = time.time()
         step_seed = seed_step(step, rank)
-        # 1. rollouts: this rank's prompts x group_size trajectories (records in contracts.md format)
+        # 1. rollouts: this rank's prompts x group_size trajectories (README "Data formats": trajectory record)
         mine = step_items(items, step, rank, world)
         model.eval()
         records = rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature, top_p=top_p,

@@ -698,7 +698,7 @@ def _score_one(traj, item, c, judge_pool):
 
 
 def score(trajectories, items, **cfg):
-    """Rewards for a whole GRPO batch: one dict per trajectory, in order (format in contracts.md).
+    """Rewards for a whole GRPO batch: one dict per trajectory, in order (README "Data formats": scored row).
     Invalid answers get 0 with no generator/judge call; the rest are generated concurrently (bounded per
     generator server) and judged concurrently (bounded by judge_concurrency). Faults become zero rewards
     with "error" set and are counted in STATS, never exceptions. `items`: list of items or {id: item}."""

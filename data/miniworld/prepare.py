@@ -5,7 +5,7 @@ whole Gen-Searcher loop (search -> image_search -> answer -> generate -> judge) 
     python data/miniworld/prepare.py                                  # seed 1337 -> data/miniworld (~10 s)
     python data/miniworld/prepare.py --seed=7 --out_dir=/tmp/mw --n_countries=12 --n_sft=100
 
-What it writes into out_dir (formats: /work/contracts.md, "The mini world"):
+What it writes into out_dir (formats: README "Data formats", "Mini world"):
   pages.jsonl      one short page per world entity, then ~10k Wikipedia summaries as distractor pages
   images.jsonl     the image collection (flags, coats of arms, landmarks, portraits, crests, posters, covers,
   images/*.png       plus look-alike distractors: former flags, fan-made posters), 64x64, drawn with PIL
@@ -55,7 +55,7 @@ n_rl = 120
 n_bench = 80
 n_distractors = 0       # Wikipedia distractor pages, 0 = all (~10k)
 image_size = 64         # px, square
-vocab_size = 2048       # tokenizer vocab incl. special tokens (mini-world-findings: 2,048)
+vocab_size = 2048       # tokenizer vocab incl. special tokens (2,048: enough for the world's names)
 tokenizer_seed_offset = 100003  # the tokenizer learns from the world of seed + this (different names)
 tokenizer_wiki_pages = 3000     # distractor summaries added to the tokenizer's training text
 top_k = 5               # top_k in the oracle's search / image_search hops (release default 5; 3 on CPU keeps
