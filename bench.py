@@ -297,8 +297,8 @@ def bench_reward():
     gen_urls = [u for _, u in gens]
     common = dict(gen_backend="server", judge_backend="openai", judge_base_url=judge_url + "/v1", judge_cache=None,
                   out_dir=os.path.join(tmp, "gen"), judge_backoff=0.01, gen_backoff=0.01)
-    runs = {"serial": dict(score_workers=1, judge_concurrency=1, gen_per_server=1, gen_server_urls=gen_urls[:1]),
-            "parallel": dict(gen_server_urls=gen_urls)}  # score()'s defaults: 64 workers, 2 per server, 32 judge reqs
+    runs = {"serial": dict(score_workers=1, judge_concurrency=1, gen_per_server=1, generator_urls=gen_urls[:1]),
+            "parallel": dict(generator_urls=gen_urls)}  # score()'s defaults: 64 workers, 2 per server, 32 judge reqs
     rate = {}
     for name, cfg in runs.items():
         t0 = time.perf_counter()
@@ -385,22 +385,22 @@ def bench_rollout():
         return scores
     engines["hf_scripted_tools"] = R.make_engine("hf", pol)
     engines["hf_scripted_tools"].logits_processors = [force]
-    old_max_new = R.max_new_tokens
-    R.generate, tools.run_tool, R.max_new_tokens = timed_generate, slow_run_tool, agent_max_new
+    R.generate, tools.run_tool = timed_generate, slow_run_tool
     agent = {}
     try:
         for name, eng in engines.items():
             t.clear()
             torch.manual_seed(0)
             t0 = time.perf_counter()
-            recs = R.rollout(items[:agent_items], pol, eng, tb, samples=agent_samples)
+            recs = R.rollout(items[:agent_items], pol, eng, tb, samples=agent_samples,
+                             s=R.settings(max_new_tokens=agent_max_new))
             wall = time.perf_counter() - t0
             gen, tool = t.get("gen", 0.0), t.get("tool", 0.0)
             agent[name] = {"wall_s": wall, "gen_s": gen, "tool_s_summed": tool, "tool_calls": t.get("calls", 0),
                            "overlap_ratio": wall / max(gen + tool, 1e-9),
                            "end_reasons": R.summarize(recs)["end_reasons"]}
     finally:
-        R.generate, tools.run_tool, R.max_new_tokens = real_generate, real_run_tool, old_max_new
+        R.generate, tools.run_tool = real_generate, real_run_tool
         tools.close_toolbox(tb)
     print(f"agent rollout, {agent_items} items x {agent_samples} samples, {tool_latency} s injected per tool call")
     print(f"  {'engine':18s} {'wall s':>7s} {'gen s':>7s} {'tool s':>7s} {'calls':>5s} {'wall/(gen+tool)':>15s}"

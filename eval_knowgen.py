@@ -1,22 +1,23 @@
 """
 eval_knowgen.py: KnowGen evaluation (K-Score), the baseline / ablation rows of Table 1, and WISE.
 
-CPU, the mini world (offline generator + offline judge; seconds):
+CPU, the mini world (offline generator + offline judge; seconds). config/eval_runcpu.py's paths are runcpu.sh's:
     python data/miniworld/prepare.py --out_dir=data/miniworld
-    python eval_knowgen.py config/eval_mini.py --mode=direct --out_dir=out/eval_mini_direct
-    python eval_knowgen.py config/eval_mini.py --mode=oracle --out_dir=out/eval_mini_oracle
-    python eval_knowgen.py config/eval_mini.py --mode=agent --policy_path=out/grpo_mini --out_dir=out/eval_mini_agent
+    M="--items_path=data/miniworld/bench.jsonl --world_dir=data/miniworld --limit=0"
+    python eval_knowgen.py config/eval_runcpu.py $M --mode=direct --out_dir=out/eval_mini_direct
+    python eval_knowgen.py config/eval_runcpu.py $M --mode=oracle --out_dir=out/eval_mini_oracle
+    python eval_knowgen.py config/eval_runcpu.py $M --mode=agent --policy_path=out/cpu/grpo_lam0.5/final --out_dir=out/eval_mini_agent
     python eval_knowgen.py --compare=out/eval_mini_direct/judged.jsonl,out/eval_mini_oracle/judged.jsonl
 GPU node (agent in-process via vLLM; Qwen-Image(-Edit) servers: image_server.py; an OpenAI-compatible judge):
     python data/knowgen/prepare.py                    # the released KnowGen -> data/knowgen/knowgen.jsonl
     python eval_knowgen.py config/eval_knowgen.py --mode=direct --out_dir=out/kg_qwenimage          # baseline row
     python eval_knowgen.py config/eval_knowgen.py --mode=workflow --policy_path=Qwen3-VL-8B-Instruct \
         --out_dir=out/kg_workflow                                                                    # ablation row
-    python eval_knowgen.py config/eval_knowgen.py --mode=agent --policy_path=out/grpo/ckpt --out_dir=out/kg_agent
+    python eval_knowgen.py config/eval_knowgen.py --mode=agent --out_dir=out/kg_agent  # policy_path: grpo's final
     python eval_knowgen.py config/eval_knowgen.py --mode=agent --agent_engine=openai --agent_base_url=http://gpu0:8000/v1 \
         --agent_model=gen-searcher-8b --out_dir=out/kg_served   # a served agent (vllm serve) or a closed API model
     python eval_knowgen.py config/eval_knowgen.py --stage=judge --judge_model=gpt-4o --out_dir=out/kg_agent  # re-judge
-    python eval_knowgen.py config/eval_wise.py --mode=agent --policy_path=out/grpo/ckpt --out_dir=out/wise_agent
+    python eval_knowgen.py config/eval_knowgen.py --benchmark=wise --items_path=data/wise --mode=agent --out_dir=out/wise_agent
 Aggregate only (prints the Table-1-style table, writes the summary JSON beside the input):
     python eval_knowgen.py --judged=out/kg_agent/judged.jsonl [--summary_out=FILE.json] [--benchmark=wise]
 
@@ -44,6 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
+from configurator import config_keys
+
 # -----------------------------------------------------------------------------
 # config (paper values where the paper has one)
 benchmark = "knowgen"        # knowgen | wise
@@ -66,15 +69,15 @@ agent_device = "cpu"
 agent_dtype = "float32"      # bfloat16 on GPU (bf16 is ~300x slower than fp32 on this CPU)
 agent_temperature = 0.0      # ours: greedy decoding for a deterministic eval (RL samples at 0.7 / top_p 0.95)
 agent_batch = 8              # items rolled out together; trajectories are appended after each batch
-rollout_cfg = {}             # overrides of rollout.py's globals, e.g. {"max_rounds": 9, "max_new_tokens": 4096}
+rollout_kwargs = {}          # rollout.Settings fields (an argument, never rollout.py globals), e.g. {"max_rounds": 9, "max_new_tokens": 4096}
 tool_backend = "local"       # tools.make_toolbox backend: local (mini world) | web
 world_dir = None             # the mini world dir (default: the directory of items_path)
 summarizer_base_url = None   # browse's page reader VLM (release: Qwen3-VL-30B-A3B-Instruct, temperature 0)
 summarizer_model = "Qwen3-VL-30B-A3B-Instruct"  # (tools.py default)
 # generator (reward.py's client; its names)
 gen_backend = "offline"      # offline (mini world) | server (image_server.py: Qwen-Image-Edit) | openai (image API)
-gen_server_urls = []         # Qwen-Image-Edit servers (the client sends at most the first 3 references)
-gen_t2i_server_urls = []     # text-only Qwen-Image servers for answers with no references ([] = gen_server_urls)
+generator_urls = []          # Qwen-Image-Edit servers (the client sends at most the first 3 references)
+gen_t2i_server_urls = []     # text-only Qwen-Image servers for answers with no references ([] = generator_urls)
 gen_openai_base_url = None   # an OpenAI-compatible image API (gen_backend="openai")
 gen_openai_model = "gpt-image-1"
 on_no_answer = "raw_prompt"  # raw_prompt | zero : what a trajectory without a parsed answer is scored as
@@ -82,7 +85,7 @@ on_no_answer = "raw_prompt"  # raw_prompt | zero : what a trajectory without a p
 judge_backend = "offline"    # offline (mini world: needs the hidden solution) | openai (any compatible server)
 judge_base_url = None        # None = api.openai.com (key from $OPENAI_API_KEY)
 judge_model = "gpt-4.1"      # the paper's judge, temperature 0
-reward_cfg = {}              # any other reward.py config key, e.g. {"gen_steps": 40, "judge_concurrency": 16}
+reward_kwargs = {}              # any other reward.py config key, e.g. {"gen_steps": 40, "judge_concurrency": 16}
 num_workers = 8              # concurrent generator / judge calls
 # analysis-only entry points
 judged = None                # FILE.jsonl: aggregate an existing judged file and exit
@@ -95,8 +98,7 @@ table_out = "results.md"     # the table's markdown; grpo_curves.png and items.p
 stage_times = None           # a "stage<TAB>seconds" file (runcpu.sh) appended to the table
 seed = 0                     # the report's sample of items
 
-_CONFIG_KEYS = [k for k, v in list(globals().items()) if not k.startswith("_")
-                and isinstance(v, (int, float, bool, str, list, dict, type(None)))]
+_CONFIG_KEYS = config_keys(globals())
 
 # -----------------------------------------------------------------------------
 # benchmark definitions (facts file)
@@ -247,34 +249,29 @@ def run_agent(todo, cfg, world):
     if not (cfg["agent_model"] if api else cfg["policy_path"]):
         raise EvalError(f"mode={cfg['mode']} needs --policy_path=DIR (a save_pretrained checkpoint), or "
                         "--agent_engine=openai --agent_model=NAME [--agent_base_url=URL] (a served agent)")
-    saved = {}
-    for k, v in cfg["rollout_cfg"].items():
-        if not hasattr(rollout, k):
-            raise EvalError(f"rollout_cfg: rollout.py has no global '{k}'")
-        saved[k] = getattr(rollout, k)
-        setattr(rollout, k, v)
     try:
-        if api:  # messages-only records: eval needs no tokens
-            pol = rollout.tokenizer_policy(None, cfg["agent_model"])
-            eng = rollout.make_engine("openai", pol, base_url=cfg["agent_base_url"] or "", model=cfg["agent_model"],
-                                      api_key_env=cfg["agent_api_key_env"], workers=cfg["agent_batch"])
-        else:
-            pol = rollout.load_policy(cfg["policy_path"], device=cfg["agent_device"], dtype=cfg["agent_dtype"])
-            eng = rollout.make_engine(cfg["agent_engine"], pol, path=cfg["policy_path"], dtype=cfg["agent_dtype"])
-        tb = tools.make_toolbox(backend=cfg["tool_backend"], world_dir=world,
-                                cache_path=os.path.join(cfg["out_dir"], "tool_cache.sqlite"),
-                                image_dir=os.path.join(cfg["out_dir"], "tool_images"),
-                                summarizer_base_url=cfg["summarizer_base_url"],
-                                summarizer_model=cfg["summarizer_model"])
-        for i in range(0, len(todo), cfg["agent_batch"]):
-            chunk = todo[i:i + cfg["agent_batch"]]
-            recs = rollout.rollout([it for it, _ in chunk], pol, eng, tb, samples=1,
-                                   temperature=cfg["agent_temperature"])
-            for rec, (_, s) in zip(recs, chunk):
-                yield dict(rec, sample=s)
-    finally:
-        for k, v in saved.items():
-            setattr(rollout, k, v)
+        rs = rollout.settings(cfg["rollout_kwargs"], where="eval_knowgen.py rollout_kwargs")
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    if api:  # messages-only records: eval needs no tokens
+        pol = rollout.tokenizer_policy(None, cfg["agent_model"])
+        eng = rollout.make_engine("openai", pol, base_url=cfg["agent_base_url"] or "", model=cfg["agent_model"],
+                                  api_key_env=cfg["agent_api_key_env"], workers=cfg["agent_batch"], s=rs)
+    else:
+        pol = rollout.load_policy(cfg["policy_path"], device=cfg["agent_device"], dtype=cfg["agent_dtype"],
+                                  max_pixels=rs.max_pixels)
+        eng = rollout.make_engine(cfg["agent_engine"], pol, path=cfg["policy_path"], dtype=cfg["agent_dtype"], s=rs)
+    tb = tools.make_toolbox(backend=cfg["tool_backend"], world_dir=world,
+                            cache_path=os.path.join(cfg["out_dir"], "tool_cache.sqlite"),
+                            image_dir=os.path.join(cfg["out_dir"], "tool_images"),
+                            summarizer_base_url=cfg["summarizer_base_url"],
+                            summarizer_model=cfg["summarizer_model"])
+    for i in range(0, len(todo), cfg["agent_batch"]):
+        chunk = todo[i:i + cfg["agent_batch"]]
+        recs = rollout.rollout([it for it, _ in chunk], pol, eng, tb, samples=1,
+                               temperature=cfg["agent_temperature"], s=rs)
+        for rec, (_, s) in zip(recs, chunk):
+            yield dict(rec, sample=s)
 
 
 def stage_agent(items, cfg):
@@ -302,13 +299,13 @@ def stage_agent(items, cfg):
 def reward_config(cfg, text_only=False):
     """reward.py's config for its generator client and judge (the names are shared)."""
     import reward
-    keys = ("gen_backend", "gen_server_urls", "gen_openai_base_url", "gen_openai_model", "judge_backend",
+    keys = ("gen_backend", "generator_urls", "gen_openai_base_url", "gen_openai_model", "judge_backend",
             "judge_base_url", "judge_model")
     c = {k: cfg[k] for k in keys}
     if text_only and cfg["gen_t2i_server_urls"]:  # eval: no references -> text-only Qwen-Image servers
-        c["gen_server_urls"] = cfg["gen_t2i_server_urls"]
+        c["generator_urls"] = cfg["gen_t2i_server_urls"]
     c["judge_cache"] = os.path.join(cfg["out_dir"], "judge_cache.sqlite")
-    return reward.make_config(**{**c, **cfg["reward_cfg"]})
+    return reward.make_config(**{**c, **cfg["reward_kwargs"]})
 
 
 def stage_generate(items, cfg):

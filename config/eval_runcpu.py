@@ -2,7 +2,14 @@
 # the same compact prompt / date / limits as the run's data and GRPO. runcpu.sh passes --items_path, --world_dir,
 # --out_dir, --mode, --policy_path. on_no_answer stays "raw_prompt" (the paper's system degrades to the baseline:
 # an agent that never answers scores like `direct`); tool_stats' "answered" says how often that happened.
+import os as _os
+import runpy as _runpy
+
 benchmark = "knowgen"
+items_path = "out/cpu/data/bench.jsonl"   # make_data.py config/make_data_runcpu.py's out_dir/bench.jsonl
+world_dir = "out/cpu/world"
+policy_path = "out/cpu/grpo_lam0.5/final"  # grpo.py config/grpo_runcpu.py's out_dir/final
+out_dir = "out/cpu/eval/grpo_lam0.5"
 tool_backend = "local"
 gen_backend = "offline"
 judge_backend = "offline"
@@ -10,5 +17,5 @@ agent_engine = "hf"
 agent_batch = 40             # all items in one generate batch: the tiny model's decode step costs about the same
 limit = 40                   # the first 40 of the 80 bench items (both groups; ~1-3 min a row); 0 = all 80
 num_workers = 1
-rollout_cfg = {"max_new_tokens": 256, "context_cap": 4096, "date": "2025-06-01", "system_style": "compact"}
+rollout_kwargs = _runpy.run_path(_os.path.join(_os.path.dirname(__file__), "grpo_runcpu.py"))["rollout_kwargs"]
 report_n = 12

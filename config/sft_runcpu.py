@@ -1,8 +1,11 @@
 # sft.py for runcpu.sh: a tiny Qwen3-VL (real architecture: vision tower, merger, M-RoPE) from scratch around the
-# world's tokenizer, on the oracle trajectories. Sizes from mini-world-findings.md (hidden 128, 4 layers, 4 heads x
+# world's tokenizer, on the oracle trajectories. Sizes that learned to copy in mini-world runs (hidden 128, 4 layers, 4 heads x
 # 32, MLP 384: 1.2M params); batch 8 instead of 16 buys twice the steps in the CPU budget (measured 1.2-1.3 s a step
 # on 2 quiet cores, 2-5 s on shared ones, at ~950 tokens a sequence). runcpu.sh passes --train_data,
 # --tokenizer_dir, --out_dir.
+train_data = "out/cpu/data/sft.jsonl"     # make_data.py config/make_data_runcpu.py's out_dir/sft.jsonl
+tokenizer_dir = "out/cpu/world/tokenizer"
+out_dir = "out/cpu/sft"
 init_from = "scratch"
 vision = True
 model_sizes = {"n_embd": 128, "n_layer": 4, "n_head": 4, "n_kv_head": 2, "head_dim": 32, "mlp": 384}

@@ -53,3 +53,25 @@ def test_config_file_errors_name_file_and_key(tmp_path):
         configure(_globals(), [str(f)])
     with pytest.raises(ConfigError, match="missing.py"):
         configure(_globals(), [str(tmp_path / "missing.py")])
+
+
+def test_config_keys_is_sorted_plain_values():
+    from configurator import config_keys
+    import math
+    g = {**_globals(), "math": math, "f": len, "T": tuple}
+    assert config_keys(g) == sorted(k for k in _globals() if not k.startswith("_"))
+
+
+def test_cli_error_is_one_line_and_exit_2(tmp_path):
+    # a real stage script from the command line: one line on stderr, status 2, no traceback
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    for argv, line in ((["--bogus=1"], "sft.py: unknown config key 'bogus'"),
+                       (["--batch_size=8.5"], "sft.py: config key 'batch_size'")):
+        r = subprocess.run([sys.executable, str(root / "sft.py"), *argv], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().startswith(line) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr

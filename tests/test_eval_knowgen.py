@@ -256,10 +256,10 @@ def test_agent_mode_runs_rollout_and_resumes(world, tmp_path, monkeypatch):
         return real(items, *a, **k)
     monkeypatch.setattr(rollout, "rollout", counting)
     cfg = mini_cfg(world, tmp_path / "agent", mode="agent", policy_path=ckpt, limit=3, agent_batch=2,
-                   rollout_cfg={"max_rounds": 1, "max_new_tokens": 6})
+                   rollout_kwargs={"max_rounds": 1, "max_new_tokens": 6})
     before = rollout.max_rounds
     s = ek.run(cfg)
-    assert n["rollouts"] == 3 and rollout.max_rounds == before  # rollout_cfg is restored afterwards
+    assert n["rollouts"] == 3 and rollout.max_rounds == before  # rollout_kwargs is an argument, never a global
     trajs = [json.loads(x) for x in lines(tmp_path / "agent" / "trajectories.jsonl")]
     assert [t["sample"] for t in trajs] == [0, 0, 0] and all(len(t["tokens"]) == len(t["loss_mask"]) for t in trajs)
     gens = [json.loads(x) for x in lines(tmp_path / "agent" / "generated.jsonl")]
@@ -378,7 +378,7 @@ def test_rejudge_with_served_judge(world, tmp_path, judge_server, calls):
     Judge.replies = [json.dumps({"rationale": "ok", "faithfulness": 1, "visual_correctness": 0.5,
                                  "text_accuracy": 0, "aesthetics": 0.5, "text_accuracy_na": False}), None]
     cfg = mini_cfg(world, out, mode="direct", limit=5, stage="judge", judge_backend="openai",
-                   judge_base_url=judge_server, judge_model="loopback-judge", reward_cfg={"judge_retries": 0})
+                   judge_base_url=judge_server, judge_model="loopback-judge", reward_kwargs={"judge_retries": 0})
     ek.run(cfg)
     assert len(Judge.requests) == 5 and calls["gen"] == 5
     assert calls["judge"] == 10  # reward.judge_kscore is what eval calls (5 offline + 5 served)

@@ -92,7 +92,7 @@ def _env():
 
 
 def _args(world, out, steps, engine="hf", extra=()):
-    return ["config/grpo_cpu.py", "--init_from=scratch", "--vision=False", "--model_sizes={'head_dim': 32}",
+    return ["config/grpo_runcpu.py", "--num_epochs=5", "--save_interval=20", "--init_from=scratch", "--vision=False", "--model_sizes={'head_dim': 32}",
             f"--tokenizer_dir={world / 'tokenizer'}", f"--data_path={world / 'rl.jsonl'}", f"--world_dir={world}",
             f"--out_dir={out}", f"--max_steps={steps}", f"--engine={engine}", "--n_prompts=2", "--group_size=4",
             "--reward_fn=test_grpo_rules:frac_target", "--learning_rate=3e-3", "--vllm_max_model_len=4096",

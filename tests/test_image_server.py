@@ -131,7 +131,7 @@ def test_client_fans_out_over_two_servers(servers, ref_png, tmp_path):
         {"img_id": "IMG_001", "url": "https://miniworld.example/img/im_00001.png", "local_path": ref_png,
          "title": "Flag of Dutel", "page_url": "", "note": ""}]}
     trajs = [{"id": "it", "sample": i, "end_reason": "answer", "answer": answer} for i in range(6)]
-    res = reward.score(trajs, items, gen_backend="server", gen_server_urls=servers, gen_per_server=2,
+    res = reward.score(trajs, items, gen_backend="server", generator_urls=servers, gen_per_server=2,
                        gen_steps=4, gen_backoff=0.01, out_dir=str(tmp_path / "gen"), judge_cache=None,
                        data_dir=str(tmp_path))
     assert all(r["error"] is None and r["invalid"] is None for r in res), res

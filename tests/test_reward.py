@@ -251,7 +251,7 @@ def test_score_batch(judge_server, images, tmp_path):
     # generator down: no judge call, zero reward, error set
     n = len(judge_server.requests)
     r = reward.score([good], [item], **_cfg(judge_server, tmp_path, gen_backend="server", gen_retries=1,
-                                            gen_backoff=0.01, gen_server_urls=["http://127.0.0.1:9"]))[0]
+                                            gen_backoff=0.01, generator_urls=["http://127.0.0.1:9"]))[0]
     assert r["invalid"] == "generation_failed" and r["reward"] == 0 and "generator" in r["error"]
     assert len(judge_server.requests) == n
     with pytest.raises(TypeError, match="unknown config key 'judge_modle'"):

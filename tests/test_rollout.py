@@ -61,7 +61,7 @@ def test_parse_answer_cases():
     assert a["reference_images"][0] == {"img_id": "IMG_002", "url": "https://w/img/2.png", "local_path": "/x/2.jpg",
                                         "title": "t2", "page_url": "https://w/p2", "note": "flag"}
     many = json.dumps({"gen_prompt": "p", "reference_images": [{"img_id": f"IMG_{i:03d}"} for i in range(1, 8)]})
-    assert len(parse_answer(many, reg)[0]["reference_images"]) == R.max_refs
+    assert len(parse_answer(many, reg)[0]["reference_images"]) == R.Settings().max_refs
     unk = '{"gen_prompt": "p", "reference_images": [{"img_id": "IMG_009"}, {"img_id": "IMG_001"}]}'
     a, why = parse_answer(unk, reg)
     assert a is None and "IMG_009" in why
@@ -222,17 +222,11 @@ def agent(world, tmp_path_factory):
 
 def run(agent, script, prompts, samples=1, **limits):
     pol, tb, _ = agent
-    eng = R.make_engine("hf", pol)
+    s = R.settings(limits)  # the limits are an argument: rollout.py's globals are never touched
+    eng = R.make_engine("hf", pol, s=s)
     eng.logits_processors = [Scripted(pol.tokenizer, script)]
-    saved = {k: getattr(R, k) for k in limits}
-    try:
-        for k, v in limits.items():
-            setattr(R, k, v)
-        items = [{"id": f"t{i}", "prompt": p} for i, p in enumerate(prompts)]
-        return R.rollout(items, pol, eng, tb, samples=samples, day="2026-01-02")
-    finally:
-        for k, v in saved.items():
-            setattr(R, k, v)
+    items = [{"id": f"t{i}", "prompt": p} for i, p in enumerate(prompts)]
+    return R.rollout(items, pol, eng, tb, samples=samples, day="2026-01-02", s=s)
 
 
 def check_record(rec, pol):
@@ -241,7 +235,7 @@ def check_record(rec, pol):
     assert len(rec["loss_mask"]) == n == len(rec["logprobs"])
     assert all(lp == 0.0 for lp, m in zip(rec["logprobs"], rec["loss_mask"]) if not m)
     assert sum(rec["loss_mask"]) == rec["num_gen_tokens"]
-    assert len(rec["tokens"]) < R.context_cap
+    assert len(rec["tokens"]) < R.Settings().context_cap
     pad = pol.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert sum(x == pad for x in rec["tokens"]) == sum(im["num_tokens"] for im in rec["images"])
     b = trainer.collate([trainer.trajectory_inputs(rec, pol)], R.special_ids(pol.tokenizer)["pad"])
@@ -305,8 +299,8 @@ def test_end_reasons_and_limits(agent):
     assert by["TRUNC"]["end_reason"] == "repeated" and by["TRUNC"]["rounds"] == 2
     assert by["TRUNC"]["num_gen_tokens"] == 2 * 96  # each turn cut at max_new_tokens
     f = by["FOREVER"]
-    assert f["end_reason"] == "no_answer" and f["rounds"] == R.max_rounds + 1
-    assert f["tool_calls"]["search"] == R.max_rounds  # the forced round's call is not run
+    assert f["end_reason"] == "no_answer" and f["rounds"] == R.Settings().max_rounds + 1
+    assert f["tool_calls"]["search"] == R.Settings().max_rounds  # the forced round's call is not run
     assert f["messages"][-2]["content"] == R.FINAL_ROUND
     fu = by["FORCED_UNKNOWN"]
     assert fu["end_reason"] == "answer" and [x["img_id"] for x in fu["answer"]["reference_images"]] == ["IMG_001"]
@@ -356,11 +350,7 @@ def test_sampled_rollout_logprobs_match_recompute(agent):
     logprobs equal the trainer's batched recompute (collate of all three, right padding)."""
     pol, tb, items = agent
     torch.manual_seed(0)
-    R.max_new_tokens, old = 40, R.max_new_tokens
-    try:
-        recs = R.rollout(items[:1], pol, R.make_engine("hf", pol), tb, samples=3)
-    finally:
-        R.max_new_tokens = old
+    recs = R.rollout(items[:1], pol, R.make_engine("hf", pol), tb, samples=3, s=R.settings(max_new_tokens=40))
     b = trainer.collate([trainer.trajectory_inputs(r, pol) for r in recs], R.special_ids(pol.tokenizer)["pad"])
     with torch.no_grad():
         lp = trainer.sequence_logprobs(pol.model, b)

@@ -106,11 +106,11 @@ def tb(world, tmp_path_factory):
     return tools.make_toolbox(world_dir=world, image_dir=str(tmp_path_factory.mktemp("img")))
 
 
-def run(server, pol, tb, prompts, monkeypatch, **engine_kw):
+def run(server, pol, tb, prompts, monkeypatch, s=None, **engine_kw):
     monkeypatch.setenv("LOOPBACK_KEY", SECRET)
     eng = R.make_engine("openai", pol, base_url=server.url if server else "http://127.0.0.1:9/v1", model="loop-agent",
-                        api_key_env="LOOPBACK_KEY", max_tokens=256, timeout=10, **engine_kw)
-    recs = R.rollout([{"id": p, "prompt": p} for p in prompts], pol, eng, tb, day="2026-01-02", temperature=0.0)
+                        api_key_env="LOOPBACK_KEY", max_tokens=256, timeout=10, s=s, **engine_kw)
+    recs = R.rollout([{"id": p, "prompt": p} for p in prompts], pol, eng, tb, day="2026-01-02", temperature=0.0, s=s)
     for r in recs:
         assert SECRET not in json.dumps(r)  # the key never reaches a record
     return {r["id"]: r for r in recs}
@@ -175,9 +175,8 @@ def test_faults_and_end_reasons(tb, monkeypatch):
     and the forced final round, two length-cut turns end as repeated. Nothing raises."""
     server = Server()
     pol = R.tokenizer_policy(None, "loop-agent")
-    monkeypatch.setattr(R, "max_rounds", 3)
     recs = run(server, pol, tb, ["FLAKY", "DOWN", "GARBAGE", "ECHO", "NOTEXT", "CHATTY", "LONG"], monkeypatch,
-               retries=1, workers=3)
+               s=R.settings(max_rounds=3), retries=1, workers=3)
     assert recs["FLAKY"]["end_reason"] == "answer" and recs["FLAKY"]["usage"]["request_errors"] == 1
     assert "invalid key in Bearer <key>" in recs["ECHO"]["error"]  # run() checked SECRET is in no record
     for p in ("DOWN", "GARBAGE", "ECHO", "NOTEXT"):

@@ -55,15 +55,11 @@ def test_vllm_rollout_record_recompute(setup):
     """A sampled (temperature 0.7, top_p 0.95) agent rollout on vLLM with the mini world's tools: records are
     well-formed and the HF trainer's recompute of every generated token's logprob matches vLLM's to 1e-3."""
     pol, eng, tb, items = setup
-    old = R.max_new_tokens
-    R.max_new_tokens = 48
-    try:
-        recs = R.rollout(items[:2], pol, eng, tb, samples=2, seed=11)
-        # per-request seeds: item 0 rolled out again in a smaller batch (another rank / a resumed run) draws the
-        # same tokens in every round
-        again = R.rollout(items[:1], pol, eng, tb, samples=2, seed=11)
-    finally:
-        R.max_new_tokens = old
+    s = R.settings(max_new_tokens=48)
+    recs = R.rollout(items[:2], pol, eng, tb, samples=2, seed=11, s=s)
+    # per-request seeds: item 0 rolled out again in a smaller batch (another rank / a resumed run) draws the
+    # same tokens in every round
+    again = R.rollout(items[:1], pol, eng, tb, samples=2, seed=11, s=s)
     assert [r["tokens"] for r in again] == [r["tokens"] for r in recs[:2]]
     assert recs[0]["tokens"] != recs[1]["tokens"]  # and the samples of one item differ
     assert len(recs) == 4 and all(r["end_reason"] in ("repeated", "no_answer", "parse_failed", "answer")

@@ -114,7 +114,7 @@ def _run(world, out, stream):
     trace = out / "trace.jsonl"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false", STREAM_TRACE=str(trace))
-    args = ["config/grpo_cpu.py", "--init_from=scratch", "--vision=False", f"--tokenizer_dir={world / 'tokenizer'}",
+    args = ["config/grpo_runcpu.py", "--init_from=scratch", "--vision=False", f"--tokenizer_dir={world / 'tokenizer'}",
             f"--data_path={world / 'rl.jsonl'}", f"--world_dir={world}", f"--out_dir={out}", "--max_steps=2",
             "--engine=hf", "--n_prompts=4", "--group_size=3", "--learning_rate=3e-3", "--reward_fn=",
             f"--stream_rewards={stream}", "--reward_kwargs={'judge_cache': None}",

@@ -182,6 +182,6 @@ def test_scripts_refuse_missing_init_from_and_sft_checkpoint_for_grpo(tmp_path, 
     assert "Repo id" not in p.stderr
     ck, _, _, _ = _checkpoint(tmp_path, tok, kind="sft", seed=42)  # an SFT run's checkpoint in out_dir
     out = os.path.dirname(ck)
-    p = _script(["grpo.py", "config/grpo_cpu.py", "--init_from=resume", f"--out_dir={out}", "--engine=hf"])
+    p = _script(["grpo.py", "config/grpo_runcpu.py", "--init_from=resume", f"--out_dir={out}", "--engine=hf"])
     assert p.returncode != 0 and "kind='sft' in the checkpoint, 'grpo' in this run" in p.stderr, p.stderr[-2000:]
     assert not os.path.exists(os.path.join(out, "final")) and not os.path.exists(os.path.join(out, "log.jsonl"))

@@ -5,7 +5,7 @@ JSONL, from LOCAL files (no hub access on these machines: download the release e
     python data/knowgen/prepare.py --bench_json=/path/to/KnowGen-Bench.json --image_dir=/path/to/images
     python data/knowgen/prepare.py --bench_json=... --image_dir=... --out_dir=data/knowgen --copy_images=False
 
-Writes out_dir/knowgen.jsonl, one item per line (format: /work/contracts.md, "KnowGen item"):
+Writes out_dir/knowgen.jsonl, one item per line (format: README "Data formats", "KnowGen item"):
     {"id": str, "prompt": str, "meta": {"category": str, "difficulty": str}, "gt_image": path}
 With copy_images=True the ground truths are copied to out_dir/gt/<id><ext> and gt_image is the relative path
 "gt/<id><ext>" (resolved against the JSONL's directory, as every reader does); otherwise gt_image is the

@@ -5,7 +5,7 @@ whole Gen-Searcher loop (search -> image_search -> answer -> generate -> judge) 
     python data/miniworld/prepare.py                                  # seed 1337 -> data/miniworld (~10 s)
     python data/miniworld/prepare.py --seed=7 --out_dir=/tmp/mw --n_countries=12 --n_sft=100
 
-What it writes into out_dir (formats: /work/contracts.md, "The mini world"):
+What it writes into out_dir (formats: README "Data formats", "Mini world"):
   pages.jsonl      one short page per world entity, then ~10k Wikipedia summaries as distractor pages
   images.jsonl     the image collection (flags, coats of arms, landmarks, portraits, crests, posters, covers,
   images/*.png       plus look-alike distractors: former flags, fan-made posters), 64x64, drawn with PIL
@@ -55,7 +55,7 @@ n_rl = 120
 n_bench = 80
 n_distractors = 0       # Wikipedia distractor pages, 0 = all (~10k)
 image_size = 64         # px, square
-vocab_size = 2048       # tokenizer vocab incl. special tokens (mini-world-findings: 2,048)
+vocab_size = 2048       # tokenizer vocab incl. special tokens (2,048: enough for the world's names)
 tokenizer_seed_offset = 100003  # the tokenizer learns from the world of seed + this (different names)
 tokenizer_wiki_pages = 3000     # distractor summaries added to the tokenizer's training text
 top_k = 5               # top_k in the oracle's search / image_search hops (release default 5; 3 on CPU keeps
@@ -595,11 +595,19 @@ def _write_jsonl(path, rows):
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def build_world(out_dir, seed=1337, n_countries=n_countries, bench_countries=bench_countries,
-                rl_countries=rl_countries, n_sft=n_sft, n_rl=n_rl, n_bench=n_bench, n_distractors=n_distractors,
-                image_size=image_size, vocab_size=vocab_size, tokenizer_seed_offset=tokenizer_seed_offset,
-                tokenizer_wiki_pages=tokenizer_wiki_pages, tokenizer=True):
-    """Write the mini world into out_dir (deterministic in all arguments). Returns a summary dict."""
+def build_world(out_dir, seed=1337, n_countries=None, bench_countries=None, rl_countries=None, n_sft=None, n_rl=None,
+                n_bench=None, n_distractors=None, image_size=None, vocab_size=None, tokenizer_seed_offset=None,
+                tokenizer_wiki_pages=None, tokenizer=True):
+    """Write the mini world into out_dir (deterministic in all arguments). Returns a summary dict. An argument
+    left None takes the config global's value at call time (so a --key=value override reaches it)."""
+    g = globals()
+    n_countries, bench_countries, rl_countries, n_sft, n_rl, n_bench, n_distractors, image_size, vocab_size, \
+        tokenizer_seed_offset, tokenizer_wiki_pages = (
+            g[k] if v is None else v for k, v in (
+                ("n_countries", n_countries), ("bench_countries", bench_countries), ("rl_countries", rl_countries),
+                ("n_sft", n_sft), ("n_rl", n_rl), ("n_bench", n_bench), ("n_distractors", n_distractors),
+                ("image_size", image_size), ("vocab_size", vocab_size),
+                ("tokenizer_seed_offset", tokenizer_seed_offset), ("tokenizer_wiki_pages", tokenizer_wiki_pages)))
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     from reward import offline_generate  # the mini world's generator: ground truths are its oracle renders

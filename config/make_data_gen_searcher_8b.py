@@ -1,8 +1,8 @@
 # make_data.py against real endpoints (paper: Gemini 3 Pro writes prompts and trajectories, GPT-4.1 judges,
 # Qwen-Image-Edit-2509 renders the ground truth). Endpoints/keys come from the command line / environment:
-# python make_data.py config/make_data_real.py --llm_base_url=... --teacher_base_url=... --judge_base_url=...
+# python make_data.py config/make_data_gen_searcher_8b.py --llm_base_url=... --teacher_base_url=... --judge_base_url=...
 #     --generator_urls="['http://gpu0:8000']"
-out_dir = "out/make_data_real"
+out_dir = "out/make_data_gen_searcher_8b"
 llm_model = "gemini-3-pro"
 teacher_model = "gemini-3-pro"
 judge_model = "gpt-4.1"
