@@ -29,13 +29,10 @@ refused urls: non-http(s), or loopback/private/link-local/reserved after DNS unl
 import hashlib
 import html
 import io
-import ipaddress
 import json
 import math
 import os
-import random
 import re
-import socket
 import sqlite3
 import threading
 import time
@@ -44,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-import requests
+import net
 from PIL import Image
 
 # ----------------------------------------------------------------------------------------------
@@ -513,9 +510,9 @@ def _fetch_page(tb, url):
         status, headers, body = _http(tb, "GET", f"{tb.reader_base_url}/{url}",
                                       headers={"Authorization": f"Bearer {key}"} if key else {})
     else:
-        status, headers, body = _get_checked(tb, url, tb.max_response_bytes)
+        status, headers, body = _http(tb, "GET", url, checked=True)
     text = body.decode("utf-8", "replace")
-    if "html" in headers.get("Content-Type", "") and not tb.reader_base_url:
+    if "html" in headers.get("content-type", "") and not tb.reader_base_url:
         text = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", text)
         text = html.unescape(re.sub(r"(?s)<[^>]+>", " ", text))
         text = re.sub(r"[ \t]+", " ", re.sub(r"\n\s*\n+", "\n", text)).strip()
@@ -536,29 +533,29 @@ def _llm_answer(tb, text, query):
 
 
 def _chat(tb, prompt):
-    import openai
-    with tb.lock:
-        if tb.llm is None:  # our own retries below, so the client's are off
-            tb.llm = openai.OpenAI(base_url=tb.summarizer_base_url, timeout=tb.timeout, max_retries=0,
-                                   api_key=os.environ.get(SUMMARIZER_KEY_ENV) or "EMPTY")
-    last = ""
+    """One summarizer answer: an OpenAI-compatible POST {base}/chat/completions through net.request, so the
+    answer has the same deadline and byte cap (max_response_bytes) as every other read; no redirect."""
+    key = os.environ.get(SUMMARIZER_KEY_ENV, "").strip() or "EMPTY"
+    payload = {"model": tb.summarizer_model, "temperature": SUMMARIZER_TEMPERATURE,
+               "max_tokens": SUMMARIZER_MAX_TOKENS, "messages": [{"role": "user", "content": prompt}]}
     for attempt in range(tb.retries + 1):
         if attempt:
-            _backoff(tb, attempt)
+            time.sleep(net.backoff_delay(attempt, tb.backoff_base, BACKOFF_MAX))
         try:
-            r = tb.llm.chat.completions.create(model=tb.summarizer_model, temperature=SUMMARIZER_TEMPERATURE,
-                                               max_tokens=SUMMARIZER_MAX_TOKENS,
-                                               messages=[{"role": "user", "content": prompt}])
-            answer = (r.choices[0].message.content or "").strip()
-            if answer:
-                return answer
-            last = "summarizer returned an empty answer"
-        except openai.APIStatusError as e:
-            if e.status_code not in _RETRY_STATUS:
-                raise ToolFailure(f"summarizer failed: HTTP {e.status_code}") from None
-            last = f"summarizer failed: HTTP {e.status_code}"
-        except openai.APIConnectionError as e:  # includes APITimeoutError
-            last = f"summarizer unreachable ({type(e).__name__})"
+            body = _http(tb, "POST", tb.summarizer_base_url.rstrip("/") + "/chat/completions", json_body=payload,
+                         headers={"Authorization": f"Bearer {key}"}, retries=0)[2]
+        except ToolFailure as e:
+            last = f"summarizer failed: {e}"
+            if "HTTP 4" in str(e) and "HTTP 429" not in str(e):
+                raise ToolFailure(last) from None
+            continue
+        try:
+            answer = (json.loads(body)["choices"][0]["message"]["content"] or "").strip()
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ToolFailure(f"summarizer returned an unreadable answer ({len(body)} bytes)") from None
+        if answer:
+            return answer
+        last = "summarizer returned an empty answer"
     raise ToolFailure(f"{last} (after {tb.retries + 1} attempts)")
 
 
@@ -566,60 +563,27 @@ def _chat(tb, prompt):
 # HTTP, safety, images, cache
 
 
-def _session(tb):
-    if getattr(tb.tls, "http", None) is None:  # requests.Session is not guaranteed thread-safe
-        tb.tls.http = requests.Session()
-        tb.tls.http.trust_env = False  # no proxy from the environment may redirect tool traffic
-    return tb.tls.http
-
-
-def _backoff(tb, attempt, retry_after=None):
-    delay = min(BACKOFF_MAX, tb.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # jitter
-    time.sleep(max(delay, min(retry_after or 0.0, BACKOFF_MAX)))
-
-
-def _http(tb, method, url, json_body=None, headers=None, max_bytes=None, redirects=True, retries=None):
-    """One request with bounded retries (429/5xx/timeouts/connection errors, jittered exponential backoff).
-    Reads at most max_bytes of the body within tb.timeout. Returns (status, headers, body bytes)."""
+def _http(tb, method, url, json_body=None, headers=None, max_bytes=None, retries=None, checked=False):
+    """One request through net.request: bounded retries (429/5xx/timeouts/connection errors, jittered
+    backoff), one wall-clock deadline of tb.timeout per attempt, at most max_bytes of body.
+    checked=False: an operator endpoint (search API, reader): no redirect followed, so its key stays there.
+    checked=True: a model/search-supplied url: net.check_url on it and on every redirect hop.
+    Returns (status, headers with lower-case names, body bytes)."""
     max_bytes = max_bytes or tb.max_response_bytes
     retries = tb.retries if retries is None else retries
-    last, wait = "", None
-    for attempt in range(retries + 1):
-        if attempt:
-            _backoff(tb, attempt, wait)
-        try:
-            with _session(tb).request(method, url, json=json_body, headers=headers or {}, timeout=tb.timeout,
-                                      stream=True, allow_redirects=redirects) as r:
-                if r.status_code in _RETRY_STATUS:
-                    last = f"HTTP {r.status_code}"
-                    wait = float(r.headers["Retry-After"]) if r.headers.get("Retry-After", "").isdigit() else None
-                    continue
-                if r.status_code >= 400:
-                    raise ToolFailure(f"HTTP {r.status_code} from {_host(url)}")
-                body, deadline = bytearray(), time.monotonic() + tb.timeout
-                for chunk in r.iter_content(65536):
-                    body += chunk
-                    if len(body) > max_bytes:
-                        raise ToolFailure(f"response from {_host(url)} larger than {max_bytes} bytes")
-                    if time.monotonic() > deadline:
-                        raise requests.Timeout("body read too slow")
-                return r.status_code, r.headers, bytes(body)
-        except requests.Timeout:
-            last = f"timed out after {tb.timeout:g}s"
-        except requests.ConnectionError as e:
-            last = "timed out" if "timed out" in str(e).lower() else f"connection failed ({type(e).__name__})"
-    raise ToolFailure(f"{_host(url)}: {last} (after {retries + 1} attempts)")
-
-
-def _get_checked(tb, url, max_bytes, retries=None):
-    """GET a model-supplied url, following at most 5 redirects, each target checked by _check_url."""
-    for _ in range(6):
-        _check_url(url, tb.allow_private)
-        status, headers, body = _http(tb, "GET", url, max_bytes=max_bytes, redirects=False, retries=retries)
-        if status not in (301, 302, 303, 307, 308):
-            return status, headers, body
-        url = urllib.parse.urljoin(url, headers.get("Location", ""))
-    raise ToolFailure("too many redirects")
+    try:
+        r = net.request(method, url, json_body=json_body, headers=headers, timeout=tb.timeout,
+                        max_bytes=max_bytes, redirects="check" if checked else "none",
+                        allow_private=tb.allow_private, retries=retries, backoff_base=tb.backoff_base,
+                        backoff_max=BACKOFF_MAX)
+    except net.URLRefused as e:
+        raise ToolFailure(str(e)) from None
+    except net.HTTPFailure as e:
+        msg = str(e).replace("deadline passed", f"timed out after {tb.timeout:g}s")
+        raise ToolFailure(f"{_host(url)}: {msg}") from None
+    if not checked and r.status in net.REDIRECT_STATUS:
+        raise ToolFailure(f"{_host(url)} answered a redirect (HTTP {r.status}); API redirects are not followed")
+    return r.status, r.headers, r.body
 
 
 def _host(url):
@@ -627,22 +591,12 @@ def _host(url):
 
 
 def _check_url(url, allow_private):
-    """Refuse non-http(s) schemes and, after DNS resolution, loopback/private/link-local/reserved targets."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ToolFailure(f"refused {url!r}: only http(s) urls with a host can be fetched")
-    if allow_private:
-        return
+    """net.check_url as a tool failure (refuses before any byte is sent). Used before handing a url to the
+    reader, which does its own lookup: with allow_private the url is only parsed, not resolved."""
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-    except (socket.gaierror, UnicodeError, ValueError):
-        raise ToolFailure(f"the page {url} could not be fetched (cannot resolve host {parts.hostname})") from None
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        ip = getattr(ip, "ipv4_mapped", None) or ip
-        if (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast
-                or ip.is_unspecified):
-            raise ToolFailure(f"refused {url!r}: it resolves to a non-public address")
+        net.parse_url(url) if allow_private else net.check_url(url, allow_private)
+    except net.URLRefused as e:
+        raise ToolFailure(f"the page {url} could not be fetched: {e}") from None
 
 
 def _image_file(tb, hit):
@@ -654,7 +608,7 @@ def _image_file(tb, hit):
     if hit.get("path"):
         _to_jpeg(src, dst)
     else:
-        _to_jpeg(io.BytesIO(_get_checked(tb, src, MAX_IMAGE_BYTES, retries=min(1, tb.retries))[2]), dst)
+        _to_jpeg(io.BytesIO(_http(tb, "GET", src, max_bytes=MAX_IMAGE_BYTES, retries=min(1, tb.retries), checked=True)[2]), dst)
     return dst
 
 
