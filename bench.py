@@ -225,7 +225,7 @@ def bench_tools():
 
         # 2. a batch of web search calls, one by one vs run_tools, against a loopback Serper with injected latency
         srv, url = serve(web_latency)
-        os.environ.setdefault(tools.SERPER_KEY_ENV, "bench-key")
+        os.environ.setdefault(tools.serper_key_env, "bench-key")
         tb = tools.make_toolbox("web", serper_base_url=url, use_cache=False, image_dir=os.path.join(tmp, "img"),
                                 allow_private=True, max_workers=web_batch)
         calls = [("search", {"queries": [f"query {i}"]}, {}) for i in range(web_batch)]
