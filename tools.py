@@ -23,8 +23,12 @@ browse answers `query` with an OpenAI-compatible summarizer when summarizer_base
 Attached images are JPEG copies resized to <= 160,000 pixels. A persistent SQLite result cache (key = tool +
 normalized arguments + backend, never an API key; on by default for web) makes a repeated call free and a run
 replayable offline. Every failure (bad arguments, HTTP errors after bounded jittered retries, timeouts,
-refused urls: non-http(s), or loopback/private/link-local/reserved after DNS unless allow_private) becomes a
-"[Tool Error]: ..." observation. Leniency: `queries` may be one string; `arguments` may be a JSON string.
+refused urls) becomes a "[Tool Error]: ..." observation. Every HTTP call goes through net.py: model- or
+search-supplied urls (browse, image downloads) pass net.check_url (strict parse; no backslash/userinfo/odd
+numeric hosts; resolved once, no loopback/private/link-local/reserved address unless allow_private; the
+connection is pinned to the checked address; every redirect hop checked); the search API, reader and
+summarizer follow no redirect (their keys stay at their origin); every read has a wall-clock deadline
+(timeout) and a byte cap (max_response_bytes, max_image_bytes). Leniency: `queries` may be one string; `arguments` may be a JSON string.
 """
 import hashlib
 import html
