@@ -256,7 +256,7 @@ def bench_tools():
 
         # 2. a batch of web search calls, one by one vs run_tools, against a loopback Serper with injected latency
         srv, url = serve(web_latency)
-        os.environ.setdefault(tools.SERPER_KEY_ENV, "bench-key")
+        os.environ.setdefault(tools.serper_key_env, "bench-key")
         tb = tools.make_toolbox("web", serper_base_url=url, use_cache=False, image_dir=os.path.join(tmp, "img"),
                                 allow_private=True, max_workers=web_batch)
         calls = [("search", {"queries": [f"query {i}"]}, {}) for i in range(web_batch)]
@@ -480,7 +480,7 @@ def bench_stream():
     try:
         for G in stream_gen_latencies:
             gens = [serve(G) for _ in range(stream_gen_servers)]
-            kw = dict(gen_backend="server", gen_server_urls=[u for _, u in gens], judge_backend="openai", data_dir=world,
+            kw = dict(gen_backend="server", generator_urls=[u for _, u in gens], judge_backend="openai", data_dir=world,
                       judge_base_url=judge_url + "/v1", judge_cache=None, out_dir=os.path.join(tmp, f"gen{G}"),
                       judge_backoff=0.01, gen_backoff=0.01)
             last = {}

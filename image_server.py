@@ -6,7 +6,8 @@ scoring; reward.py's "server" backend is the client). Speaks the release's contr
                     "num_images_per_prompt": 1}  ->  {"success": true, "image": <base64 PNG>}
     GET /health
 References given -> diffusers QwenImageEditPlusPipeline (Qwen-Image-Edit-2509); none -> QwenImagePipeline.
-Errors: 400 bad request (bad JSON/base64/data URL/image, sizes over limits), 413 body too large,
+Errors: 400 bad request (bad JSON/base64/data URL/image, unknown fields, refused image url, sizes over limits),
+401 missing/wrong bearer token (env IMAGE_SERVER_TOKEN; required when host is not loopback), 413 body too large,
 503 generation failed, 504 generation took longer than generate_timeout.
 
 GPU, one server process per GPU:
@@ -50,6 +51,9 @@ max_image_pixels = 4096 * 4096
 max_body_bytes = 128 * 2 ** 20   # -> 413
 max_steps = 200
 allow_http_images = True         # fetch http(s) image_urls (the release allows them); data URLs always work
+allow_private = False            # http image_urls may point at loopback/private addresses (net.check_url)
+image_fetch_timeout = 30.0       # s, wall clock per http image_url (connect + all bytes), off the event loop
+token_env = "IMAGE_SERVER_TOKEN"  # env var holding a bearer token; required when host is not loopback
 log_level = "warning"
 
 
@@ -140,16 +144,16 @@ def decode_image(url, c):
             raw = base64.b64decode(payload, validate=True)
         except ValueError:
             raise BadRequest("image data URL is not valid base64") from None
-    elif url.startswith(("http://", "https://")) and c["allow_http_images"]:
-        import requests
+    elif url.lower().startswith(("http://", "https://")) and c["allow_http_images"]:
+        import net  # the tools' url policy: strict parse, checked + pinned address, every redirect hop checked
         try:
-            r = requests.get(url, timeout=30)
-            r.raise_for_status()
-        except Exception as e:
-            raise BadRequest(f"cannot fetch image {url[:100]}: {type(e).__name__}") from None
-        raw = r.content
-        if len(raw) > c["max_image_bytes"]:
-            raise BadRequest(f"image larger than {c['max_image_bytes']} bytes")
+            r = net.request("GET", url, redirects="check", allow_private=c.get("allow_private", False),
+                            timeout=c.get("image_fetch_timeout", 30.0), max_bytes=c["max_image_bytes"], retries=0)
+        except net.URLRefused as e:
+            raise BadRequest(str(e)[:200]) from None
+        except net.HTTPFailure as e:
+            raise BadRequest(f"cannot fetch image {url[:100]}: {str(e)[:100]}") from None
+        raw = r.body
     else:
         raise BadRequest("image_urls entries must be data URLs"
                          + (" or http(s) URLs" if c["allow_http_images"] else ""))
@@ -164,10 +168,17 @@ def decode_image(url, c):
         raise BadRequest("image data is not a readable image") from None
 
 
+REQUEST_FIELDS = {"image_urls", "prompt", "seed", "true_cfg_scale", "negative_prompt", "num_inference_steps",
+                  "guidance_scale", "num_images_per_prompt"}
+
+
 def parse_request(body, c):
     """Validate a /generate body (the release's fields) -> kwargs for run(); BadRequest names the field."""
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
+    unknown = sorted(set(body) - REQUEST_FIELDS)
+    if unknown:  # e.g. width/height: silently ignoring them would hide the caller's mistake
+        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(REQUEST_FIELDS))}")
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest("'prompt' must be a non-empty string")
@@ -213,8 +224,30 @@ def run(pipes, req, c):
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def make_app(pipes, c):
-    """The FastAPI app around `pipes` ({"edit", "t2i"}). Requests queue on one worker thread."""
+def is_loopback(bind_host):
+    """True when bind_host only listens on this machine (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+    if bind_host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind_host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_token(bind_host, env_name):
+    """The bearer token from env_name (None if unset); refuses (SystemExit) a non-loopback bind without one."""
+    token = os.environ.get(env_name or "", "").strip() or None
+    if token is None and not is_loopback(bind_host):
+        raise SystemExit(f"image_server.py: host={bind_host!r} is not loopback; set a bearer token in the "
+                         f"environment variable {env_name} (clients send it from the same variable)")
+    return token
+
+
+def make_app(pipes, c, token=None):
+    """The FastAPI app around `pipes` ({"edit", "t2i"}). Requests queue on one worker thread.
+    token: if set, /generate requires the header `Authorization: Bearer <token>` (401 otherwise)."""
+    import hmac
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     app = FastAPI(title="Gen-Searcher image server")
@@ -233,6 +266,10 @@ def make_app(pipes, c):
 
     @app.post("/generate")
     async def generate(request: Request):
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return fail(401, "missing or wrong bearer token")
         if int(request.headers.get("content-length") or 0) > c["max_body_bytes"]:
             return fail(413, f"body larger than {c['max_body_bytes']} bytes")
         raw = await request.body()
@@ -240,7 +277,9 @@ def make_app(pipes, c):
             return fail(413, f"body larger than {c['max_body_bytes']} bytes")
         try:
             import json
-            req = parse_request(json.loads(raw), c)
+            body = json.loads(raw)
+            # off the event loop: http image_urls are fetched here and must not stall /health
+            req = await asyncio.to_thread(parse_request, body, c)
         except ValueError as e:  # BadRequest, and json's decode error
             return fail(400, f"bad request: {e}")
         with lock:
@@ -273,4 +312,5 @@ if __name__ == "__main__":
         import torch
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     import uvicorn
-    uvicorn.run(make_app(build_pipelines(cfg), cfg), host=host, port=port, log_level=log_level)
+    server_key = server_token(host, token_env)  # before the (slow) model load
+    uvicorn.run(make_app(build_pipelines(cfg), cfg, token=server_key), host=host, port=port, log_level=log_level)

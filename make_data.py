@@ -415,7 +415,7 @@ def stage_traj(c):
     done = set(by_id(read_jsonl(path, repair=True)))
     items = [it for it in read_jsonl(os.path.join(c.out_dir, "prompts.jsonl")) if it["id"] not in done]
     kw = {"summarizer_base_url": c.summarizer_base_url} if c.summarizer_base_url else {}
-    tb = tools.make_toolbox("local" if not c.teacher_base_url else c.tool_backend, world_dir=c.world_dir or tools.WORLD_DIR,
+    tb = tools.make_toolbox("local" if not c.teacher_base_url else c.tool_backend, world_dir=c.world_dir or tools.world_dir,
                             image_dir=os.path.abspath(os.path.join(c.out_dir, "tool_images")), **kw)
     world_images = by_image_id(c)
     # records get tokens / loss_mask / images from rollout.py when tokenizer_dir is set, else messages only

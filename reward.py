@@ -47,6 +47,7 @@ score_workers = 64               # trajectories generated concurrently (each wai
 # generator
 gen_backend = "offline"          # "offline" | "server" | "openai"
 generator_urls = ["http://127.0.0.1:8000"]  # one image_server.py per GPU
+gen_server_token_env = "IMAGE_SERVER_TOKEN"  # env var with image_server.py's bearer token (sent if set)
 gen_per_server = 2               # requests in flight per server URL (1 generating + 1 queued hides transfer)
 gen_max_refs = 3                 # release: the client sends at most the first 3 references
 gen_timeout = 1800.0             # s, release: long timeout (a 40-step 20B edit can queue behind others)
@@ -570,6 +571,8 @@ def generate_server(gen_prompt, ref_paths, out_path, c):
             "true_cfg_scale": c["gen_true_cfg_scale"], "negative_prompt": c["gen_negative_prompt"],
             "num_inference_steps": c["gen_steps"] if refs else c["gen_text_only_steps"],
             "guidance_scale": c["gen_guidance_scale"], "num_images_per_prompt": 1}
+    token = os.environ.get(c.get("gen_server_token_env") or "", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}  # the server's token (issue 13)
     err = None
     for attempt in range(int(c["gen_retries"]) + 1):
         if attempt:
@@ -577,11 +580,12 @@ def generate_server(gen_prompt, ref_paths, out_path, c):
         url = _acquire_server(list(c["generator_urls"]), c["gen_per_server"])
         try:
             _count("gen_requests")
-            r = requests.post(url.rstrip("/") + "/generate", json=body, timeout=c["gen_timeout"])
+            r = requests.post(url.rstrip("/") + "/generate", json=body, headers=headers, timeout=c["gen_timeout"],
+                              allow_redirects=False)  # the token stays with the configured server
             if r.status_code == 200 and r.json().get("success"):
                 _save_png_bytes(base64.b64decode(r.json()["image"]), out_path)
                 return out_path
-            err = f"{url}: HTTP {r.status_code} {r.text[:160]}"
+            err = f"{url}: HTTP {r.status_code} {r.text[:160]}".replace(token or "\0", "***")
             if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
                 break  # the request itself is bad
         except Exception as e:

@@ -2,9 +2,9 @@
 tools.py: the agent's three tools (search, image_search, browse) with the release's argument schemas and
 observation formats, behind two backends.
 
-    python tools.py --TOOL=search --ARGUMENTS='{"queries": ["Vorlak capital"], "top_k": 3}'     # local world
-    python tools.py --TOOL=browse --ARGUMENTS='{"url": "https://miniworld.example/wiki/Vorlak", "query": "flag"}'
-    SERPER_API_KEY=... python tools.py --BACKEND=web --SUMMARIZER_BASE_URL=http://host:8000/v1 --TOOL=...
+    python tools.py --tool=search --arguments='{"queries": ["Vorlak capital"], "top_k": 3}'     # local world
+    python tools.py --tool=browse --arguments='{"url": "https://miniworld.example/wiki/Vorlak", "query": "flag"}'
+    SERPER_API_KEY=... python tools.py --backend=web --summarizer_base_url=http://host:8000/v1 --tool=...
 
     tb = make_toolbox("local", world_dir="data/miniworld")      # or "web"; the rollout owns img_registry
     r = run_tool(tb, "image_search", {"query": "flag of Vorlak"}, img_registry)    # never raises
@@ -23,19 +23,20 @@ browse answers `query` with an OpenAI-compatible summarizer when summarizer_base
 Attached images are JPEG copies resized to <= 160,000 pixels. A persistent SQLite result cache (key = tool +
 normalized arguments + backend, never an API key; on by default for web) makes a repeated call free and a run
 replayable offline. Every failure (bad arguments, HTTP errors after bounded jittered retries, timeouts,
-refused urls: non-http(s), or loopback/private/link-local/reserved after DNS unless allow_private) becomes a
-"[Tool Error]: ..." observation. Leniency: `queries` may be one string; `arguments` may be a JSON string.
+refused urls) becomes a "[Tool Error]: ..." observation. Every HTTP call goes through net.py: model- or
+search-supplied urls (browse, image downloads) pass net.check_url (strict parse; no backslash/userinfo/odd
+numeric hosts; resolved once, no loopback/private/link-local/reserved address unless allow_private; the
+connection is pinned to the checked address; every redirect hop checked); the search API, reader and
+summarizer follow no redirect (their keys stay at their origin); every read has a wall-clock deadline
+(timeout) and a byte cap (max_response_bytes, max_image_bytes). Leniency: `queries` may be one string; `arguments` may be a JSON string.
 """
 import hashlib
 import html
 import io
-import ipaddress
 import json
 import math
 import os
-import random
 import re
-import socket
 import sqlite3
 import threading
 import time
@@ -44,46 +45,46 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-import requests
+import net
 from PIL import Image
 
 # ----------------------------------------------------------------------------------------------
-# defaults: make_toolbox's arguments default to these (other stages read e.g. tools.WORLD_DIR); the demo
-# command line overrides them by name (--BACKEND=web ...)
-BACKEND = "local"                 # "local" (offline mini world) or "web" (paper: Serper + reader + VLM)
-WORLD_DIR = "data/miniworld"      # holds pages.jsonl / images.jsonl (local backend)
-INDEX_PATH = None                 # FTS5 index file; None -> <world_dir>/index.sqlite
-CACHE_PATH = "out/tool_cache.sqlite"  # persistent result cache (on by default for web only)
-IMAGE_DIR = "out/tool_images"     # resized JPEG copies of attached images
-SERPER_BASE_URL = "https://google.serper.dev"
-READER_BASE_URL = "https://r.jina.ai"  # release: Jina reader; "" = fetch the url directly
-SUMMARIZER_BASE_URL = None        # OpenAI-compatible /v1 base; None -> extractive offline summarizer
-SUMMARIZER_MODEL = "Qwen3-VL-30B-A3B-Instruct"  # paper's browse summarizer
-SUMMARIZER_TEMPERATURE = 0.0      # paper: temperature 0
-SUMMARIZER_MAX_TOKENS = 8192      # release's max_tokens for a summary
-PAGE_TOKEN_BUDGET = 95_000        # release: pages over 95k tokens are split and answered per part
-PART_OVERLAP_TOKENS = 1024        # release: each part overlaps the next by 1024 tokens
-CHARS_PER_TOKEN = 4               # token count approximated as chars / 4 (release used tiktoken)
-SERPER_KEY_ENV = "SERPER_API_KEY"  # API keys come only from the environment
-READER_KEY_ENV = "JINA_API_KEY"
-SUMMARIZER_KEY_ENV = "SUMMARIZER_API_KEY"
-TIMEOUT = 30.0                    # seconds per HTTP request (release: 30 s search, 50 s reader)
-CALL_TIMEOUT = 300.0              # seconds, safety net per tool call in run_tools
-RETRIES = 3                       # extra attempts on 429 / 5xx / timeouts / connection errors
-BACKOFF_BASE = 1.0                # seconds; attempt n waits ~base * 2^(n-1) * U(0.5, 1), capped
-BACKOFF_MAX = 16.0
-MAX_WORKERS = 32                  # run_tools thread pool (I/O-bound calls: threads are cheap)
-MAX_RESPONSE_BYTES = 5_000_000    # bytes read from any response before giving up
-MAX_IMAGE_BYTES = 10_000_000
-MAX_IMAGE_PIXELS = 160_000        # paper: attached images resized to <= 160,000 pixels
-MAX_IMAGES = 5                    # paper: at most 5 images listed and attached per image_search
-TOP_K_DEFAULT = 5                 # release schema: "default: 5"
-TOP_K_MAX = 10                    # release caps top_k at 10
-MAX_QUERIES = 8                   # queries per search call
-SNIPPET_TOKENS = 32               # FTS5 snippet length (tokens)
-EXTRACT_SENTENCES = 5             # extractive summarizer: sentences returned
-TOOL = "search"                   # command line demo
-ARGUMENTS = '{"queries": ["capital city"]}'
+# defaults: make_toolbox's arguments default to these (other stages read e.g. tools.world_dir); the demo
+# command line overrides them by name (--backend=web ...)
+backend = "local"                 # "local" (offline mini world) or "web" (paper: Serper + reader + VLM)
+world_dir = "data/miniworld"      # holds pages.jsonl / images.jsonl (local backend)
+index_path = None                 # FTS5 index file; None -> <world_dir>/index.sqlite
+cache_path = "out/tool_cache.sqlite"  # persistent result cache (on by default for web only)
+image_dir = "out/tool_images"     # resized JPEG copies of attached images
+serper_base_url = "https://google.serper.dev"
+reader_base_url = "https://r.jina.ai"  # release: Jina reader; "" = fetch the url directly
+summarizer_base_url = None        # OpenAI-compatible /v1 base; None -> extractive offline summarizer
+summarizer_model = "Qwen3-VL-30B-A3B-Instruct"  # paper's browse summarizer
+summarizer_temperature = 0.0      # paper: temperature 0
+summarizer_max_tokens = 8192      # release's max_tokens for a summary
+page_token_budget = 95_000        # release: pages over 95k tokens are split and answered per part
+part_overlap_tokens = 1024        # release: each part overlaps the next by 1024 tokens
+chars_per_token = 4               # token count approximated as chars / 4 (release used tiktoken)
+serper_key_env = "SERPER_API_KEY"  # API keys come only from the environment
+reader_key_env = "JINA_API_KEY"
+summarizer_key_env = "SUMMARIZER_API_KEY"
+timeout = 30.0                    # seconds per HTTP request (release: 30 s search, 50 s reader)
+call_timeout = 300.0              # seconds, safety net per tool call in run_tools
+retries = 3                       # extra attempts on 429 / 5xx / timeouts / connection errors
+backoff_base = 1.0                # seconds; attempt n waits ~base * 2^(n-1) * U(0.5, 1), capped
+backoff_max = 16.0
+max_workers = 32                  # run_tools thread pool (I/O-bound calls: threads are cheap)
+max_response_bytes = 5_000_000    # bytes read from any response before giving up
+max_image_bytes = 10_000_000
+max_image_pixels = 160_000        # paper: attached images resized to <= 160,000 pixels
+max_images = 5                    # paper: at most 5 images listed and attached per image_search
+top_k_default = 5                 # release schema: "default: 5"
+top_k_max = 10                    # release caps top_k at 10
+max_queries = 8                   # queries per search call
+snippet_tokens = 32               # FTS5 snippet length (tokens)
+extract_sentences = 5             # extractive summarizer: sentences returned
+tool = "search"                   # command line demo
+arguments = '{"queries": ["capital city"]}'
 
 
 def _fn(name, description, required, **props):
@@ -163,19 +164,19 @@ class ToolFailure(Exception):
 # construction
 
 
-def make_toolbox(backend=BACKEND, world_dir=WORLD_DIR, cache_path=None, image_dir=IMAGE_DIR,
-                 summarizer_base_url=SUMMARIZER_BASE_URL, summarizer_model=SUMMARIZER_MODEL, timeout=TIMEOUT,
-                 retries=RETRIES, max_workers=MAX_WORKERS, allow_private=False, use_cache=None,
-                 index_path=INDEX_PATH, serper_base_url=SERPER_BASE_URL, reader_base_url=READER_BASE_URL,
-                 backoff_base=BACKOFF_BASE, page_token_budget=PAGE_TOKEN_BUDGET, chars_per_token=CHARS_PER_TOKEN,
-                 max_response_bytes=MAX_RESPONSE_BYTES, call_timeout=CALL_TIMEOUT):
-    """Build a Toolbox. use_cache=None means: cache on for web (at cache_path or CACHE_PATH), and for local
+def make_toolbox(backend=backend, world_dir=world_dir, cache_path=None, image_dir=image_dir,
+                 summarizer_base_url=summarizer_base_url, summarizer_model=summarizer_model, timeout=timeout,
+                 retries=retries, max_workers=max_workers, allow_private=False, use_cache=None,
+                 index_path=index_path, serper_base_url=serper_base_url, reader_base_url=reader_base_url,
+                 backoff_base=backoff_base, page_token_budget=page_token_budget, chars_per_token=chars_per_token,
+                 max_response_bytes=max_response_bytes, call_timeout=call_timeout, default_cache_path=cache_path):
+    """Build a Toolbox. use_cache=None means: cache on for web (at cache_path or default_cache_path), and for local
     only when cache_path is given. The local backend builds/reuses its FTS5 index here."""
     if backend not in ("local", "web"):
         raise ValueError(f"tools.py: backend must be 'local' or 'web', got {backend!r}")
     if use_cache is None:
         use_cache = backend == "web" or cache_path is not None
-    tb = Toolbox(backend, world_dir, None, (cache_path or CACHE_PATH) if use_cache else None, image_dir,
+    tb = Toolbox(backend, world_dir, None, (cache_path or default_cache_path) if use_cache else None, image_dir,
                  serper_base_url.rstrip("/"), (reader_base_url or "").rstrip("/"),
                  summarizer_base_url, summarizer_model, float(timeout), int(retries), float(backoff_base),
                  int(max_workers), bool(allow_private), int(page_token_budget), int(chars_per_token),
@@ -195,7 +196,7 @@ def make_toolbox(backend=BACKEND, world_dir=WORLD_DIR, cache_path=None, image_di
         con.close()
     os.makedirs(image_dir, exist_ok=True)
     tb.pool = ThreadPoolExecutor(tb.max_workers, thread_name_prefix="tool")
-    tb.dl_pool = ThreadPoolExecutor(MAX_IMAGES, thread_name_prefix="tool-dl")
+    tb.dl_pool = ThreadPoolExecutor(max_images, thread_name_prefix="tool-dl")
     return tb
 
 
@@ -286,7 +287,7 @@ def run_tool(tb, name, arguments, img_registry):
 
 def run_tools(tb, calls):
     """Run [(name, arguments, img_registry), ...] concurrently on the toolbox's thread pool; results in order.
-    Each call is bounded by its HTTP timeouts/retries; CALL_TIMEOUT (per pool wave) is a safety net."""
+    Each call is bounded by its HTTP timeouts/retries; call_timeout (per pool wave) is a safety net."""
     futures = [tb.pool.submit(run_tool, tb, n, a, r) for n, a, r in calls]
     deadline = time.monotonic() + tb.call_timeout * math.ceil(max(1, len(calls)) / tb.max_workers)
     out = []
@@ -324,8 +325,8 @@ def _validate(name, arguments):
         q = [args["queries"]] if isinstance(args["queries"], str) else args["queries"]  # lenient: one string
         if not isinstance(q, list) or not q or not all(isinstance(x, str) and x.strip() for x in q):
             raise ToolFailure(f"{name}: 'queries' must be a non-empty list of non-empty strings")
-        if len(q) > MAX_QUERIES:
-            raise ToolFailure(f"{name}: at most {MAX_QUERIES} queries per call, got {len(q)}")
+        if len(q) > max_queries:
+            raise ToolFailure(f"{name}: at most {max_queries} queries per call, got {len(q)}")
         args["queries"] = [x.strip() for x in q]
     for k in ("query", "url"):
         if k in args and not (isinstance(args[k], str) and args[k].strip()):
@@ -333,9 +334,9 @@ def _validate(name, arguments):
         if k in args:
             args[k] = args[k].strip()
     if "top_k" in schema["properties"]:
-        k = args.get("top_k", TOP_K_DEFAULT)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= TOP_K_MAX:
-            raise ToolFailure(f"{name}: 'top_k' must be an integer from 1 to {TOP_K_MAX}, got {k!r}")
+        k = args.get("top_k", top_k_default)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= top_k_max:
+            raise ToolFailure(f"{name}: 'top_k' must be an integer from 1 to {top_k_max}, got {k!r}")
         args["top_k"] = k
     return args
 
@@ -359,10 +360,10 @@ def _search(tb, args):
 
 
 def _image_search(tb, args, img_registry):
-    q, k = args["query"], min(args["top_k"], MAX_IMAGES)
-    key_args = {"q": " ".join(q.lower().split()), "num": TOP_K_MAX}
+    q, k = args["query"], min(args["top_k"], max_images)
+    key_args = {"q": " ".join(q.lower().split()), "num": top_k_max}
     hits = _cached(tb, "image_search", key_args, lambda: (
-        _local_image_hits(tb, q, TOP_K_MAX) if tb.backend == "local" else _web_image_hits(tb, q, TOP_K_MAX)))
+        _local_image_hits(tb, q, top_k_max) if tb.backend == "local" else _web_image_hits(tb, q, top_k_max)))
     # JPEG files for the first k hits (downloads in parallel); a dead link or a non-image is skipped and the
     # next-ranked hit takes its place
     seen = set()
@@ -383,7 +384,7 @@ def _image_search(tb, args, img_registry):
     for im in shown:
         lines += [f"{im['img_id']}: title: {im['title']}", f"  url: {im['url']}", f"  page_url: {im['page_url']}"]
     lines.append("--- end of image search result ---")
-    return ToolResult("\n".join(lines), [dict(im) for im in shown[:MAX_IMAGES]])
+    return ToolResult("\n".join(lines), [dict(im) for im in shown[:max_images]])
 
 
 def _register(reg, hit):
@@ -430,7 +431,7 @@ def _browse(tb, args):
 def _local_search(tb, q, k):
     rows = _fts(tb, q, k, "SELECT p.title, p.url, snippet(pages_fts, 1, '', '', '...', %d) FROM pages_fts "
                 "JOIN pages p ON p.id = pages_fts.rowid WHERE pages_fts MATCH ? "
-                "ORDER BY bm25(pages_fts, 5.0, 1.0) LIMIT ?" % SNIPPET_TOKENS)  # a title hit weighs 5 text hits
+                "ORDER BY bm25(pages_fts, 5.0, 1.0) LIMIT ?" % snippet_tokens)  # a title hit weighs 5 text hits
     return [{"title": t, "link": u, "snippet": " ".join(s.split())} for t, u, s in rows]
 
 
@@ -453,12 +454,12 @@ def _words(s):
 
 
 def _extractive_answer(url, title, text, query):
-    """Offline stand-in for the summarizer VLM: the page's EXTRACT_SENTENCES sentences sharing the most
+    """Offline stand-in for the summarizer VLM: the page's extract_sentences sentences sharing the most
     (non-stop) words with the query, in page order. Not a language model; the header says so."""
     sents = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
     qw = _words(query)
     scored = [(len(qw & _words(s)), -i, i) for i, s in enumerate(sents)]
-    best = sorted(i for n, _, i in sorted(scored, reverse=True)[:EXTRACT_SENTENCES] if n > 0)
+    best = sorted(i for n, _, i in sorted(scored, reverse=True)[:extract_sentences] if n > 0)
     head = (f"[Extractive summary (offline, no language model): the sentences of {title or url} ({url}) "
             f"most relevant to the query \"{query}\"]")
     if not best:
@@ -489,9 +490,9 @@ def _web_image_hits(tb, q, k):
 
 
 def _api_json(tb, path, payload):
-    key = os.environ.get(SERPER_KEY_ENV, "").strip()
+    key = os.environ.get(serper_key_env, "").strip()
     if not key:
-        raise ToolFailure(f"the search API key is not set (environment variable {SERPER_KEY_ENV})")
+        raise ToolFailure(f"the search API key is not set (environment variable {serper_key_env})")
     body = _http(tb, "POST", tb.serper_base_url + path, json_body=payload,
                  headers={"X-API-KEY": key, "Content-Type": "application/json"})[2]
     try:
@@ -509,13 +510,13 @@ def _fetch_page(tb, url):
     """Page text through the reader (GET {reader}/{url}) or, with reader_base_url="", directly."""
     _check_url(url, tb.allow_private)
     if tb.reader_base_url:
-        key = os.environ.get(READER_KEY_ENV, "").strip()
+        key = os.environ.get(reader_key_env, "").strip()
         status, headers, body = _http(tb, "GET", f"{tb.reader_base_url}/{url}",
                                       headers={"Authorization": f"Bearer {key}"} if key else {})
     else:
-        status, headers, body = _get_checked(tb, url, tb.max_response_bytes)
+        status, headers, body = _http(tb, "GET", url, checked=True)
     text = body.decode("utf-8", "replace")
-    if "html" in headers.get("Content-Type", "") and not tb.reader_base_url:
+    if "html" in headers.get("content-type", "") and not tb.reader_base_url:
         text = re.sub(r"(?is)<(script|style)\b.*?</\1\s*>", " ", text)
         text = html.unescape(re.sub(r"(?s)<[^>]+>", " ", text))
         text = re.sub(r"[ \t]+", " ", re.sub(r"\n\s*\n+", "\n", text)).strip()
@@ -528,7 +529,7 @@ def _llm_answer(tb, text, query):
     if len(text) <= budget:
         return _chat(tb, _SUMMARY_PROMPT.format(text=text, query=query))
     n = max(2, len(text) // budget + 1)
-    step, overlap = len(text) // n, PART_OVERLAP_TOKENS * tb.chars_per_token
+    step, overlap = len(text) // n, part_overlap_tokens * tb.chars_per_token
     outs = [_chat(tb, _SUMMARY_PROMPT.format(text=text[i * step: i * step + step + overlap], query=query))
             for i in range(n)]
     return _SPLIT_NOTE + "".join(f"--- begin of result part {i + 1} ---\n{o}\n--- end of result part {i + 1} ---\n\n"
@@ -536,29 +537,29 @@ def _llm_answer(tb, text, query):
 
 
 def _chat(tb, prompt):
-    import openai
-    with tb.lock:
-        if tb.llm is None:  # our own retries below, so the client's are off
-            tb.llm = openai.OpenAI(base_url=tb.summarizer_base_url, timeout=tb.timeout, max_retries=0,
-                                   api_key=os.environ.get(SUMMARIZER_KEY_ENV) or "EMPTY")
-    last = ""
+    """One summarizer answer: an OpenAI-compatible POST {base}/chat/completions through net.request, so the
+    answer has the same deadline and byte cap (max_response_bytes) as every other read; no redirect."""
+    key = os.environ.get(summarizer_key_env, "").strip() or "EMPTY"
+    payload = {"model": tb.summarizer_model, "temperature": summarizer_temperature,
+               "max_tokens": summarizer_max_tokens, "messages": [{"role": "user", "content": prompt}]}
     for attempt in range(tb.retries + 1):
         if attempt:
-            _backoff(tb, attempt)
+            time.sleep(net.backoff_delay(attempt, tb.backoff_base, backoff_max))
         try:
-            r = tb.llm.chat.completions.create(model=tb.summarizer_model, temperature=SUMMARIZER_TEMPERATURE,
-                                               max_tokens=SUMMARIZER_MAX_TOKENS,
-                                               messages=[{"role": "user", "content": prompt}])
-            answer = (r.choices[0].message.content or "").strip()
-            if answer:
-                return answer
-            last = "summarizer returned an empty answer"
-        except openai.APIStatusError as e:
-            if e.status_code not in _RETRY_STATUS:
-                raise ToolFailure(f"summarizer failed: HTTP {e.status_code}") from None
-            last = f"summarizer failed: HTTP {e.status_code}"
-        except openai.APIConnectionError as e:  # includes APITimeoutError
-            last = f"summarizer unreachable ({type(e).__name__})"
+            body = _http(tb, "POST", tb.summarizer_base_url.rstrip("/") + "/chat/completions", json_body=payload,
+                         headers={"Authorization": f"Bearer {key}"}, retries=0)[2]
+        except ToolFailure as e:
+            last = f"summarizer failed: {e}"
+            if "HTTP 4" in str(e) and "HTTP 429" not in str(e):
+                raise ToolFailure(last) from None
+            continue
+        try:
+            answer = (json.loads(body)["choices"][0]["message"]["content"] or "").strip()
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise ToolFailure(f"summarizer returned an unreadable answer ({len(body)} bytes)") from None
+        if answer:
+            return answer
+        last = "summarizer returned an empty answer"
     raise ToolFailure(f"{last} (after {tb.retries + 1} attempts)")
 
 
@@ -566,60 +567,27 @@ def _chat(tb, prompt):
 # HTTP, safety, images, cache
 
 
-def _session(tb):
-    if getattr(tb.tls, "http", None) is None:  # requests.Session is not guaranteed thread-safe
-        tb.tls.http = requests.Session()
-        tb.tls.http.trust_env = False  # no proxy from the environment may redirect tool traffic
-    return tb.tls.http
-
-
-def _backoff(tb, attempt, retry_after=None):
-    delay = min(BACKOFF_MAX, tb.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # jitter
-    time.sleep(max(delay, min(retry_after or 0.0, BACKOFF_MAX)))
-
-
-def _http(tb, method, url, json_body=None, headers=None, max_bytes=None, redirects=True, retries=None):
-    """One request with bounded retries (429/5xx/timeouts/connection errors, jittered exponential backoff).
-    Reads at most max_bytes of the body within tb.timeout. Returns (status, headers, body bytes)."""
+def _http(tb, method, url, json_body=None, headers=None, max_bytes=None, retries=None, checked=False):
+    """One request through net.request: bounded retries (429/5xx/timeouts/connection errors, jittered
+    backoff), one wall-clock deadline of tb.timeout per attempt, at most max_bytes of body.
+    checked=False: an operator endpoint (search API, reader): no redirect followed, so its key stays there.
+    checked=True: a model/search-supplied url: net.check_url on it and on every redirect hop.
+    Returns (status, headers with lower-case names, body bytes)."""
     max_bytes = max_bytes or tb.max_response_bytes
     retries = tb.retries if retries is None else retries
-    last, wait = "", None
-    for attempt in range(retries + 1):
-        if attempt:
-            _backoff(tb, attempt, wait)
-        try:
-            with _session(tb).request(method, url, json=json_body, headers=headers or {}, timeout=tb.timeout,
-                                      stream=True, allow_redirects=redirects) as r:
-                if r.status_code in _RETRY_STATUS:
-                    last = f"HTTP {r.status_code}"
-                    wait = float(r.headers["Retry-After"]) if r.headers.get("Retry-After", "").isdigit() else None
-                    continue
-                if r.status_code >= 400:
-                    raise ToolFailure(f"HTTP {r.status_code} from {_host(url)}")
-                body, deadline = bytearray(), time.monotonic() + tb.timeout
-                for chunk in r.iter_content(65536):
-                    body += chunk
-                    if len(body) > max_bytes:
-                        raise ToolFailure(f"response from {_host(url)} larger than {max_bytes} bytes")
-                    if time.monotonic() > deadline:
-                        raise requests.Timeout("body read too slow")
-                return r.status_code, r.headers, bytes(body)
-        except requests.Timeout:
-            last = f"timed out after {tb.timeout:g}s"
-        except requests.ConnectionError as e:
-            last = "timed out" if "timed out" in str(e).lower() else f"connection failed ({type(e).__name__})"
-    raise ToolFailure(f"{_host(url)}: {last} (after {retries + 1} attempts)")
-
-
-def _get_checked(tb, url, max_bytes, retries=None):
-    """GET a model-supplied url, following at most 5 redirects, each target checked by _check_url."""
-    for _ in range(6):
-        _check_url(url, tb.allow_private)
-        status, headers, body = _http(tb, "GET", url, max_bytes=max_bytes, redirects=False, retries=retries)
-        if status not in (301, 302, 303, 307, 308):
-            return status, headers, body
-        url = urllib.parse.urljoin(url, headers.get("Location", ""))
-    raise ToolFailure("too many redirects")
+    try:
+        r = net.request(method, url, json_body=json_body, headers=headers, timeout=tb.timeout,
+                        max_bytes=max_bytes, redirects="check" if checked else "none",
+                        allow_private=tb.allow_private, retries=retries, backoff_base=tb.backoff_base,
+                        backoff_max=backoff_max)
+    except net.URLRefused as e:
+        raise ToolFailure(str(e)) from None
+    except net.HTTPFailure as e:
+        msg = str(e).replace("deadline passed", f"timed out after {tb.timeout:g}s")
+        raise ToolFailure(f"{_host(url)}: {msg}") from None
+    if not checked and r.status in net.REDIRECT_STATUS:
+        raise ToolFailure(f"{_host(url)} answered a redirect (HTTP {r.status}); API redirects are not followed")
+    return r.status, r.headers, r.body
 
 
 def _host(url):
@@ -627,22 +595,12 @@ def _host(url):
 
 
 def _check_url(url, allow_private):
-    """Refuse non-http(s) schemes and, after DNS resolution, loopback/private/link-local/reserved targets."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ToolFailure(f"refused {url!r}: only http(s) urls with a host can be fetched")
-    if allow_private:
-        return
+    """net.check_url as a tool failure (refuses before any byte is sent). Used before handing a url to the
+    reader, which does its own lookup: with allow_private the url is only parsed, not resolved."""
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-    except (socket.gaierror, UnicodeError, ValueError):
-        raise ToolFailure(f"the page {url} could not be fetched (cannot resolve host {parts.hostname})") from None
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        ip = getattr(ip, "ipv4_mapped", None) or ip
-        if (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast
-                or ip.is_unspecified):
-            raise ToolFailure(f"refused {url!r}: it resolves to a non-public address")
+        net.parse_url(url) if allow_private else net.check_url(url, allow_private)
+    except net.URLRefused as e:
+        raise ToolFailure(f"the page {url} could not be fetched: {e}") from None
 
 
 def _image_file(tb, hit):
@@ -654,11 +612,11 @@ def _image_file(tb, hit):
     if hit.get("path"):
         _to_jpeg(src, dst)
     else:
-        _to_jpeg(io.BytesIO(_get_checked(tb, src, MAX_IMAGE_BYTES, retries=min(1, tb.retries))[2]), dst)
+        _to_jpeg(io.BytesIO(_http(tb, "GET", src, max_bytes=max_image_bytes, retries=min(1, tb.retries), checked=True)[2]), dst)
     return dst
 
 
-def _to_jpeg(src, dst, max_pixels=MAX_IMAGE_PIXELS):
+def _to_jpeg(src, dst, max_pixels=max_image_pixels):
     with Image.open(src) as im:
         im.load()
         if im.mode in ("RGBA", "LA", "P", "PA"):  # flatten transparency on white
@@ -698,7 +656,7 @@ def _cached(tb, tool, key_args, fn):
 
 def _scrub(msg):
     """Remove any API key value from a message (keys live only in the environment)."""
-    for env in (SERPER_KEY_ENV, READER_KEY_ENV, SUMMARIZER_KEY_ENV):
+    for env in (serper_key_env, reader_key_env, summarizer_key_env):
         v = os.environ.get(env, "").strip()
         if len(v) >= 4:
             msg = msg.replace(v, "***")
@@ -708,10 +666,10 @@ def _scrub(msg):
 if __name__ == "__main__":
     from configurator import configure
     configure(globals())
-    toolbox = make_toolbox(BACKEND, WORLD_DIR, index_path=INDEX_PATH, image_dir=IMAGE_DIR,
-                           summarizer_base_url=SUMMARIZER_BASE_URL, summarizer_model=SUMMARIZER_MODEL,
-                           serper_base_url=SERPER_BASE_URL, reader_base_url=READER_BASE_URL)
-    result = run_tool(toolbox, TOOL, ARGUMENTS, {})
+    toolbox = make_toolbox(backend, world_dir, index_path=index_path, image_dir=image_dir,
+                           summarizer_base_url=summarizer_base_url, summarizer_model=summarizer_model,
+                           serper_base_url=serper_base_url, reader_base_url=reader_base_url)
+    result = run_tool(toolbox, tool, arguments, {})
     print(result.text)
     for attached in result.images:
         print(f"[attached {attached['img_id']}: {attached['local_path']}]")

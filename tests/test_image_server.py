@@ -158,3 +158,151 @@ def test_503_and_504_in_process(ref_png):
     client = TestClient(image_server.make_app(pipes, dict(cfg, generate_timeout=0.001)))
     r = client.post("/generate", json=_body([], num_inference_steps=20))
     assert r.status_code == 504 and r.json()["success"] is False
+
+
+# ----------------------------------------------------------------------------------------------
+# trust boundary (issue 13): url policy for image_urls, fetch off the event loop, unknown fields, token
+
+
+class _Counting:
+    """A loopback HTTP server counting requests; `hang` seconds before answering (0 = answer at once)."""
+
+    def __init__(self, body=b"", hang=0.0):
+        import http.server
+        import threading
+        outer, self.hits = self, []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                outer.hits.append(self.path)
+                time.sleep(hang)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+        self.httpd = __import__("http.server").server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _cfg(**kw):
+    cfg = {k: getattr(image_server, k) for k in (
+        "tiny_size", "edit_height", "edit_width", "t2i_height", "t2i_width", "max_prompt_chars", "max_images",
+        "max_image_bytes", "max_image_pixels", "max_body_bytes", "max_steps", "allow_http_images", "device",
+        "edit_model", "allow_private", "image_fetch_timeout")}
+    cfg.update(tiny=True, device="cpu", generate_timeout=60.0, **kw)
+    return cfg
+
+
+class _Uvicorn:
+    """The app on a real uvicorn server in this process (a free loopback port), stopped on close()."""
+
+    def __init__(self, app):
+        import threading
+        import uvicorn
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline
+            time.sleep(0.05)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def tiny_pipes():
+    return image_server.build_tiny_pipelines("cpu")
+
+
+def test_image_urls_follow_the_url_policy(ref_png):
+    from fastapi.testclient import TestClient
+    canary = _Counting(open(ref_png, "rb").read())
+    try:
+        p = canary.port
+        client = TestClient(image_server.make_app({}, _cfg()))
+        tricks = [f"http://127.0.0.1:{p}/a.png", f"http://localhost:{p}/a.png", f"http://[::1]:{p}/a.png",
+                  f"http://127.0.0.1:{p}\\@8.8.8.8/a.png", f"http://[::ffff:127.0.0.1]:{p}/a.png",
+                  f"http://0177.0.0.1:{p}/a.png", f"http://0x7f.0.0.1:{p}/a.png", f"http://127.1:{p}/a.png",
+                  f"http://2130706433:{p}/a.png", f"http://x@127.0.0.1:{p}/a.png", f"HTTP://127.0.0.1:{p}/a.png"]
+        for u in tricks:
+            r = client.post("/generate", json=_body([u]))
+            assert r.status_code == 400 and "refused" in r.json()["error"], (u, r.text)
+        assert canary.hits == []
+        # allowed on purpose: the image is fetched (and the count shows the canary is reachable)
+        ok = image_server.parse_request(_body([f"http://127.0.0.1:{p}/a.png"]), _cfg(allow_private=True))
+        assert ok["images"][0].size == (64, 48) and canary.hits == ["/a.png"]
+    finally:
+        canary.close()
+
+
+def test_unknown_fields_are_named():
+    from fastapi.testclient import TestClient
+    client = TestClient(image_server.make_app({}, _cfg()))
+    r = client.post("/generate", json=_body([], width=512, height=512))
+    assert r.status_code == 400 and "'height'" in r.json()["error"] and "'width'" in r.json()["error"]
+
+
+def test_hung_image_url_does_not_stall_health():
+    hung = _Counting(b"", hang=6.0)
+    srv = _Uvicorn(image_server.make_app({}, _cfg(allow_private=True, image_fetch_timeout=3.0)))
+    try:
+        with cf.ThreadPoolExecutor(1) as ex:
+            fut = ex.submit(requests.post, srv.url + "/generate",
+                            json=_body([f"http://127.0.0.1:{hung.port}/slow.png"]), timeout=30)
+            while not hung.hits:  # the fetch is in progress
+                time.sleep(0.05)
+            t0 = time.monotonic()
+            assert requests.get(srv.url + "/health", timeout=10).json()["status"] == "ok"
+            health_s = time.monotonic() - t0
+            r = fut.result()
+        assert r.status_code == 400 and "deadline" in r.json()["error"], r.text
+        assert health_s < 2.0  # answered while the image fetch (3 s deadline, 6 s hang) was still running
+    finally:
+        srv.close()
+        hung.close()
+
+
+def test_bearer_token_and_reward_client(tiny_pipes, ref_png, tmp_path, monkeypatch):
+    srv = _Uvicorn(image_server.make_app(tiny_pipes, _cfg(), token="tok-s3cret-42"))
+    try:
+        assert requests.post(srv.url + "/generate", json=_body([]), timeout=30).status_code == 401
+        r = requests.post(srv.url + "/generate", json=_body([]), headers={"Authorization": "Bearer nope"}, timeout=30)
+        assert r.status_code == 401
+        c = {k: getattr(reward, k) for k in dir(reward) if k.startswith("gen_")}
+        c.update(generator_urls=[srv.url], gen_steps=2, gen_text_only_steps=2, gen_retries=0, gen_backoff=0.01)
+        monkeypatch.delenv("IMAGE_SERVER_TOKEN", raising=False)
+        with pytest.raises(RuntimeError, match="401"):
+            reward.generate_server("a red flag", [ref_png], str(tmp_path / "a.png"), c)
+        monkeypatch.setenv("IMAGE_SERVER_TOKEN", "tok-s3cret-42")
+        out = reward.generate_server("a red flag", [ref_png], str(tmp_path / "b.png"), c)
+        assert Image.open(out).size == (64, 64)
+    finally:
+        srv.close()
+
+
+def test_non_loopback_bind_requires_a_token(monkeypatch):
+    monkeypatch.delenv("IMAGE_SERVER_TOKEN", raising=False)
+    for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert image_server.server_token(h, "IMAGE_SERVER_TOKEN") is None
+    for h in ("0.0.0.0", "10.0.0.5", "::", "node7"):
+        with pytest.raises(SystemExit, match="IMAGE_SERVER_TOKEN"):
+            image_server.server_token(h, "IMAGE_SERVER_TOKEN")
+    monkeypatch.setenv("IMAGE_SERVER_TOKEN", "t0ken")
+    assert image_server.server_token("0.0.0.0", "IMAGE_SERVER_TOKEN") == "t0ken"

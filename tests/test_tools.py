@@ -489,7 +489,7 @@ def test_local_browse_with_summarizer(world, tmp_path, srv):
 
 
 def test_long_page_split_into_parts(srv, web, monkeypatch):
-    monkeypatch.setattr(tools, "PART_OVERLAP_TOKENS", 5)
+    monkeypatch.setattr(tools, "part_overlap_tokens", 5)
     text = " ".join(f"w{i:04d}" for i in range(200))  # 1,199 chars
     srv.pages["https://long.example/"] = text
     seen = []
