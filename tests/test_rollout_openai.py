@@ -5,13 +5,13 @@
 import base64
 import json
 import os
-import sys
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+import loopback
 import rollout as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,17 +42,10 @@ class Server:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:
                     outer.requests.append((self.path, self.headers.get("Authorization"), body))
-                status, reply = outer.route(body, self.headers.get("Authorization"))
-                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                loopback.send(self, *outer.route(body, self.headers.get("Authorization")))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = loopback.serve(H)
+        self.url = self.httpd.url + "/v1"
 
     def route(self, body, auth):
         msgs = body["messages"]
@@ -91,13 +84,8 @@ def reply(text, finish="stop"):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    sys.path.insert(0, os.path.join(ROOT, "data", "miniworld"))
-    import prepare
-    d = str(tmp_path_factory.mktemp("world"))
-    prepare.build_world(d, seed=9, n_countries=4, bench_countries=1, rl_countries=1, n_sft=5, n_rl=2, n_bench=2,
-                        n_distractors=50, tokenizer_wiki_pages=50)
-    return d
+def world(tiny_world):
+    return str(tiny_world)  # conftest.TINY_WORLD
 
 
 @pytest.fixture(scope="module")
