@@ -19,6 +19,8 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS)
 from grpo_rules import frac_target  # noqa: E402
 
+pytestmark = pytest.mark.timeout(900)  # torchrun / vLLM / kill-and-resume trainings: up to ~75 s each quiet
+
 
 @pytest.fixture(scope="module")
 def world(mini_world):
