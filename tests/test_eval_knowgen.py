@@ -5,12 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 import eval_knowgen as ek
+import loopback
 import reward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,13 +148,9 @@ def test_compare_and_tool_stats(tmp_path):
 # the mini world, end to end on CPU
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    sys.path.insert(0, os.path.join(ROOT, "data", "miniworld"))
-    from prepare import build_world
-    d = str(tmp_path_factory.mktemp("mw"))
-    build_world(d, seed=5, n_countries=6, bench_countries=2, rl_countries=1, n_sft=4, n_rl=4, n_bench=10,
-                n_distractors=10, tokenizer_wiki_pages=50)
-    return d
+def world(make_mini_world):
+    return str(make_mini_world(seed=5, n_countries=6, bench_countries=2, rl_countries=1, n_sft=4, n_rl=4, n_bench=10,
+                               n_distractors=10, tokenizer_wiki_pages=50))
 
 
 def mini_cfg(world, out, **kw):
@@ -301,10 +297,9 @@ def test_agent_mode_served_agent_and_resume(world, tmp_path):
     """agent_engine=openai: rollout.py's loop against a served model (no checkpoint); the answer's gen_prompt and
     reference reach the generator; a re-run asks the server nothing."""
     ServedAgent.requests = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), ServedAgent)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = loopback.serve(ServedAgent)
     cfg = mini_cfg(world, tmp_path / "served", mode="agent", agent_engine="openai", agent_model="served-agent",
-                   agent_base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", limit=3, agent_batch=2)
+                   agent_base_url=srv.url + "/v1", limit=3, agent_batch=2)
     try:
         ek.run(cfg)
         trajs = [json.loads(x) for x in lines(tmp_path / "served" / "trajectories.jsonl")]
@@ -355,10 +350,7 @@ class Judge(BaseHTTPRequestHandler):
 @pytest.fixture
 def judge_server():
     Judge.requests, Judge.replies = [], []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
+    return loopback.serve(Judge).url + "/v1"
 
 
 def images_in(req):

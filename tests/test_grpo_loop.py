@@ -1,6 +1,6 @@
 """GRPO end to end on CPU: learning signal, torchrun (gloo, FSDP2) with the HF and vLLM engines and weight
 sync, SIGKILL + resume, injected tool/judge/generator faults. The tiny policies are random-init Qwen3s on the
-mini world's tokenizer; the checkable reward (tests/test_grpo_rules.py) needs no SFT'd model."""
+mini world's tokenizer; the checkable reward (tests/grpo_rules.py) needs no SFT'd model."""
 import json
 import os
 import signal
@@ -17,17 +17,14 @@ import rollout as R
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS)
-from test_grpo_rules import frac_target  # noqa: E402
+from grpo_rules import frac_target  # noqa: E402
+
+pytestmark = pytest.mark.timeout(900)  # torchrun / vLLM / kill-and-resume trainings: up to ~75 s each quiet
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    sys.path.insert(0, os.path.join(ROOT, "data", "miniworld"))
-    import prepare
-    d = tmp_path_factory.mktemp("world")
-    prepare.build_world(str(d), seed=3, n_countries=12, bench_countries=2, rl_countries=2, n_sft=10, n_rl=8,
-                        n_bench=6, n_distractors=100, tokenizer_wiki_pages=100)
-    return d
+def world(mini_world):
+    return mini_world  # conftest.SMALL_WORLD
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,7 +92,7 @@ def _args(world, out, steps, engine="hf", extra=()):
     return ["config/grpo_runcpu.py", "--num_epochs=5", "--save_interval=20", "--init_from=scratch", "--vision=False", "--model_sizes={'head_dim': 32}",
             f"--tokenizer_dir={world / 'tokenizer'}", f"--data_path={world / 'rl.jsonl'}", f"--world_dir={world}",
             f"--out_dir={out}", f"--max_steps={steps}", f"--engine={engine}", "--n_prompts=2", "--group_size=4",
-            "--reward_fn=test_grpo_rules:frac_target", "--learning_rate=3e-3", "--vllm_max_model_len=4096",
+            "--reward_fn=grpo_rules:frac_target", "--learning_rate=3e-3", "--vllm_max_model_len=4096",
             "--rollout_kwargs={'max_new_tokens': 8, 'max_rounds': 1, 'force_final_round': False, "
             "'context_cap': 4096, 'date': '2025-06-01'}", *extra]
 
@@ -171,8 +168,8 @@ def test_sigkill_then_resume_gives_the_same_loss(world, tmp_path):
 def test_faults_are_counted_not_fatal(world, tmp_path):
     out = tmp_path / "faults"
     # the real dual reward (offline generator + judges) and the real local tools, a scripted policy that
-    # searches then answers, and faults raised inside tools / generator / judge (tests/test_grpo_rules.py)
-    _run([sys.executable, "-m", "test_grpo_rules", *_args(world, out, 3, extra=[
+    # searches then answers, and faults raised inside tools / generator / judge (tests/grpo_rules.py)
+    _run([sys.executable, "-m", "grpo_rules", *_args(world, out, 3, extra=[
         "--reward_fn=", "--n_prompts=4", "--rollout_kwargs={'max_new_tokens': 80, 'max_rounds': 3, "
         "'force_final_round': True, 'context_cap': 4096, 'date': '2025-06-01'}"])])
     log = _log(out)

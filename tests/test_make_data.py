@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "data", "miniworld"))
 import make_data as md  # noqa: E402
 
 SIZES = dict(seed=5, n_countries=10, bench_countries=2, rl_countries=2, n_sft=60, n_rl=20, n_bench=20,
@@ -21,11 +20,8 @@ SIZES = dict(seed=5, n_countries=10, bench_countries=2, rl_countries=2, n_sft=60
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    import prepare
-    d = str(tmp_path_factory.mktemp("world"))
-    prepare.build_world(d, **SIZES)
-    return d
+def world(make_mini_world):
+    return str(make_mini_world(**SIZES))
 
 
 def offline_cfg(world, out, **kw):

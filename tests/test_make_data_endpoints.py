@@ -7,17 +7,15 @@ import io
 import json
 import os
 import re
-import sys
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "data", "miniworld"))
-import make_data as md  # noqa: E402
+import loopback
+import make_data as md
 
 DUP = "A poster of the tallest tower in the capital of the country that hosted the 2010 world fair, at dusk."
 
@@ -37,17 +35,10 @@ class Server:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, reply = outer.route(self.path, body)
-                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                loopback.send(self, *outer.route(self.path, body))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = loopback.serve(H)
+        self.url = self.httpd.url
 
     def first(self, key):
         with self.lock:
@@ -115,12 +106,8 @@ def chat_reply(text):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    import prepare
-    d = str(tmp_path_factory.mktemp("world"))
-    prepare.build_world(d, seed=9, n_countries=4, bench_countries=1, rl_countries=1, n_sft=5, n_rl=2, n_bench=2,
-                        n_distractors=50, tokenizer=False)
-    return d
+def world(tiny_world):
+    return str(tiny_world)  # conftest.TINY_WORLD
 
 
 def cfg(server, world, out, qa):

@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 
+import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.timeout(900)  # a whole runcpu.sh smoke run: ~80 s quiet, several minutes loaded
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["direct", "workflow", "sft", "grpo_lam0.5", "grpo_lam0.0", "grpo_lam1.0", "oracle"]
 STAGES = ["prepare", "make_data", "sft", "untrained", "grpo"] + [f"eval_{r}" for r in ROWS if r != "oracle"] + [

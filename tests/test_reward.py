@@ -11,11 +11,12 @@ import random
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from PIL import Image
 
+import loopback
 import reward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,15 +126,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def judge_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.lock, srv.requests, srv.script = threading.Lock(), [], collections.deque()
-    srv.slow_seconds, srv.k_reply, srv.t_reply = 3.0, K_REPLY, T_REPLY
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    srv.base_url = f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv = loopback.serve(_Handler, lock=threading.Lock(), requests=[], script=collections.deque(), slow_seconds=3.0,
+                         k_reply=K_REPLY, t_reply=T_REPLY)
+    srv.base_url = srv.url + "/v1"
+    return srv
 
 
 @pytest.fixture
@@ -276,11 +272,9 @@ class _ImageAPIHandler(BaseHTTPRequestHandler):
 
 
 def test_openai_image_backend(images, tmp_path):
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _ImageAPIHandler)
-    srv.paths = []
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = loopback.serve(_ImageAPIHandler, paths=[])
     try:
-        c = reward.make_config(gen_backend="openai", gen_openai_base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1",
+        c = reward.make_config(gen_backend="openai", gen_openai_base_url=srv.url + "/v1",
                                gen_retries=0)
         reward.generate("a flag", [images["ref"]], str(tmp_path / "a.png"), c)
         reward.generate("a flag", [], str(tmp_path / "b.png"), c)
@@ -295,13 +289,9 @@ def test_openai_image_backend(images, tmp_path):
 # the offline generator + judges on a mini world
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    sys.path.insert(0, os.path.join(ROOT, "data", "miniworld"))
-    from prepare import build_world
-    out = str(tmp_path_factory.mktemp("world"))
-    build_world(out, seed=11, n_countries=10, bench_countries=3, rl_countries=2, n_sft=5, n_rl=5, n_bench=40,
-                n_distractors=50, tokenizer=False)
-    return out
+def world(make_mini_world):
+    return str(make_mini_world(seed=11, n_countries=10, bench_countries=3, rl_countries=2, n_sft=5, n_rl=5, n_bench=40,
+                               n_distractors=50, tokenizer=False))
 
 
 def _jpeg(src, dst):

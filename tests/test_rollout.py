@@ -199,13 +199,8 @@ def answer(*ids, prompt="A red flag with a star."):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    sys.path.insert(0, os.path.join(ROOT, "data", "miniworld"))
-    import prepare
-    d = tmp_path_factory.mktemp("world")
-    prepare.build_world(str(d), seed=3, n_countries=12, bench_countries=2, rl_countries=2, n_sft=10, n_rl=5,
-                        n_bench=6, n_distractors=100, tokenizer_wiki_pages=100)
-    return d
+def world(mini_world):
+    return mini_world  # conftest.SMALL_WORLD (its n_rl differs from the old n_rl=5 only in rl.jsonl, unused here)
 
 
 @pytest.fixture(scope="module")

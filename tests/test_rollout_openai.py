@@ -5,13 +5,14 @@
 import base64
 import json
 import os
-import sys
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from types import SimpleNamespace
 
 import pytest
 
+import loopback
 import rollout as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,17 +43,10 @@ class Server:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:
                     outer.requests.append((self.path, self.headers.get("Authorization"), body))
-                status, reply = outer.route(body, self.headers.get("Authorization"))
-                data = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                loopback.send(self, *outer.route(body, self.headers.get("Authorization")))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = loopback.serve(H)
+        self.url = self.httpd.url + "/v1"
 
     def route(self, body, auth):
         msgs = body["messages"]
@@ -91,13 +85,8 @@ def reply(text, finish="stop"):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    sys.path.insert(0, os.path.join(ROOT, "data", "miniworld"))
-    import prepare
-    d = str(tmp_path_factory.mktemp("world"))
-    prepare.build_world(d, seed=9, n_countries=4, bench_countries=1, rl_countries=1, n_sft=5, n_rl=2, n_bench=2,
-                        n_distractors=50, tokenizer_wiki_pages=50)
-    return d
+def world(tiny_world):
+    return str(tiny_world)  # conftest.TINY_WORLD
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +190,33 @@ def test_dead_server_ends_every_trajectory_as_error(tb, monkeypatch):
 def test_unknown_engine_option_is_named():
     with pytest.raises(ValueError, match="max_new"):
         R.make_engine("openai", R.tokenizer_policy(None, "x"), base_url="http://127.0.0.1:9/v1", max_new=3)
+
+
+def test_forced_final_round_never_runs_a_tool(tb, monkeypatch):
+    """A model that calls a tool every turn: the max_rounds normal calls run, the forced final round's call is
+    refused (end no_answer) and never executed. The server answers any request made after the forced round, so
+    a loop that ran the forced call ends at once (and fails here) instead of hanging."""
+    class H(BaseHTTPRequestHandler):
+        bodies = []
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            H.bodies.append(body)
+            roles = [m["role"] if m["content"] != R.FINAL_ROUND else "final" for m in body["messages"]]
+            past_forced = "final" in roles and "assistant" in roles[roles.index("final"):]
+            loopback.send(self, 200, reply(answer() if past_forced else  # a new query each turn (a repeat ends it)
+                                     tool_call("search", queries=[f"flag {roles.count('assistant')}"])))
+
+    srv = loopback.serve(H)
+    monkeypatch.setattr(R, "max_rounds", 2)
+    monkeypatch.setattr(R, "force_final_round", True)
+    api = SimpleNamespace(url=srv.url + "/v1")  # what run() reads of a server
+    rec = run(api, R.tokenizer_policy(None, "loop-agent"), tb, ["TOOLS"], monkeypatch, retries=0)["TOOLS"]
+    assert rec["end_reason"] == "no_answer" and rec["rounds"] == 3, (rec["end_reason"], rec["error"])
+    assert rec["tool_calls"]["search"] == 2 and len(H.bodies) == 3
+    assert rec["messages"][-2]["content"] == R.FINAL_ROUND and rec["messages"][-1]["role"] == "assistant"
+    assert sum(m["content"].startswith("<tool_response>") for m in rec["messages"]) == 2
+

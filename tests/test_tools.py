@@ -2,17 +2,17 @@
 # against a loopback HTTP server that speaks Serper's / a Jina-style reader's / OpenAI's request and response
 # shapes (retries, errors, caps, cache, concurrency), SSRF refusals, argument validation, and -- when
 # data/miniworld/prepare.py exists -- retrievability of every bench item's solution hops.
-import importlib.util
 import json
 import os
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from PIL import Image
 
+import loopback
 import tools
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,10 +237,8 @@ class Loopback:
                       "Weather was mild."}
         self.images = {}
         self.chat_answer = lambda prompt: "ANSWER based on %d chars" % len(prompt)
-        srv = _Server(("127.0.0.1", 0), _Handler)
-        srv.app = self
-        self.srv, self.url = srv, f"http://127.0.0.1:{srv.server_address[1]}"
-        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.srv = loopback.serve(_Handler, app=self)
+        self.url = self.srv.url
 
     def count(self, prefix):
         return sum(1 for e in self.log if e["path"].startswith(prefix))
@@ -306,13 +304,7 @@ class Loopback:
         return _send(h, 404, b"not found")
 
     def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64  # the default listen backlog (5) can stall a burst of concurrent connects
+        loopback.close(self.srv)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -326,12 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def _send(h, status, data, ctype="application/json"):
-    h.send_response(status)
-    h.send_header("Content-Type", ctype)
-    h.send_header("Content-Length", str(len(data)))
-    h.end_headers()
-    h.wfile.write(data)
+_send = loopback.send
 
 
 def _png(size, mode="RGB"):
@@ -567,15 +554,11 @@ HAVE_PREPARE = os.path.exists(os.path.join(ROOT, "data", "miniworld", "prepare.p
 
 
 @pytest.mark.skipif(not HAVE_PREPARE, reason="data/miniworld/prepare.py not written yet")
-def test_miniworld_solution_hops_are_retrievable(tmp_path):
+def test_miniworld_solution_hops_are_retrievable(tmp_path, make_mini_world):
     """Over the full corpus (world pages + ~10k Wikipedia distractors): each oracle search hop surfaces its
     target page (solution.hop_targets; the page the query names or the entity it asks for) in the top 5,
     each image_search hop returns the reference image, each browse hop answers with a solution fact."""
-    spec = importlib.util.spec_from_file_location("mw_prepare", os.path.join(ROOT, "data", "miniworld", "prepare.py"))
-    prep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prep)
-    out = str(tmp_path / "mw")
-    prep.build_world(out, 1337, n_sft=20, n_rl=10, tokenizer=False)
+    out = str(make_mini_world(seed=1337, n_sft=20, n_rl=10, tokenizer=False))
     tb = tools.make_toolbox("local", out, image_dir=str(tmp_path / "img"))
     images = {im["image_id"]: im for im in map(json.loads, open(os.path.join(out, "images.jsonl")))}
     items = [json.loads(line) for line in open(os.path.join(out, "bench.jsonl"))]

@@ -15,7 +15,7 @@ def frac_target(trajectories, items, **kw):
 
 
 # ----------------------------------------------------------------------------------------------
-# fault injection: `python -m test_grpo_rules <grpo.py arguments>` runs grpo.main() with
+# fault injection: `python -m grpo_rules <grpo.py arguments>` runs grpo.main() with
 #  - a scripted policy (a logits processor on the HF engine: image_search, then an answer citing IMG_001), so
 #    trajectories reach the real generator and judges of reward.score;
 #  - faults raised INSIDE the real tools / generator / judge code paths with a fixed probability.
