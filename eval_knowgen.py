@@ -505,6 +505,33 @@ def aggregate(rows):
     return out
 
 
+def bootstrap_ci(rows, n_boot=1000, alpha=0.05, seed=0):
+    """95% percentile-bootstrap interval of the overall K-Score (x100): resample items with replacement WITHIN each
+    group (keeps the group sizes, as the benchmark fixes them), recompute aggregate()'s overall (mean of the group
+    K-Scores, each from its dimension means). Returns (lo, hi); ours (the paper reports no intervals)."""
+    import random
+    rng = random.Random(seed)
+    gof = [group_of(r["category"], f"item {r['id']!r}") for r in rows]
+    by = [b for b in ([r for r, g in zip(rows, gof) if g == grp] for grp in GROUPS) if b]
+    if not by:
+        raise EvalError("no judged rows to bootstrap")
+    stats = sorted(sum(100 * dim_means([rng.choice(b) for _ in b])["k_score"] for b in by) / len(by)
+                   for _ in range(n_boot))
+    lo, hi = stats[int(alpha / 2 * n_boot)], stats[min(n_boot - 1, int((1 - alpha / 2) * n_boot))]
+    return round(lo, 2), round(hi, 2)
+
+
+def quarter_gain(values):
+    """GRPO learning check: mean of the last quarter of steps minus the first quarter's, and that difference's
+    standard error (the two quarters' SEs in quadrature). Returns (diff, se), or None under 8 steps."""
+    q = len(values) // 4
+    if q < 2:
+        return None
+    a, b = values[:q], values[-q:]
+    var = lambda v: sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1)
+    return sum(b) / q - sum(a) / q, (var(a) / q + var(b) / q) ** 0.5
+
+
 def per_category(rows):
     by = {}
     for r in rows:
@@ -646,15 +673,16 @@ def results_table(cfg):
     md = ["# Gen-Searcher on the mini world: Table 1 / Table 3 rows", "", "K-Score x100 on the same bench items, offline "
           "generator and judge. Agents decode greedily; an agent with no parsed answer is scored on the raw prompt "
           "(eval_knowgen's on_no_answer=raw_prompt), see *answered*.", "",
-          f"| row | n | {head} | overall | answered | calls/traj (search, image, browse) | end reasons |",
-          "|---" * 16 + "|"]
+          f"| row | n | {head} | overall | 95% CI | answered | calls/traj (search, image, browse) | end reasons |",
+          "|---" * 17 + "|"]
     for name, d in runs:
-        s = aggregate(check_judged(os.path.join(d, "judged.jsonl")))
+        judged = check_judged(os.path.join(d, "judged.jsonl"))
+        s, ci = aggregate(judged), bootstrap_ci(judged, seed=cfg["seed"])
         st = tool_stats(list(latest(os.path.join(d, "trajectories.jsonl")).values()))
         cells = [f"{s[g][k]:.2f}" if s[g] else "—" for g in GROUPS for k in DIMS + ("k_score",)]
         c = st.get("calls_per_trajectory", {})
         md.append(f"| {name} | {sum(s['counts'].values())} | " + " | ".join(cells) + f" | **{s['overall']:.2f}** | "
-                  f"{st.get('answered', 0)}/{st.get('trajectories', 0)} | " + ", ".join(f"{c.get(t, 0):.2f}" for t in
+                  f"[{ci[0]:.2f}, {ci[1]:.2f}] | {st.get('answered', 0)}/{st.get('trajectories', 0)} | " + ", ".join(f"{c.get(t, 0):.2f}" for t in
                   ("search", "image_search", "browse")) + " | " + ", ".join(f"{k} {v}" for k, v in
                                                                            st.get("end_reasons", {}).items()) + " |")
     md += ["", "Per-item reports with thumbnails: " + ", ".join(f"[{n}]({os.path.relpath(d, out)}/report.md)"
@@ -662,8 +690,9 @@ def results_table(cfg):
     if cfg["table_logs"]:
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
         md += ["", "## GRPO: mean reward and training K-Score per step", "", "![](grpo_curves.png)", "",
-               "| run | steps | reward, first 5 steps | reward, last 5 steps | K, first 5 | K, last 5 | reward per step |",
-               "|---|---|---|---|---|---|---|"]
+               "| run | steps | reward, first 5 steps | reward, last 5 steps | K, first 5 | K, last 5 | "
+               "reward: last quarter - first quarter (± s.e.) | reward per step |",
+               "|---|---|---|---|---|---|---|---|"]
         for name, path in pairs(cfg["table_logs"]):
             log = [json.loads(line) for line in open(path) if line.strip()]
             x, r, k = [e["step"] for e in log], [e["reward_mean"] for e in log], [e["k_score"] or 0.0 for e in log]
@@ -671,6 +700,7 @@ def results_table(cfg):
             ax[1].plot(x, k, label=name)
             avg = lambda v: f"{sum(v) / max(1, len(v)):.3f}"
             md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
+                      + ("—" if quarter_gain(r) is None else "{:+.3f} ± {:.3f}".format(*quarter_gain(r))) + " | "
                       + " ".join(f"{v:.2f}" for v in r) + " |")
         for a, t in zip(ax, ("mean reward (λ-weighted)", "mean K-Score of the samples")):
             a.set(xlabel="GRPO step", title=t)

@@ -26,9 +26,19 @@ else
   WORLD_ARGS=${WORLD_ARGS:-}; SFT_ARGS=${SFT_ARGS:-}; GRPO_ARGS=${GRPO_ARGS:-}; EVAL_ARGS=${EVAL_ARGS:-}
 fi
 mkdir -p "$OUT"
+# Re-runs on the same OUT skip every stage whose finished output exists (the DONE path each stage names below:
+# a final/ dir, split.json, summary.json), keeping its earlier time; FORCE=1 re-runs everything. So after editing,
+# say, the GRPO config: rm -r "$OUT"/grpo_lam* "$OUT"/eval/grpo_lam* && bash runcpu.sh  (world, data, SFT kept).
+FORCE=${FORCE:-0}
+[ -f "$OUT/stage_times.tsv" ] && mv "$OUT/stage_times.tsv" "$OUT/stage_times.prev.tsv"
 : > "$OUT/stage_times.tsv"
-stage() {  # stage NAME CMD...: run it, stamp it, append "NAME<TAB>seconds" to stage_times.tsv
-  local name=$1; shift
+stage() {  # stage NAME DONE CMD...: skip if DONE exists (unless FORCE=1), else run it, stamp it, append
+  local name=$1 done=$2; shift 2  # "NAME<TAB>seconds" to stage_times.tsv
+  if [ "$FORCE" != 1 ] && [ "$done" != - ] && [ -e "$done" ]; then
+    echo "=== $(date +%T) $name: skipped, $done exists (FORCE=1 re-runs it)"
+    grep -P "^$name\t" "$OUT/stage_times.prev.tsv" 2>/dev/null >> "$OUT/stage_times.tsv" || true
+    return 0
+  fi
   echo "=== $(date +%T) $name: $*"
   local t0=$(date +%s)
   "$@"
@@ -38,18 +48,18 @@ stage() {  # stage NAME CMD...: run it, stamp it, append "NAME<TAB>seconds" to s
 
 # 1. the mini world: pages + FTS5 index material, images, KnowGen-format sft/rl/bench items with hidden solutions,
 #    ground-truth images, and the world's own 2k-vocab BPE tokenizer (bench/rl countries never appear in sft)
-stage prepare python data/miniworld/prepare.py config/prepare_runcpu.py --out_dir="$OUT/world" $WORLD_ARGS
+stage prepare "$OUT/world/tokenizer" python data/miniworld/prepare.py config/prepare_runcpu.py --out_dir="$OUT/world" $WORLD_ARGS
 
 # 2. the paper's data pipeline with an oracle teacher: the hidden solution's tool calls replayed through the real
 #    tools -> SFT trajectories (token-in/token-out records), ground truths, judge + rule filters, the splits
-stage make_data python make_data.py config/make_data_runcpu.py --world_dir="$OUT/world" \
+stage make_data "$OUT/data/split.json" python make_data.py config/make_data_runcpu.py --world_dir="$OUT/world" \
     --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/data"
 
 # 3. SFT of a tiny Qwen3-VL from scratch on the oracle trajectories (loss on assistant tokens only); the same init
 #    with zero steps is the "workflow" row's untrained policy (prompted to search, never taught to)
-stage sft python sft.py config/sft_runcpu.py --train_data="$OUT/data/sft.jsonl" \
+stage sft "$OUT/sft/final" python sft.py config/sft_runcpu.py --train_data="$OUT/data/sft.jsonl" \
     --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/sft" $SFT_ARGS
-stage untrained python sft.py config/sft_runcpu.py --train_data="$OUT/data/sft.jsonl" \
+stage untrained "$OUT/untrained/final" python sft.py config/sft_runcpu.py --train_data="$OUT/data/sft.jsonl" \
     --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/untrained" $SFT_ARGS --max_steps=0 --num_epochs=0
 
 # 4. GRPO from the SFT policy with the dual reward r = (1-λ)·K-Score + λ·r_text: λ = 0.5 (paper) and the two
@@ -57,27 +67,29 @@ stage untrained python sft.py config/sft_runcpu.py --train_data="$OUT/data/sft.j
 grpo() {
   local pids=() lam
   for lam in 0.5 0.0 1.0; do
+    if [ "$FORCE" != 1 ] && [ -e "$OUT/grpo_lam$lam/final" ]; then echo "grpo λ=$lam: skipped, final/ exists"; continue; fi
     OMP_NUM_THREADS=1 python grpo.py config/grpo_runcpu.py --init_from="$OUT/sft/final" \
         --data_path="$OUT/data/rl.jsonl" --world_dir="$OUT/world" --out_dir="$OUT/grpo_lam$lam" --lam=$lam \
         $GRPO_ARGS > "$OUT/grpo_lam$lam.log" 2>&1 &
     pids+=($!)
   done
+  [ ${#pids[@]} = 0 ] && return 0
   tail -F "$OUT/grpo_lam0.5.log" --pid="${pids[0]}" 2>/dev/null | grep --line-buffered "^step" || true  # progress
   for p in "${pids[@]}"; do wait "$p" || { tail -n 30 "$OUT"/grpo_lam*.log; return 1; }; done
 }
-stage grpo grpo
+stage grpo - grpo
 
 # 5. KnowGen-style eval, every row on the same bench items: direct (raw prompt -> generator), workflow (untrained
 #    policy prompted to search), SFT, SFT + GRPO (λ = 0.5, 0, 1), oracle (the hidden solution: the upper bound)
 EVAL="python eval_knowgen.py config/eval_runcpu.py --items_path=$OUT/data/bench.jsonl --world_dir=$OUT/world"
-stage eval_direct $EVAL --mode=direct --out_dir="$OUT/eval/direct" $EVAL_ARGS
-stage eval_workflow $EVAL --mode=workflow --policy_path="$OUT/untrained/final" --out_dir="$OUT/eval/workflow" $EVAL_ARGS
-stage eval_sft $EVAL --mode=agent --policy_path="$OUT/sft/final" --out_dir="$OUT/eval/sft" $EVAL_ARGS
+stage eval_direct "$OUT/eval/direct/summary.json" $EVAL --mode=direct --out_dir="$OUT/eval/direct" $EVAL_ARGS
+stage eval_workflow "$OUT/eval/workflow/summary.json" $EVAL --mode=workflow --policy_path="$OUT/untrained/final" --out_dir="$OUT/eval/workflow" $EVAL_ARGS
+stage eval_sft "$OUT/eval/sft/summary.json" $EVAL --mode=agent --policy_path="$OUT/sft/final" --out_dir="$OUT/eval/sft" $EVAL_ARGS
 for lam in 0.5 0.0 1.0; do
-  stage eval_grpo_lam$lam $EVAL --mode=agent --policy_path="$OUT/grpo_lam$lam/final" \
+  stage eval_grpo_lam$lam "$OUT/eval/grpo_lam$lam/summary.json" $EVAL --mode=agent --policy_path="$OUT/grpo_lam$lam/final" \
       --out_dir="$OUT/eval/grpo_lam$lam" $EVAL_ARGS
 done
-stage eval_oracle $EVAL --mode=oracle --out_dir="$OUT/eval/oracle" $EVAL_ARGS
+stage eval_oracle "$OUT/eval/oracle/summary.json" $EVAL --mode=oracle --out_dir="$OUT/eval/oracle" $EVAL_ARGS
 
 # 6. the mini world's Table 1 / Table 3: results.md (+ GRPO curves, an item grid, stage times)
 E=$OUT/eval
