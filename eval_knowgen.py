@@ -587,6 +587,60 @@ def tool_stats(trajs):
             "end_reasons": dict(ends.most_common())}
 
 
+def _queries(text):
+    """The query words of an assistant turn's tool call ('' if it made none): search's queries, image_search's query."""
+    import rollout
+    m = re.search(r"<tool_call>(.*?)</tool_call>", text, re.S)
+    try:
+        args = (rollout.loads_lenient(m.group(1)) or {}).get("arguments") or {} if m else {}
+    except Exception:  # an unparseable call copies nothing
+        return ""
+    q = args.get("queries", args.get("query", "")) if isinstance(args, dict) else ""
+    return " ".join(q) if isinstance(q, list) else str(q)
+
+
+def copy_probe(rec, item):
+    """Does the agent copy an unseen name into its next query? For hop i, the names to copy are the capitalised words
+    of the ORACLE's hop-i query (the item's hidden solution) that stand in what the agent itself has read by then:
+    the prompt for hop 0, its latest tool response after that. A hop counts as copied when every such name is in the
+    agent's own i-th query. Returns {"first": bool|None, "later": [bool, ...]} (None / [] where nothing applies:
+    no solution, the agent made fewer calls, or the oracle's query holds no name from that source)."""
+    hops = ((item or {}).get("solution") or {}).get("hops") or []
+    msgs = rec.get("messages") or []
+    out = {"first": None, "later": []}
+    source = next((m["content"] for m in msgs if m["role"] == "user"), "")
+    i = 0
+    for j, m in enumerate(msgs):
+        if m["role"] != "assistant" or "<tool_call>" not in m["content"] or i >= len(hops):
+            continue
+        a = hops[i]["arguments"]
+        want = {w for w in re.findall(r"[A-Z][a-z]+", " ".join(a.get("queries", [])) + " " + a.get("query", ""))
+                if re.search(rf"\b{w}\b", source)}
+        if want:
+            got = _queries(m["content"])
+            ok = all(re.search(rf"\b{w}\b", got) for w in want)
+            out["first"] = ok if i == 0 else out["first"]
+            if i > 0:
+                out["later"].append(ok)
+        nxt = msgs[j + 1] if j + 1 < len(msgs) else None
+        source = nxt["content"] if nxt and nxt["role"] == "user" else ""
+        i += 1
+    return out
+
+
+def copy_rates(trajs, items_by_id):
+    """copy_probe over a run: the share of trajectories whose first query copies the prompt's names, and of later
+    hops that copy a name from the preceding tool response (README, "The main job on CPU")."""
+    first, later = [], []
+    for r in trajs:
+        p = copy_probe(r, items_by_id.get(r.get("id")))
+        first += [p["first"]] if p["first"] is not None else []
+        later += p["later"]
+    rate = lambda xs: round(sum(xs) / len(xs), 3) if xs else None
+    return {"copy_first_query": rate(first), "copy_first_n": len(first), "copy_from_tool": rate(later),
+            "copy_from_tool_n": len(later)}
+
+
 def compare_runs(path_a, path_b):
     """Per-item K-Score wins/losses/ties of run B over run A (items judged in both) and the per-group deltas."""
     a, b = ({(r["id"], r["sample"]): r for r in check_judged(p)} for p in (path_a, path_b))
@@ -673,16 +727,21 @@ def results_table(cfg):
     md = ["# Gen-Searcher on the mini world: Table 1 / Table 3 rows", "", "K-Score x100 on the same bench items, offline "
           "generator and judge. Agents decode greedily; an agent with no parsed answer is scored on the raw prompt "
           "(eval_knowgen's on_no_answer=raw_prompt), see *answered*.", "",
-          f"| row | n | {head} | overall | 95% CI | answered | calls/traj (search, image, browse) | end reasons |",
-          "|---" * 17 + "|"]
+          f"| row | n | {head} | overall | 95% CI | answered | copy: 1st query / from tool | "
+          "calls/traj (search, image, browse) | end reasons |",
+          "|---" * 18 + "|"]
     for name, d in runs:
         judged = check_judged(os.path.join(d, "judged.jsonl"))
         s, ci = aggregate(judged), bootstrap_ci(judged, seed=cfg["seed"])
         st = tool_stats(list(latest(os.path.join(d, "trajectories.jsonl")).values()))
         cells = [f"{s[g][k]:.2f}" if s[g] else "—" for g in GROUPS for k in DIMS + ("k_score",)]
         c = st.get("calls_per_trajectory", {})
+        ts = os.path.join(d, "tool_stats.json")
+        cp = json.load(open(ts)) if os.path.exists(ts) else {}
+        pct = lambda v: "—" if v is None else f"{100 * v:.0f}%"
+        copy = f"{pct(cp.get('copy_first_query'))} / {pct(cp.get('copy_from_tool'))}"
         md.append(f"| {name} | {sum(s['counts'].values())} | " + " | ".join(cells) + f" | **{s['overall']:.2f}** | "
-                  f"[{ci[0]:.2f}, {ci[1]:.2f}] | {st.get('answered', 0)}/{st.get('trajectories', 0)} | " + ", ".join(f"{c.get(t, 0):.2f}" for t in
+                  f"[{ci[0]:.2f}, {ci[1]:.2f}] | {st.get('answered', 0)}/{st.get('trajectories', 0)} | {copy} | " + ", ".join(f"{c.get(t, 0):.2f}" for t in
                   ("search", "image_search", "browse")) + " | " + ", ".join(f"{k} {v}" for k, v in
                                                                            st.get("end_reasons", {}).items()) + " |")
     md += ["", "Per-item reports with thumbnails: " + ", ".join(f"[{n}]({os.path.relpath(d, out)}/report.md)"
@@ -691,8 +750,8 @@ def results_table(cfg):
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
         md += ["", "## GRPO: mean reward and training K-Score per step", "", "![](grpo_curves.png)", "",
                "| run | steps | reward, first 5 steps | reward, last 5 steps | K, first 5 | K, last 5 | "
-               "reward: last quarter - first quarter (± s.e.) | reward per step |",
-               "|---|---|---|---|---|---|---|---|"]
+               "reward: last quarter - first quarter (± s.e.) | groups with varying r_text | reward per step |",
+               "|---|---|---|---|---|---|---|---|---|"]
         for name, path in pairs(cfg["table_logs"]):
             log = [json.loads(line) for line in open(path) if line.strip()]
             x, r, k = [e["step"] for e in log], [e["reward_mean"] for e in log], [e["k_score"] or 0.0 for e in log]
@@ -701,6 +760,8 @@ def results_table(cfg):
             avg = lambda v: f"{sum(v) / max(1, len(v)):.3f}"
             md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
                       + ("—" if quarter_gain(r) is None else "{:+.3f} ± {:.3f}".format(*quarter_gain(r))) + " | "
+                      + (lambda v: f"{100 * sum(v) / len(v):.0f}%" if v else "—")(
+                          [e["r_text_varying_groups"] for e in log if "r_text_varying_groups" in e]) + " | "
                       + " ".join(f"{v:.2f}" for v in r) + " |")
         for a, t in zip(ax, ("mean reward (λ-weighted)", "mean K-Score of the samples")):
             a.set(xlabel="GRPO step", title=t)
@@ -735,7 +796,10 @@ def results_table(cfg):
 def summarize(items, cfg):
     """Stage report: summary.json, categories.json, tool_stats.json, report.md; returns the summary."""
     out, ids = cfg["out_dir"], {it["id"] for it in items}
-    stats = tool_stats([r for k, r in latest(os.path.join(out, "trajectories.jsonl")).items() if k[0] in ids])
+    trajs = [r for k, r in latest(os.path.join(out, "trajectories.jsonl")).items() if k[0] in ids]
+    stats = tool_stats(trajs)
+    if stats and any(it.get("solution") for it in items):  # the mini world's hidden solutions: the copy probe
+        stats |= copy_rates(trajs, {it["id"]: it for it in items})
     if cfg["benchmark"] == "wise":
         rows = [r for k, r in latest(os.path.join(out, "judged.jsonl")).items() if k[0] in ids]
         summary, cats = aggregate_wise(rows), {}

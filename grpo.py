@@ -404,6 +404,10 @@ def step_log(rows, filt, st, extra):
            "gen_tokens": sum(x["gen"] for x in rows), "micro_batches": int(st.get("micro_batches", 0))}
     if "kl" in st:
         out["kl"] = st["kl"] / ntok
+    # groups (rows come group by group) whose text reward differs between samples: where lambda > 0 moves the
+    # advantage at all (an r_text constant within every group would make lambda=0.5 the same run as lambda=0)
+    grp = [rows[i:i + group_size] for i in range(0, len(rows) - group_size + 1, group_size)]
+    out["r_text_varying_groups"] = sum(len({x["r_text"] for x in g}) > 1 for g in grp) / max(1, len(grp))
     return out | extra
 
 

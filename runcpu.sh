@@ -17,13 +17,19 @@ export PYTHONUNBUFFERED=1
 if [ "$MODE" = smoke ]; then  # tiny world, a few steps, a few bench items: checks the plumbing, not the numbers
   OUT=${OUT:-out/smoke}
   WORLD_ARGS="--n_countries=8 --bench_countries=2 --rl_countries=2 --n_rl=8 --n_bench=6 --n_distractors=300"
-  SFT_ARGS="--max_steps=12 --batch_size=4 --eval_interval=0 --save_interval=0 --model_sizes={'n_embd':64,'n_layer':2,'n_head':2,'n_kv_head':1,'head_dim':32,'mlp':128}"
+  EXTRA_WORLD_ARGS="--n_countries=6 --bench_countries=1 --rl_countries=1 --n_rl=1 --n_bench=1 --n_distractors=100"
+  SIZES="--model_sizes={'n_embd':64,'n_layer':2,'n_head':2,'n_kv_head':1,'head_dim':32,'mlp':128}"
+  BASE_ARGS="--max_steps=6 --batch_size=4 --block_size=128 $SIZES"
+  FIRST_ARGS="--max_steps=6 --batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
+  SFT_ARGS="--max_steps=6 --batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
   SMOKE_ROLLOUT="--rollout_kwargs={'max_new_tokens':24,'context_cap':2048,'date':'2025-06-01','system_style':'compact','max_rounds':2}"
   GRPO_ARGS="--max_steps=2 --n_prompts=2 --group_size=2 --save_interval=0 $SMOKE_ROLLOUT"
   EVAL_ARGS="--limit=4 $SMOKE_ROLLOUT"
 else
   OUT=${OUT:-out/cpu}  # extra --key=value overrides per stage, e.g. SFT_ARGS="--max_steps=800" to scale up
   WORLD_ARGS=${WORLD_ARGS:-}; SFT_ARGS=${SFT_ARGS:-}; GRPO_ARGS=${GRPO_ARGS:-}; EVAL_ARGS=${EVAL_ARGS:-}
+  EXTRA_WORLD_ARGS=${EXTRA_WORLD_ARGS:---bench_countries=1 --rl_countries=1 --n_rl=1 --n_bench=1 --n_distractors=1000}
+  BASE_ARGS=${BASE_ARGS:-}; FIRST_ARGS=${FIRST_ARGS:-}
 fi
 mkdir -p "$OUT"
 # Re-runs on the same OUT skip every stage whose finished output exists (the DONE path each stage names below:
@@ -47,20 +53,38 @@ stage() {  # stage NAME DONE CMD...: skip if DONE exists (unless FORCE=1), else 
 }
 
 # 1. the mini world: pages + FTS5 index material, images, KnowGen-format sft/rl/bench items with hidden solutions,
-#    ground-truth images, and the world's own 2k-vocab BPE tokenizer (bench/rl countries never appear in sft)
+#    ground-truth images, and the world's own 2k-vocab BPE tokenizer (bench/rl countries never appear in sft).
+#    Three extra worlds (other seeds: fresh names) only add SFT trajectories and base-stage text, so that names
+#    cannot be memorised and the policy has to learn to copy them.
 stage prepare "$OUT/world/tokenizer" python data/miniworld/prepare.py config/prepare_runcpu.py --out_dir="$OUT/world" $WORLD_ARGS
+for k in 1 2 3; do
+  stage prepare_$k "$OUT/world_$k/world.json" python data/miniworld/prepare.py config/prepare_runcpu.py \
+      --seed=$((1337 + k)) --out_dir="$OUT/world_$k" $WORLD_ARGS $EXTRA_WORLD_ARGS
+done
 
 # 2. the paper's data pipeline with an oracle teacher: the hidden solution's tool calls replayed through the real
-#    tools -> SFT trajectories (token-in/token-out records), ground truths, judge + rule filters, the splits
+#    tools -> SFT trajectories (token-in/token-out records), ground truths, judge + rule filters, the splits; on
+#    every world, all tokenized with the bench world's tokenizer
 stage make_data "$OUT/data/split.json" python make_data.py config/make_data_runcpu.py --world_dir="$OUT/world" \
     --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/data"
+for k in 1 2 3; do
+  stage make_data_$k "$OUT/data_$k/split.json" python make_data.py config/make_data_runcpu.py --world_dir="$OUT/world_$k" \
+      --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/data_$k"
+done
+SFT_DATA="$OUT/data/sft.jsonl,$OUT/data_1/sft.jsonl,$OUT/data_2/sft.jsonl,$OUT/data_3/sft.jsonl"
 
-# 3. SFT of a tiny Qwen3-VL from scratch on the oracle trajectories (loss on assistant tokens only); the same init
-#    with zero steps is the "workflow" row's untrained policy (prompted to search, never taught to)
-stage sft "$OUT/sft/final" python sft.py config/sft_runcpu.py --train_data="$OUT/data/sft.jsonl" \
-    --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/sft" $SFT_ARGS
-stage untrained "$OUT/untrained/final" python sft.py config/sft_runcpu.py --train_data="$OUT/data/sft.jsonl" \
-    --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/untrained" $SFT_ARGS --max_steps=0 --num_epochs=0
+# 3. base -> SFT. base: a tiny Qwen3-VL from scratch pretrained on the extra worlds' text (loss on every token,
+#    packed blocks); it is the "workflow" row's policy (language, no agent training). SFT from it in two stages, loss
+#    on assistant tokens only: first turns (prompt -> first tool call: copying the prompt's names), then whole
+#    trajectories (copying from tool results, choosing image ids, answering)
+stage base "$OUT/base/final" python sft.py config/base_runcpu.py \
+    --train_data="$OUT/world_1/pages.jsonl,$OUT/world_2/pages.jsonl,$OUT/world_3/pages.jsonl" \
+    --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/base" $BASE_ARGS
+stage sft_first "$OUT/sft_first/final" python sft.py config/sft_runcpu.py --train_data="$SFT_DATA" \
+    --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/base/final" --out_dir="$OUT/sft_first" \
+    --max_assistant_turns=1 --batch_size=16 --max_steps=1200 --learning_rate=2e-3 --eval_interval=300 $FIRST_ARGS
+stage sft "$OUT/sft/final" python sft.py config/sft_runcpu.py --train_data="$SFT_DATA" \
+    --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/sft_first/final" --out_dir="$OUT/sft" $SFT_ARGS
 
 # 4. GRPO from the SFT policy with the dual reward r = (1-λ)·K-Score + λ·r_text: λ = 0.5 (paper) and the two
 #    ablations λ = 0 (image reward only) and λ = 1 (text reward only), side by side, one thread each
@@ -79,11 +103,11 @@ grpo() {
 }
 stage grpo - grpo
 
-# 5. KnowGen-style eval, every row on the same bench items: direct (raw prompt -> generator), workflow (untrained
+# 5. KnowGen-style eval, every row on the same bench items: direct (raw prompt -> generator), workflow (the base
 #    policy prompted to search), SFT, SFT + GRPO (λ = 0.5, 0, 1), oracle (the hidden solution: the upper bound)
 EVAL="python eval_knowgen.py config/eval_runcpu.py --items_path=$OUT/data/bench.jsonl --world_dir=$OUT/world"
 stage eval_direct "$OUT/eval/direct/summary.json" $EVAL --mode=direct --out_dir="$OUT/eval/direct" $EVAL_ARGS
-stage eval_workflow "$OUT/eval/workflow/summary.json" $EVAL --mode=workflow --policy_path="$OUT/untrained/final" --out_dir="$OUT/eval/workflow" $EVAL_ARGS
+stage eval_workflow "$OUT/eval/workflow/summary.json" $EVAL --mode=workflow --policy_path="$OUT/base/final" --out_dir="$OUT/eval/workflow" $EVAL_ARGS
 stage eval_sft "$OUT/eval/sft/summary.json" $EVAL --mode=agent --policy_path="$OUT/sft/final" --out_dir="$OUT/eval/sft" $EVAL_ARGS
 for lam in 0.5 0.0 1.0; do
   stage eval_grpo_lam$lam "$OUT/eval/grpo_lam$lam/summary.json" $EVAL --mode=agent --policy_path="$OUT/grpo_lam$lam/final" \
@@ -94,6 +118,6 @@ stage eval_oracle "$OUT/eval/oracle/summary.json" $EVAL --mode=oracle --out_dir=
 # 6. the mini world's Table 1 / Table 3: results.md (+ GRPO curves, an item grid, stage times)
 E=$OUT/eval
 python eval_knowgen.py --table_out="$OUT/results.md" --stage_times="$OUT/stage_times.tsv" \
-    --table="direct (no search)=$E/direct,workflow (untrained policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
+    --table="direct (no search)=$E/direct,workflow (base policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
     --table_logs="λ = 0.5=$OUT/grpo_lam0.5/log.jsonl,λ = 0=$OUT/grpo_lam0.0/log.jsonl,λ = 1=$OUT/grpo_lam1.0/log.jsonl"
 echo "=== $(date +%T) all done: $OUT/results.md"

@@ -60,6 +60,12 @@ out_dir = "out/sft"
 train_data = "out/make_data_miniworld/sft.jsonl"  # comma-separated files: trajectory records or sharegpt (.json/.jsonl)
 eval_data = ""  # held-out file(s); empty: split eval_fraction of train_data off (seeded)
 eval_fraction = 0.05
+objective = "sft"  # 'sft': loss on the assistant tokens of trajectories (the paper's stage 1) | 'pretrain': loss on
+                   # every token of plain text rows ({"text"}: the mini world's pages.jsonl), packed into block_size
+                   # sequences -- the base model SFT starts from (the paper starts from pretrained Qwen3-VL-8B)
+block_size = 512  # pretrain: tokens per packed sequence (no padding: documents run across block boundaries)
+max_assistant_turns = 0  # sft: keep each example up to the end of its N-th assistant turn; 1 = the first turn only
+                         # (system + prompt -> first think + tool call: the copy curriculum of the CPU main job); 0 = all
 # model
 init_from = "scratch"  # 'scratch' (scratch_model around tokenizer_dir) | save_pretrained dir | .gguf file | 'resume'
 tokenizer_dir = "data/miniworld/tokenizer"  # scratch only
@@ -207,6 +213,42 @@ def load_examples(paths, policy, cutoff, overlong_mode):
     return examples, counts
 
 
+def first_turns(ex, n):
+    """Cut an example after its n-th assistant turn (the n-th run of loss_mask 1s), images beyond the cut dropped.
+    Why: on CPU a tiny model learns to copy names from the prompt far faster on short first-turn examples than on
+    whole trajectories (measured: README "The main job on CPU"), and copying is what every later hop needs."""
+    runs, prev = 0, 0
+    for i, m in enumerate(ex["loss_mask"]):
+        if m and not prev:
+            runs += 1
+        if not m and prev and runs == n:
+            ex["tokens"], ex["loss_mask"] = ex["tokens"][:i], ex["loss_mask"][:i]
+            ex["images"] = [im for im in ex["images"] if im["token_start"] + im["num_tokens"] <= i]
+            break
+        prev = m
+    return ex
+
+
+def load_text_blocks(paths, tokenizer, block):
+    """objective='pretrain': every row's "title" + "text" (JSONL; pages.jsonl of one or more mini worlds), each
+    document closed by <|endoftext|>, concatenated in file order and cut into block-token sequences with loss on
+    every token. File order keeps a world's pages cluster by cluster, so the names of a country recur within a
+    block: copying a name seen earlier in the context is the cheapest way to lower this loss."""
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    ids, counts = [], {"rows": 0, "blocks": 0}
+    for path in [p for p in paths.split(",") if p]:
+        for row, where in read_rows(path):
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ValueError(f"{where}: objective='pretrain' needs rows with a string 'text'")
+            doc = (row.get("title", "") + "\n" + row["text"]).strip()
+            ids += tokenizer(doc, add_special_tokens=False)["input_ids"] + [eos]
+            counts["rows"] += 1
+    blocks = [ids[i:i + block] for i in range(0, len(ids) - block + 1, block)]
+    counts["blocks"] = len(blocks)
+    return [{"tokens": b, "loss_mask": [1] * block, "logprobs": [0.0] * block, "images": [], "where": f"block {i}"}
+            for i, b in enumerate(blocks)], counts
+
+
 def split_eval(examples, fraction, seed):
     """Seeded held-out split (used when no eval_data file is given)."""
     if len(examples) < 2 or fraction <= 0:
@@ -344,9 +386,17 @@ def main():
     if policy.image_processor is not None:
         policy.image_processor.size = {"shortest_edge": policy.image_processor.size["shortest_edge"],
                                        "longest_edge": image_max_pixels}
-    train, counts = load_examples(train_data, policy, cutoff_len, overlong)
+    if objective not in ("sft", "pretrain"):
+        raise ValueError(f"sft.py: objective must be 'sft' or 'pretrain', got {objective!r}")
+    if objective == "pretrain":
+        load = lambda paths: load_text_blocks(paths, policy.tokenizer, block_size)
+    else:
+        def load(paths):
+            exs, c = load_examples(paths, policy, cutoff_len, overlong)
+            return ([first_turns(e, max_assistant_turns) for e in exs] if max_assistant_turns > 0 else exs), c
+    train, counts = load(train_data)
     if eval_data:
-        held, _ = load_examples(eval_data, policy, cutoff_len, overlong)
+        held, _ = load(eval_data)
     else:
         train, held = split_eval(train, eval_fraction, seed)
     g = world * batch_size * gradient_accumulation_steps

@@ -14,8 +14,8 @@ tool_backend = "local"
 gen_backend = "offline"
 judge_backend = "offline"
 agent_engine = "hf"
-agent_batch = 40             # all items in one generate batch: the tiny model's decode step costs about the same
-limit = 40                   # the first 40 of the 80 bench items (both groups; ~1-3 min a row); 0 = all 80
+agent_batch = 80             # all items in one generate batch: the tiny model's decode step costs about the same
+limit = 0                    # all 80 bench items (both groups), every row
 num_workers = 1
 rollout_kwargs = _runpy.run_path(_os.path.join(_os.path.dirname(__file__), "grpo_runcpu.py"))["rollout_kwargs"]
 report_n = 12

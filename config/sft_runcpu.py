@@ -1,19 +1,21 @@
-# sft.py for runcpu.sh: a tiny Qwen3-VL (real architecture: vision tower, merger, M-RoPE) from scratch around the
-# world's tokenizer, on the oracle trajectories. Sizes that learned to copy in mini-world runs (hidden 128, 4 layers, 4 heads x
-# 32, MLP 384: 1.2M params); batch 8 instead of 16 buys twice the steps in the CPU budget (measured 1.2-1.3 s a step
-# on 2 quiet cores, 2-5 s on shared ones, at ~950 tokens a sequence). runcpu.sh passes --train_data,
-# --tokenizer_dir, --out_dir.
-train_data = "out/cpu/data/sft.jsonl"     # make_data.py config/make_data_runcpu.py's out_dir/sft.jsonl
+# sft.py for runcpu.sh: the SFT stages on the oracle trajectories of four worlds (the bench world's SFT split plus the
+# three extra worlds: ~6,900 trajectories whose names cannot be memorised), loss on assistant tokens only, starting
+# from the base model (config/base_runcpu.py). As written this file is stage 2, whole trajectories; runcpu.sh first
+# runs stage 1 with --max_assistant_turns=1 (system + prompt -> first think + tool call, ~250 tokens): short
+# sequences, many of them, make the copy of the prompt's names into the first query learnable in minutes on 2 cores,
+# where whole trajectories (~950 tokens) at the same compute taught the protocol's shape and no names (README, "The
+# main job on CPU"). runcpu.sh passes --train_data, --tokenizer_dir, --init_from, --out_dir.
+train_data = "out/cpu/data/sft.jsonl,out/cpu/data_1/sft.jsonl,out/cpu/data_2/sft.jsonl,out/cpu/data_3/sft.jsonl"
 tokenizer_dir = "out/cpu/world/tokenizer"
 out_dir = "out/cpu/sft"
-init_from = "scratch"
+init_from = "out/cpu/sft_first/final"  # stage 1 (first turns), itself from out/cpu/base/final
 vision = True
 model_sizes = {"n_embd": 128, "n_layer": 4, "n_head": 4, "n_kv_head": 2, "head_dim": 32, "mlp": 384}
-freeze_vision = False     # a scratch vision tower is random: train it (the paper freezes a pretrained one)
+freeze_vision = False     # the tower is random (the base stage saw no image): train it (the paper freezes a pretrained one)
 eval_fraction = 0.05
-learning_rate = 2e-3      # findings: AdamW 2e-3 cosine
+learning_rate = 1e-3      # continuing from stage 1: half the from-scratch 2e-3
 weight_decay = 0.0
-max_steps = 400           # ~2 epochs of ~1,630 sequences (200 steps: eval loss 1.00; 400: 0.76)
+max_steps = 250           # 250 x 8 whole trajectories (~9 min on 2 quiet cores)
 batch_size = 8
 gradient_accumulation_steps = 1
 gradient_checkpointing = False  # short sequences: recompute costs more than it saves

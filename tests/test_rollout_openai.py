@@ -211,10 +211,9 @@ def test_forced_final_round_never_runs_a_tool(tb, monkeypatch):
                                      tool_call("search", queries=[f"flag {roles.count('assistant')}"])))
 
     srv = loopback.serve(H)
-    monkeypatch.setattr(R, "max_rounds", 2)
-    monkeypatch.setattr(R, "force_final_round", True)
     api = SimpleNamespace(url=srv.url + "/v1")  # what run() reads of a server
-    rec = run(api, R.tokenizer_policy(None, "loop-agent"), tb, ["TOOLS"], monkeypatch, retries=0)["TOOLS"]
+    rec = run(api, R.tokenizer_policy(None, "loop-agent"), tb, ["TOOLS"], monkeypatch,
+              s=R.settings(max_rounds=2, force_final_round=True), retries=0)["TOOLS"]
     assert rec["end_reason"] == "no_answer" and rec["rounds"] == 3, (rec["end_reason"], rec["error"])
     assert rec["tool_calls"]["search"] == 2 and len(H.bodies) == 3
     assert rec["messages"][-2]["content"] == R.FINAL_ROUND and rec["messages"][-1]["role"] == "assistant"

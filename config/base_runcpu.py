@@ -1,0 +1,27 @@
+# sft.py --objective=pretrain for runcpu.sh: the BASE model. The tiny Qwen3-VL from scratch learns language on plain
+# text with loss on every token: the pages of the three extra worlds (fresh names, never the bench world's) and their
+# Wikipedia distractors, packed into 512-token blocks. It is the "workflow" row (a policy with language but no agent
+# training, prompted to search, as the paper's prompted Qwen3-VL-8B) and what SFT starts from (the paper starts from
+# a pretrained model). File order keeps a country's pages together, so names recur within a block: the cheapest way
+# to lower this loss is to copy a name read earlier, which is the skill every later hop needs. runcpu.sh passes
+# --train_data (the extra worlds' pages.jsonl), --tokenizer_dir, --out_dir.
+objective = "pretrain"
+train_data = "out/cpu/world_1/pages.jsonl,out/cpu/world_2/pages.jsonl,out/cpu/world_3/pages.jsonl"
+tokenizer_dir = "out/cpu/world/tokenizer"
+out_dir = "out/cpu/base"
+init_from = "scratch"
+vision = True
+model_sizes = {"n_embd": 128, "n_layer": 4, "n_head": 4, "n_kv_head": 2, "head_dim": 32, "mlp": 384}
+freeze_vision = False     # a scratch vision tower is random: train it (the paper freezes a pretrained one)
+block_size = 512
+batch_size = 16
+learning_rate = 2e-3      # AdamW 2e-3 cosine: what taught the 1.2M model to copy in mini-world runs
+weight_decay = 0.0
+max_steps = 240           # ~3 passes over the ~0.6M tokens
+gradient_checkpointing = False
+eval_fraction = 0.02
+eval_interval = 0
+eval_max_batches = 4
+save_interval = 0
+device = "cpu"
+dtype = "float32"
