@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
+import tools  # the tool registry: names for the stats
 from configurator import config_keys
 
 # -----------------------------------------------------------------------------
@@ -244,7 +245,6 @@ def run_agent(todo, cfg, world):
     `workflow` is the same loop driven by an untrained model (the search workflow is what rollout.py's system
     prompt asks for). Yields trajectory records."""
     import rollout  # imported here: direct/oracle runs and the aggregate-only entry point need no model stack
-    import tools
     api = cfg["agent_engine"] == "openai"
     if not (cfg["agent_model"] if api else cfg["policy_path"]):
         raise EvalError(f"mode={cfg['mode']} needs --policy_path=DIR (a save_pretrained checkpoint), or "
@@ -576,7 +576,7 @@ def tool_stats(trajs):
     if not trajs:
         return {}
     n = len(trajs)
-    calls = {t: sum((r.get("tool_calls") or {}).get(t, 0) for r in trajs) for t in ("search", "image_search", "browse")}
+    calls = {t: sum((r.get("tool_calls") or {}).get(t, 0) for r in trajs) for t in tools.tool_names()}
     ends = Counter(r.get("end_reason") for r in trajs)
     answered = [r for r in trajs if r.get("answer")]
     return {"trajectories": n, "answered": len(answered), "calls_total": calls,
@@ -728,7 +728,7 @@ def results_table(cfg):
           "generator and judge. Agents decode greedily; an agent with no parsed answer is scored on the raw prompt "
           "(eval_knowgen's on_no_answer=raw_prompt), see *answered*.", "",
           f"| row | n | {head} | overall | 95% CI | answered | copy: 1st query / from tool | "
-          "calls/traj (search, image, browse) | end reasons |",
+          f"calls/traj ({', '.join(tools.tool_names())}) | end reasons |",
           "|---" * 18 + "|"]
     for name, d in runs:
         judged = check_judged(os.path.join(d, "judged.jsonl"))
@@ -742,7 +742,7 @@ def results_table(cfg):
         copy = f"{pct(cp.get('copy_first_query'))} / {pct(cp.get('copy_from_tool'))}"
         md.append(f"| {name} | {sum(s['counts'].values())} | " + " | ".join(cells) + f" | **{s['overall']:.2f}** | "
                   f"[{ci[0]:.2f}, {ci[1]:.2f}] | {st.get('answered', 0)}/{st.get('trajectories', 0)} | {copy} | " + ", ".join(f"{c.get(t, 0):.2f}" for t in
-                  ("search", "image_search", "browse")) + " | " + ", ".join(f"{k} {v}" for k, v in
+                  tools.tool_names()) + " | " + ", ".join(f"{k} {v}" for k, v in
                                                                            st.get("end_reasons", {}).items()) + " |")
     md += ["", "Per-item reports with thumbnails: " + ", ".join(f"[{n}]({os.path.relpath(d, out)}/report.md)"
                                                                  for n, d in runs)]

@@ -50,6 +50,8 @@ from collections import Counter
 import torch
 import torch.distributed as dist
 
+import tools  # the tool registry: names for the log
+
 # ----------------------------------------------------------------------------------------------
 # hyperparameters (defaults = the paper's 8B run; config/grpo_runcpu.py shrinks them for CPU)
 # I/O
@@ -396,7 +398,7 @@ def step_log(rows, filt, st, extra):
                                    "aesthetics")},
            "end_reasons": dict(Counter(x["end"] for x in rows)),
            "tool_calls_per_traj": {k: sum(x["calls"].get(k, 0) for x in rows) / len(rows)
-                                   for k in ("search", "image_search", "browse")},
+                                   for k in tools.tool_names()},
            "tool_errors": sum(x["tool_errors"] for x in rows), "reward_errors": sum(x["reward_error"] for x in rows),
            "filtered": filt, "kept": int(st.get("n_seqs", 0)), "loss": st.get("loss", 0.0),
            "clip_frac": st.get("clip", 0.0) / ntok, "dual_clip_frac": st.get("dual_clip", 0.0) / ntok,
@@ -448,7 +450,6 @@ def main():
 
     import reward
     import rollout
-    import tools
     import trainer
     rs = rollout.settings(rollout_kwargs, where="grpo.py rollout_kwargs")  # round / token limits: an argument
     for key, val, ok in (("loss_divisor", loss_divisor, ("nominal", "kept")),

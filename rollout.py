@@ -163,16 +163,20 @@ FORMAT_ERROR = ("[Format Error]: {why}. Reply with exactly one of: <think>...</t
                 "\"reference_images\": [{{\"img_id\": ..., \"note\": ...}}]}}</answer>")
 FINAL_ROUND = ("You have used all your tool calls. Do not call any tool. Now reply with <think>...</think> and "
                "your final <answer>{...}</answer> built from what you found.")
-TOOL_NAMES = ("search", "image_search", "browse")
 
 
 # Ours, for CPU: the paper's prompt is ~1,050 tokens of the mini world's ~2,100-token trajectories; a tiny model
 # trained from scratch pays for it in every step and learns the protocol from the data anyway.
 COMPACT_SYSTEM_PROMPT = """Research agent for image generation. Find facts and reference images, then answer.
-Tools: search(queries, top_k) | image_search(query, top_k) | browse(url, query).
+Tools: {tools}.
 Reply <think>...</think> then <tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call> or \
 <answer>{{"gen_prompt": ..., "reference_images": [{{"img_id": ..., "note": ...}}]}}</answer>. \
 At most 8 tool calls; image_search at least once. Date: {date}"""
+
+
+def _tool_names():
+    import tools  # lazy, as in system_prompt
+    return tools.tool_names()
 
 
 def system_prompt(day=None, s=None):
@@ -183,8 +187,10 @@ def system_prompt(day=None, s=None):
         raise ValueError(f"rollout.py: system_style must be 'paper' or 'compact', got {s.system_style!r}")
     day = day or s.date or time.strftime("%Y-%m-%d")
     if s.system_style == "compact":
-        return COMPACT_SYSTEM_PROMPT.format(date=day)
-    schemas = "\n".join(json.dumps(s, ensure_ascii=False) for s in tools.TOOL_SCHEMAS)
+        sigs = " | ".join(f"{t['function']['name']}({', '.join(t['function']['parameters']['properties'])})"
+                          for t in tools.tool_schemas())  # "search(queries, top_k) | image_search(query, top_k) | ..."
+        return COMPACT_SYSTEM_PROMPT.format(date=day, tools=sigs)
+    schemas = "\n".join(json.dumps(s, ensure_ascii=False) for s in tools.tool_schemas())
     return SYSTEM_PROMPT.format(tools=schemas, date=day)
 
 
@@ -600,7 +606,7 @@ class Traj:
     images: list = field(default_factory=list)    # record entries
     pixels: list = field(default_factory=list)    # processed pixel_values per image (HF generate)
     registry: dict = field(default_factory=dict)  # url-or-path -> {"img_id", ...}; tools.run_tool fills it
-    tool_calls: dict = field(default_factory=lambda: {n: 0 for n in TOOL_NAMES})
+    tool_calls: dict = field(default_factory=lambda: {n: 0 for n in _tool_names()})
     rounds: int = 0
     forced: bool = False
     last_ids: list = None
@@ -829,7 +835,7 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature="settings", to
 
 def summarize(records):
     n = max(len(records), 1)
-    calls = {k: sum(r["tool_calls"][k] for r in records) / n for k in TOOL_NAMES}
+    calls = {k: sum(r["tool_calls"].get(k, 0) for r in records) / n for k in _tool_names()}
     return {"trajectories": len(records), "end_reasons": dict(Counter(r["end_reason"] for r in records)),
             "tool_calls_per_traj": calls,
             "rounds_mean": sum(r["rounds"] for r in records) / n,

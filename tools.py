@@ -108,7 +108,6 @@ TOOL_SCHEMAS = [  # the release's function schemas (system prompt of gen_image_d
         query={"type": "string", "description": "The specific query to extract relevant information from the "
                "webpage."}),
 ]
-_SCHEMA = {s["function"]["name"]: s["function"]["parameters"] for s in TOOL_SCHEMAS}
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _REG_LOCK = threading.Lock()
 _STOP = set("a an the of in on at to for is are was were what which who whom when where how and or with by "
@@ -119,6 +118,31 @@ _SUMMARY_PROMPT = ("Please read the source content and answer a following questi
                    "--- begin of source content ---\n{text}\n--- end of source content ---\n\n"
                    "If there is no relevant information, please clearly refuse to answer. "
                    "Now answer the question based on the above content:\n{query}")
+
+
+@dataclass
+class Tool:
+    """One entry of the registry: what the model is shown (the function schema), what runs the call, and the
+    backends it works on. A new tool is one register() call; the system prompt, the parser's name check, the
+    trajectory's tool_calls counts, grpo's log and eval's tool stats all read tool_names()."""
+    schema: dict                    # {"type": "function", "function": {"name", "description", "parameters"}}
+    run: object                     # run(tb, args, img_registry) -> ToolResult (args validated against the schema)
+    backends: tuple = ("local", "web")
+
+
+registry = {}  # name -> Tool, in the order the system prompt lists them
+
+
+def register(schema, run, backends=("local", "web")):
+    registry[schema["function"]["name"]] = Tool(schema, run, tuple(backends))
+
+
+def tool_names():
+    return tuple(registry)
+
+
+def tool_schemas():
+    return [t.schema for t in registry.values()]
 
 
 @dataclass
@@ -274,11 +298,9 @@ def run_tool(tb, name, arguments, img_registry):
     """Execute one tool call. Never raises: any failure becomes a "[Tool Error]: ..." observation."""
     try:
         args = _validate(name, arguments)
-        if name == "search":
-            return _search(tb, args)
-        if name == "image_search":
-            return _image_search(tb, args, img_registry)
-        return _browse(tb, args)
+        if tb.backend not in registry[name].backends:
+            raise ToolFailure(f"{name} is not available on the {tb.backend!r} backend")
+        return registry[name].run(tb, args, img_registry)
     except ToolFailure as e:
         return ToolResult(f"[Tool Error]: {_scrub(str(e))}", [], True)
     except Exception as e:  # a bug or an unexpected backend answer: still an observation, never a crash
@@ -303,8 +325,8 @@ def run_tools(tb, calls):
 
 def _validate(name, arguments):
     """Check arguments against the release schema; return them normalized (defaults filled)."""
-    if name not in _SCHEMA:
-        raise ToolFailure(f"unknown tool {name!r}; available tools: search, image_search, browse")
+    if name not in registry:  # never another tool: the model is told which ones exist
+        raise ToolFailure(f"unknown tool {name!r}; available tools: {', '.join(registry)}")
     if isinstance(arguments, str):  # lenient: a JSON object given as a string
         try:
             arguments = json.loads(arguments)
@@ -312,7 +334,7 @@ def _validate(name, arguments):
             raise ToolFailure(f"{name}: arguments must be a JSON object, got unparsable text") from None
     if not isinstance(arguments, dict):
         raise ToolFailure(f"{name}: arguments must be a JSON object, got {type(arguments).__name__}")
-    schema = _SCHEMA[name]
+    schema = registry[name].schema["function"]["parameters"]
     extra = sorted(set(arguments) - set(schema["properties"]))
     if extra:
         raise ToolFailure(f"{name}: unexpected argument(s) {', '.join(map(repr, extra))}; "
@@ -422,6 +444,12 @@ def _browse(tb, args):
         return _extractive_answer(url, title, text, query)
 
     return ToolResult(_cached(tb, "browse", key_args, fetch_and_answer))
+
+
+# the release's three tools, in its order
+register(TOOL_SCHEMAS[0], lambda tb, args, img_registry: _search(tb, args))
+register(TOOL_SCHEMAS[1], _image_search)
+register(TOOL_SCHEMAS[2], lambda tb, args, img_registry: _browse(tb, args))
 
 
 # ----------------------------------------------------------------------------------------------

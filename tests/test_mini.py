@@ -24,3 +24,65 @@ def test_quarter_gain():
     assert ek.quarter_gain([0.1] * 7) is None
     d, se = ek.quarter_gain([0.0, 0.1, 0.0, 0.1, 0.5, 0.5, 0.6, 0.5, 0.6, 0.6, 0.5, 0.6])
     assert abs(d - (0.5667 - 0.0333)) < 1e-3 and 0 < se < 0.05
+
+
+# ---- the copy probe, on hand-made trajectories (names the policy never saw) ----------------------------------
+ITEM = {"id": "q1", "prompt": "Paint the flag of the country whose capital is Zubrak.",
+        "solution": {"hops": [{"name": "search", "arguments": {"queries": ["Zubrak"], "top_k": 3}},
+                              {"name": "image_search", "arguments": {"query": "flag of Velmora", "top_k": 3}}]}}
+
+
+def traj(first_query, second_query, tool_text="Zubrak is the capital city of Velmora. It lies on a river."):
+    call = lambda name, key, q: ('<think>look it up</think>\n<tool_call>\n{"name": "%s", "arguments": {"%s": %s}}'
+                                 '\n</tool_call>' % (name, key, q))
+    return {"id": "q1", "messages": [
+        {"role": "system", "content": "Research agent."}, {"role": "user", "content": ITEM["prompt"]},
+        {"role": "assistant", "content": call("search", "queries", f'["{first_query}"]')},
+        {"role": "user", "content": f"<tool_response>\n{tool_text}\n</tool_response>"},
+        {"role": "assistant", "content": call("image_search", "query", f'"{second_query}"')}]}
+
+
+def test_copy_probe_reads_prompt_and_tool_response_names():
+    assert ek.copy_probe(traj("Zubrak capital", "flag of Velmora"), ITEM) == {"first": True, "later": [True]}
+    # an invented name in place of the prompt's, and one in place of the tool response's
+    assert ek.copy_probe(traj("Zubak capital", "flag of Velmora"), ITEM)["first"] is False
+    assert ek.copy_probe(traj("Zubrak", "flag of Velmara"), ITEM)["later"] == [False]
+    # the tool response never named Velmora: nothing to copy from it, so that hop does not count either way
+    assert ek.copy_probe(traj("Zubrak", "flag", tool_text="No page matches."), ITEM)["later"] == []
+    rates = ek.copy_rates([traj("Zubrak", "flag of Velmora"), traj("Zubak", "Velmara flag")], {"q1": ITEM})
+    assert rates["copy_first_query"] == 0.5 and rates["copy_from_tool"] == 0.5 and rates["copy_first_n"] == 2
+
+
+# ---- sft.py's base stage and first-turn curriculum ---------------------------------------------------------------
+def test_first_turns_cuts_after_the_nth_assistant_turn():
+    import sft
+    ex = lambda: {"tokens": list(range(10)), "loss_mask": [0, 0, 1, 1, 0, 0, 1, 1, 1, 0],
+                  "images": [{"token_start": 5, "num_tokens": 1}]}
+    one = sft.first_turns(ex(), 1)
+    assert one["tokens"] == [0, 1, 2, 3] and one["loss_mask"] == [0, 0, 1, 1] and one["images"] == []
+    two = sft.first_turns(ex(), 2)
+    assert two["tokens"] == list(range(9)) and len(two["images"]) == 1
+    assert sft.first_turns(ex(), 5)["tokens"] == list(range(10))  # fewer turns than asked: whole example
+
+
+def test_text_blocks_pack_documents_with_loss_on_every_token(tmp_path):
+    import json
+    import sft
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tok = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1, "a": 2, "b": 3, "\n": 4}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    hf.add_special_tokens({"additional_special_tokens": ["<|endoftext|>"]})
+    p = tmp_path / "pages.jsonl"
+    p.write_text("\n".join(json.dumps({"title": t, "text": x}) for t, x in [("a", "bb"), ("b", "aaab")]) + "\n")
+    blocks, counts = sft.load_text_blocks(str(p), hf, 4)
+    flat = [t for b in blocks for t in b["tokens"]]
+    # "a\nbb" <eos> "b\naaab" <eos> = 12 tokens -> 3 blocks of 4, documents running across the boundaries
+    assert counts == {"rows": 2, "blocks": 3} and flat == [2, 4, 3, 3, 0, 3, 4, 2, 2, 2, 3, 0]
+    assert all(b["loss_mask"] == [1] * 4 and b["images"] == [] for b in blocks)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"title": "x"}\n')
+    import pytest
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: objective='pretrain' needs rows with a string 'text'"):
+        sft.load_text_blocks(str(bad), hf, 4)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import rollout as R
+import tools
 import trainer
 from rollout import loads_lenient, parse_answer, parse_turn
 
@@ -254,7 +255,7 @@ def test_oracle_trajectory_images_and_answer(agent):
         return tool_call(plan[r]["name"], **plan[r]["arguments"]) if r < len(plan) else answer("IMG_001")
     rec = run(agent, script, [item["prompt"]], max_images_per_round=2)[0]
     assert rec["end_reason"] == "answer" and rec["rounds"] == len(hops) + 3, rec["error"]
-    count = {n: sum(h["name"] == n for h in hops + extra) for n in R.TOOL_NAMES}
+    count = {n: sum(h["name"] == n for h in hops + extra) for n in tools.tool_names()}
     assert rec["tool_calls"] == count
     obs = [m for m in rec["messages"] if m["role"] == "user" and "images" in m]
     assert len(obs) == count["image_search"]
