@@ -184,8 +184,8 @@ def run_stage(c, name, jobs, fn, path):
 
 @lru_cache(maxsize=None)
 def _client(base_url, key_env, timeout):  # one per endpoint: connections are reused across the worker threads
-    import openai
-    return openai.OpenAI(base_url=base_url, api_key=os.environ.get(key_env) or "EMPTY", max_retries=0, timeout=timeout)
+    import net
+    return net.openai_client(base_url, key_env, timeout)  # key from the environment, no redirects, our own retries
 
 
 def chat(c, base_url, model, messages, usage, **kw):

@@ -447,15 +447,12 @@ def _redact(msg, c):
     return msg.replace(key, "***") if len(key) >= 4 else msg
 
 
-def _openai_client(base_url, key_env, timeout):
-    return _client(base_url, os.environ.get(key_env) or "EMPTY", timeout)  # keys only from the environment
-
-
 @lru_cache(maxsize=16)
-def _client(base_url, key, timeout):
-    import openai  # lazy: offline runs need no client
-    # max_retries=0: retries are ours (jittered, and they also cover unparseable answers)
-    return openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
+def _openai_client(base_url, key_env, timeout):
+    """One client per endpoint (connections reused across threads), built by net.openai_client: key only from the
+    environment, no redirects, max_retries=0 (retries are ours: jittered, and they also cover unparseable answers)."""
+    import net  # lazy: offline runs need no client
+    return net.openai_client(base_url, key_env, timeout)
 
 
 def _cache(path, key, value=None):

@@ -417,14 +417,13 @@ def make_engine(kind, pol, path=None, dtype="float32", max_model_len=None, s=Non
     if kind == "hf":
         return Engine("hf", pol)
     if kind == "openai":
-        import openai
+        import net
         a = dict(base_url=api_base_url, model=api_model, api_key_env=api_key_env, max_tokens=s.max_new_tokens,
                  timeout=api_timeout, retries=api_retries, workers=api_workers)
         if set(llm_kwargs) - set(a):
             raise ValueError(f"rollout.make_engine('openai'): unknown {sorted(set(llm_kwargs) - set(a))} (known {sorted(a)})")
         a.update(llm_kwargs)  # base_url "" = the openai package's default (OPENAI_BASE_URL or api.openai.com)
-        a["client"] = openai.OpenAI(base_url=a["base_url"] or None, api_key=os.environ.get(a["api_key_env"]) or "EMPTY",
-                                    timeout=a["timeout"], max_retries=0)  # retries: our own loop in chat_round
+        a["client"] = net.openai_client(a["base_url"] or None, a["api_key_env"], a["timeout"])  # retries: chat_round
         return Engine("openai", pol, api=a)
     if kind != "vllm":
         raise ValueError(f"rollout.make_engine: unknown engine {kind!r} (hf | vllm | openai)")
