@@ -34,8 +34,13 @@ def test_paper_configs_chain():
 
 
 def test_runcpu_configs_chain():
-    md, sft, grpo, ev = (cfg(f"{s}_runcpu.py") for s in ("make_data", "sft", "grpo", "eval"))
-    assert sft["train_data"] == os.path.join(md["out_dir"], "sft.jsonl")
+    md, base, sft, grpo, ev = (cfg(f"{s}_runcpu.py") for s in ("make_data", "base", "sft", "grpo", "eval"))
+    assert sft["train_data"].split(",")[0] == os.path.join(md["out_dir"], "sft.jsonl")
+    # base (extra worlds' pages) -> SFT stage 1 (runcpu.sh: first turns) -> SFT stage 2 (this config) -> GRPO
+    assert base["objective"] == "pretrain" and base["tokenizer_dir"] == sft["tokenizer_dir"]
+    assert all(p.endswith("pages.jsonl") and "/world_" in p for p in base["train_data"].split(","))
+    assert sft["init_from"] == os.path.join(os.path.dirname(sft["out_dir"]), "sft_first", "final")
+    assert base["model_sizes"] == sft["model_sizes"]
     assert sft["tokenizer_dir"] == md["tokenizer_dir"] == os.path.join(md["world_dir"], "tokenizer")
     assert grpo["init_from"] == os.path.join(sft["out_dir"], "final")
     assert grpo["data_path"] == os.path.join(md["out_dir"], "rl.jsonl") and grpo["world_dir"] == md["world_dir"]
@@ -46,7 +51,9 @@ def test_runcpu_configs_chain():
     assert (md["date"], md["system_style"]) == (grpo["rollout_kwargs"]["date"], grpo["rollout_kwargs"]["system_style"])
     sh = (ROOT / "runcpu.sh").read_text()  # runcpu.sh passes the same chain under its $OUT
     for arg in ('--init_from="$OUT/sft/final"', '--data_path="$OUT/data/rl.jsonl"', '--policy_path="$OUT/sft/final"',
-                '--train_data="$OUT/data/sft.jsonl"', '--out_dir="$OUT/data"'):
+                'SFT_DATA="$OUT/data/sft.jsonl,', '--train_data="$SFT_DATA"', '--out_dir="$OUT/data"',
+                '--init_from="$OUT/base/final" --out_dir="$OUT/sft_first"', '--init_from="$OUT/sft_first/final"',
+                '--policy_path="$OUT/base/final"'):
         assert arg in sh, arg
 
 
@@ -58,7 +65,7 @@ def _module(path):
     return m
 
 
-CONFIG_OF = {"sft.py": ["sft_gen_searcher_8b.py", "sft_runcpu.py"],
+CONFIG_OF = {"sft.py": ["sft_gen_searcher_8b.py", "sft_runcpu.py", "base_runcpu.py"],
              "grpo.py": ["grpo_gen_searcher_8b.py", "grpo_runcpu.py"],
              "eval_knowgen.py": ["eval_knowgen.py", "eval_runcpu.py"],
              "make_data.py": ["make_data_gen_searcher_8b.py", "make_data_runcpu.py"],
@@ -140,7 +147,8 @@ def test_rollout_settings_reach_the_loop(tmp_path):
     import rollout
     s = rollout.settings({"system_style": "compact", "date": "2031-02-03", "max_rounds": 2})
     text = rollout.system_prompt(None, s)
-    assert "2031-02-03" in text and text == rollout.COMPACT_SYSTEM_PROMPT.format(date="2031-02-03")
+    assert "2031-02-03" in text and text.startswith(rollout.COMPACT_SYSTEM_PROMPT.split("{tools}")[0])
+    assert "Tools: search(queries, top_k) | image_search(query, top_k) | browse(url, query)." in text
     assert rollout.system_prompt(None) != text  # the default Settings: the paper's prompt, today
     t2 = rollout.Traj({"id": "x"}, 0, [], [], [], [], 0.0, s=rollout.settings(max_rounds=2, force_final_round=False))
     t2.rounds = 1
