@@ -33,6 +33,7 @@ the baseline; on_no_answer="zero" scores it 0 instead). A failed generation is a
 "error"); a failed JUDGE call writes nothing, so a re-run retries it. An empty group is null in the summary and
 the overall is the mean over the non-empty groups, flagged with a warning (not comparable to the paper's).
 """
+import glob
 import json
 import os
 import random
@@ -97,6 +98,7 @@ table = None                 # "name=eval_out_dir,...": the rows of a results ta
 table_logs = None            # "name=grpo out_dir/log.jsonl,...": GRPO reward / K-Score curves for the table
 table_out = "results.md"     # the table's markdown; grpo_curves.png and items.png are written beside it
 stage_times = None           # a "stage<TAB>seconds" file (runcpu.sh) appended to the table
+table_train = None           # "name=sft.py out_dir,...": training throughput (tokens/s, share of the fp32 matmul peak)
 seed = 0                     # the report's sample of items
 
 _CONFIG_KEYS = config_keys(globals())
@@ -714,6 +716,20 @@ def write_report(items, cfg, summary_text):
     return path
 
 
+def matmul_peak(n=512, seconds=1.0):
+    """FLOP/s of a square fp32 matmul, repeated for about `seconds` after a warm-up: the machine's practical peak
+    for the dtype the CPU runs train in."""
+    import torch
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - t0)
+
+
 def results_table(cfg):
     """Several eval runs side by side (runcpu.sh's results.md): per group V/T/F/A/K (x100), overall, answers,
     tool calls and end reasons per row; GRPO's reward and training K-Score per step (grpo_curves.png); a grid of
@@ -783,6 +799,20 @@ def results_table(cfg):
         fig.tight_layout()
         fig.savefig(os.path.join(out, "items.png"), dpi=100)
         md += ["", "## A few bench items across the rows (ground truth last)", "", "![](items.png)"]
+    if cfg["table_train"]:
+        peak = matmul_peak()
+        md += ["", "## Training throughput", "", f"Measured fp32 matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s "
+               "(a timed 512x512 matmul, this process's torch threads). Achieved = 6 x parameters x tokens/s (the dense "
+               "forward + backward estimate; attention's T^2 term and the vision tower are not counted).", "",
+               "| stage | steps | tokens/s (median step) | parameters | achieved GFLOP/s | share of peak |", "|---|---|---|---|---|---|"]
+        for name, d in pairs(cfg["table_train"]):
+            log = [json.loads(line) for line in open(os.path.join(d, "log.jsonl")) if line.strip()]
+            rates = sorted(e["tokens"] / e["seconds"] for e in log if e.get("seconds"))
+            n = sum(os.path.getsize(p) for p in glob.glob(os.path.join(d, "final", "*.safetensors"))) / 4  # fp32
+            if rates:
+                r = rates[len(rates) // 2]
+                md.append(f"| {name} | {len(rates)} | {r:,.0f} | {n / 1e6:.2f}M | {6 * n * r / 1e9:.2f} | "
+                          f"{100 * 6 * n * r / peak:.1f}% |")
     if cfg["stage_times"]:
         times = [line.rstrip("\n").split("\t") for line in open(cfg["stage_times"]) if line.strip()]
         md += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"] + [f"| {n} | {t} |" for n, t in times]
