@@ -164,18 +164,18 @@ def group_of(category, where):
 
 
 def load_knowgen(path):
-    """KnowGen JSONL items; gt_image resolved against the file's directory (contracts' path rule)."""
-    base, items = os.path.dirname(os.path.abspath(path)), []
-    for i, it in read_jsonl(path):
-        where = f"{path}:{i}: item {it.get('id')!r}"
-        for k in ("id", "prompt", "meta"):
-            if k not in it:
-                raise EvalError(f"{where}: missing key '{k}'")
+    """KnowGen items through rollout.load_items (JSON list or JSONL; gt_image resolved against the file's folder);
+    every item must carry a known KnowGen category."""
+    import rollout  # the one item reader (imports torch: fine, every eval run builds a rollout or a reward)
+    try:
+        raw = rollout.load_items(path)
+    except rollout.ItemsError as e:
+        raise EvalError(str(e)) from None
+    items = []
+    for j, it in enumerate(raw):
+        where = f"{path}: item {it['id']!r} (entry {j})"
         group_of(it["meta"].get("category"), where)
-        it = dict(it, id=str(it["id"]), category=it["meta"]["category"].strip().lower())
-        if it.get("gt_image"):
-            it["gt_image"] = os.path.join(base, it["gt_image"])
-        items.append(it)
+        items.append(dict(it, category=it["meta"]["category"]))
     return items
 
 
@@ -711,10 +711,17 @@ def summarize(items, cfg):
     stats = tool_stats([r for k, r in latest(os.path.join(out, "trajectories.jsonl")).items() if k[0] in ids])
     if cfg["benchmark"] == "wise":
         rows = [r for k, r in latest(os.path.join(out, "judged.jsonl")).items() if k[0] in ids]
+    else:
+        jpath = os.path.join(out, "judged.jsonl")
+        rows = [r for r in check_judged(jpath) if r["id"] in ids] if os.path.exists(jpath) else []
+    if not rows:
+        raise EvalError(f"no judged rows in {os.path.join(out, 'judged.jsonl')}: every judge call failed or was "
+                        f"skipped (see {os.path.join(out, 'judge_errors.log')}); what was written is kept, re-run "
+                        "--stage=judge to retry")
+    if cfg["benchmark"] == "wise":
         summary, cats = aggregate_wise(rows), {}
         text = "WiScore " + json.dumps(summary)
     else:
-        rows = [r for r in check_judged(os.path.join(out, "judged.jsonl")) if r["id"] in ids]
         summary, cats = aggregate(rows), per_category(rows)
         text = format_table(summary, cats)
     expected = len(items) * cfg["num_samples"]
@@ -745,6 +752,8 @@ def run(cfg):
         raise EvalError(f"unknown stage {cfg['stage']!r} (all | agent | generate | judge | report)")
     items = load_wise(cfg["items_path"]) if cfg["benchmark"] == "wise" else load_knowgen(cfg["items_path"])
     items = items[:cfg["limit"]] if cfg["limit"] else items
+    if not items:
+        raise EvalError(f"{cfg['items_path']}: no items to evaluate (the file is empty, or limit selected none)")
     os.makedirs(cfg["out_dir"], exist_ok=True)
     json.dump(cfg, open(os.path.join(cfg["out_dir"], "config.json"), "w"), indent=2)
     for name, fn in (("agent", stage_agent), ("generate", stage_generate), ("judge", stage_judge)):

@@ -680,6 +680,7 @@ def _score_one(traj, item, c, judge_pool):
         generate(answer["gen_prompt"], srcs, gen_path, c)
     except Exception as e:
         _count("gen_failures")
+        log.warning("generator failed for %s sample %s: %s", traj.get("id"), traj.get("sample", 0), _redact(e, c)[:300])
         return _result(invalid="generation_failed", error=f"generator: {str(e)[:300]}")
     gt_path = os.path.join(c["data_dir"], item["gt_image"])  # an absolute gt_image stays as it is
     k, t, err = _judge_pair(traj, item, gen_path, gt_path, c, judge_pool)

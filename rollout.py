@@ -150,6 +150,103 @@ def system_prompt(day=None):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# items: THE reader of item files for every stage (grpo.py, eval_knowgen.py, make_data.py, data/knowgen/prepare.py).
+# An item is {"id": str, "prompt": str, "meta": {"category": str, "difficulty": str}, "gt_image": path, ...}
+# (README, "Data formats"). Accepted as released: a JSON list (rl_data.json, KnowGen-Bench.json) or JSONL; the
+# legacy "gen_image" key for "gt_image"; any difficulty string ("multiple subject"); categories in any case
+# ("Multi_subject Anime" -> "multi-subject-anime"); a relative image path is resolved against the file's folder.
+
+class ItemsError(ValueError):
+    """A bad items file; the message names the file and the line (JSONL) or index (JSON list)."""
+
+
+def _decode_utf8(path):
+    data = open(path, "rb").read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ItemsError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def read_jsonl(path):
+    """[(line_no, row)] of a JSONL file (blank lines skipped); every row must be a JSON object."""
+    if not os.path.isfile(path):
+        raise ItemsError(f"{path}: no such file")
+    out = []
+    for i, line in enumerate(_decode_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ItemsError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ItemsError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        out.append((i, row))
+    return out
+
+
+def norm_category(c):
+    return re.sub(r"[\s_]+", "-", str(c).strip().lower())
+
+
+def _item_rows(path):
+    """[(where, row)]: a JSON list -> "path[index]", JSONL -> "path:line"."""
+    text = _decode_utf8(path) if os.path.isfile(path) else None
+    if text is None:
+        raise ItemsError(f"{path}: no such file")
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ItemsError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        return [(f"{path}[{j}]", r) for j, r in enumerate(data)]
+    return [(f"{path}:{i}", r) for i, r in read_jsonl(path)]
+
+
+def load_items(path, need_gt=False, resolve_paths=True):
+    """The items of a JSON-list or JSONL file, normalised (see above). need_gt: every item must have a
+    gt_image (GRPO). resolve_paths=False keeps gt_image as written (data/knowgen/prepare.py searches for it
+    itself). Raises ItemsError naming file:line / file[index] and the key."""
+    base, items, seen = os.path.dirname(os.path.abspath(path)), [], {}
+    for where, row in _item_rows(path):
+        if not isinstance(row, dict):
+            raise ItemsError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ItemsError(f"{where}: item {row.get('id')!r} has no prompt (a non-empty string 'prompt')")
+        if row.get("id") is None or not str(row["id"]).strip():
+            raise ItemsError(f"{where}: item without an 'id'")
+        it = dict(row, id=str(row["id"]))
+        if str(it["id"]) in seen:
+            raise ItemsError(f"{where}: duplicate id {it['id']!r} (first at {seen[it['id']]})")
+        seen[it["id"]] = where
+        if "gen_image" in it and "gt_image" not in it:  # the release's older name
+            it["gt_image"] = it.pop("gen_image")
+        meta = it.get("meta") if it.get("meta") is not None else {}
+        if not isinstance(meta, dict):
+            raise ItemsError(f"{where}: item {it['id']!r}: 'meta' must be an object, got {type(meta).__name__}")
+        meta = dict(meta)
+        for k in ("category", "difficulty"):  # also accepted at the top level
+            if k not in meta and isinstance(it.get(k), str):
+                meta[k] = it[k]
+        if "category" in meta:
+            meta["category"] = norm_category(meta["category"])
+        if "difficulty" in meta:
+            meta["difficulty"] = str(meta["difficulty"]).strip().lower()
+        it["meta"] = meta
+        gt = it.get("gt_image")
+        if gt is not None and not isinstance(gt, str):
+            raise ItemsError(f"{where}: item {it['id']!r}: gt_image must be a path string")
+        if gt and resolve_paths:
+            it["gt_image"] = os.path.normpath(os.path.join(base, gt))
+        elif need_gt:
+            raise ItemsError(f"{where}: item {it['id']!r} has no gt_image (or legacy gen_image)")
+        items.append(it)
+    return items
+
+
+# ----------------------------------------------------------------------------------------------------------
 # policy
 
 @dataclass
@@ -797,7 +894,7 @@ if __name__ == "__main__":
     pol = tokenizer_policy(policy, api_model) if engine == "openai" else load_policy(policy, device=device, dtype=dtype)
     eng = make_engine(engine, pol, path=policy, dtype=dtype)
     tb = tools.make_toolbox(backend=tool_backend, world_dir=world_dir)
-    items = [json.loads(line) for line in open(prompts) if line.strip()]
+    items = load_items(prompts)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     t0, recs = time.time(), []
     with open(out, "w") as f, tqdm(total=len(items) * samples_per_prompt, desc="trajectories") as bar:

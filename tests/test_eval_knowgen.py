@@ -119,7 +119,7 @@ def test_errors_name_the_item_and_line(tmp_path):
         for n in needles:
             assert n in r.stderr, (n, r.stderr)
     items = write_jsonl(tmp_path / "items.jsonl", [{"id": "kg_7", "prompt": "p", "meta": {"category": "poetry"}}])
-    with pytest.raises(ek.EvalError, match=r"items.jsonl:1: item 'kg_7'.*poetry"):
+    with pytest.raises(ek.EvalError, match=r"items.jsonl: item 'kg_7'.*poetry"):
         ek.load_knowgen(items)
 
 
@@ -448,3 +448,14 @@ def test_wise_loader_is_lenient_and_explicit(tmp_path):
     json.dump([{"prompt_id": 3, "Explanation": "x"}], open(d / "b.json", "w"))
     with pytest.raises(ek.EvalError, match=r"b.json: entry 0"):
         ek.load_wise(str(d / "b.json"))
+
+
+def test_every_judge_call_failing_stops_with_a_message_and_keeps_the_files(world, tmp_path, judge_server):
+    out = tmp_path / "run"
+    Judge.replies = [None]  # HTTP 500 on every call
+    cfg = mini_cfg(world, out, mode="direct", limit=3, judge_backend="openai", judge_base_url=judge_server,
+                   judge_model="loopback-judge", reward_cfg={"judge_retries": 0})
+    with pytest.raises(ek.EvalError, match="every judge call failed"):
+        ek.run(cfg)
+    assert len(lines(out / "generated.jsonl")) == 3 and len(lines(out / "judge_errors.log")) == 3
+    assert not (out / "summary.json").exists()
