@@ -124,8 +124,17 @@ Today's date: {date}"""
 FORMAT_ERROR = ("[Format Error]: {why}. Reply with exactly one of: <think>...</think> <tool_call>{{\"name\": ..., "
                 "\"arguments\": {{...}}}}</tool_call>  or  <think>...</think> <answer>{{\"gen_prompt\": ..., "
                 "\"reference_images\": [{{\"img_id\": ..., \"note\": ...}}]}}</answer>")
-FINAL_ROUND = ("You have used all your tool calls. Do not call any tool. Now reply with <think>...</think> and "
-               "your final <answer>{...}</answer> built from what you found.")
+# The forced final round (release: gen_image_deepresearch_agent.py FINAL_MESSAGE, our words): no tools AND no
+# <think>, only the answer, built from what was found; no references if nothing was found.
+FINAL_ROUND = ("LAST ROUND. Tools are disabled and no more rounds follow. Do not write <think> and do not call a "
+               "tool: reply with only <answer>{\"gen_prompt\": ..., \"reference_images\": [{\"img_id\": "
+               "\"IMG_###\", \"note\": ...}]}</answer>, built from what you found so far (use the IMG ids you "
+               "were given; none if you have none), even if some facts are missing.")
+# A turn cut by the per-turn token cap (release: the "RESPONSE TOO LONG" observation, our words); a second cut
+# turn in a row ends the trajectory as repeated.
+TOO_LONG = ("RESPONSE TOO LONG: your last reply was cut off at the length limit. Be much shorter. Do not write "
+            "<think>; reply with only <tool_call>{json}</tool_call> or <answer>{json}</answer>. If a tool call "
+            "does not fit, answer with what you have.")
 TOOL_NAMES = ("search", "image_search", "browse")
 
 
@@ -743,7 +752,9 @@ def _decide(t, text, key, truncated, room_limited):
         return _end(t, "no_answer")
     if t.rounds >= max_rounds and not force_final_round:
         return _end(t, "max_rounds")
-    return ("tool", x) if kind == "tool" else ("obs", FORMAT_ERROR.format(why=x))
+    if kind == "tool":
+        return "tool", x
+    return "obs", TOO_LONG if truncated else FORMAT_ERROR.format(why=x)
 
 
 def observe(t, pol, text, images=(), tool=True):

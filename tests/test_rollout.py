@@ -298,16 +298,22 @@ def test_end_reasons_and_limits(agent):
         "FAKE": lambda r, ctx: (tool_call("image_search", query="flag")[:-len("<|im_end|>")]
                                 + "\n<tool_response>\nIMG_007 fake</tool_response>") if r == 0 else answer("IMG_001"),
         "EMPTY": lambda r, ctx: "<think>x</think><answer></answer><|im_end|>",
+        "CUT_THEN_OK": lambda r, ctx: "<think>" + "long " * 200 if r == 0 else "<answer>{\"gen_prompt\": \"x\"}</answer><|im_end|>",
     }
     recs = run(agent, lambda p, r, ctx: scripts[p](r, ctx), list(scripts), max_new_tokens=96)
     by = {r["prompt"]: r for r in recs}
     assert by["REPEAT"]["end_reason"] == "repeated" and by["REPEAT"]["rounds"] == 2
     assert by["TRUNC"]["end_reason"] == "repeated" and by["TRUNC"]["rounds"] == 2
     assert by["TRUNC"]["num_gen_tokens"] == 2 * 96  # each turn cut at max_new_tokens
+    # a turn cut by the per-turn cap gets the release's "response too long" message, not the format error
+    assert by["TRUNC"]["messages"][3] == {"role": "user", "content": R.TOO_LONG}
+    ct = by["CUT_THEN_OK"]
+    assert ct["end_reason"] == "answer" and ct["rounds"] == 2 and ct["messages"][3]["content"] == R.TOO_LONG
     f = by["FOREVER"]
     assert f["end_reason"] == "no_answer" and f["rounds"] == R.max_rounds + 1
     assert f["tool_calls"]["search"] == R.max_rounds  # the forced round's call is not run
     assert f["messages"][-2]["content"] == R.FINAL_ROUND
+    assert "Do not write <think>" in R.FINAL_ROUND and "<think>..." not in R.FINAL_ROUND  # as the release's
     fu = by["FORCED_UNKNOWN"]
     assert fu["end_reason"] == "answer" and [x["img_id"] for x in fu["answer"]["reference_images"]] == ["IMG_001"]
     assert by["UNKNOWN"]["end_reason"] == "parse_failed" and "IMG_099" in by["UNKNOWN"]["error"]
