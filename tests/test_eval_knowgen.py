@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -459,3 +460,44 @@ def test_every_judge_call_failing_stops_with_a_message_and_keeps_the_files(world
         ek.run(cfg)
     assert len(lines(out / "generated.jsonl")) == 3 and len(lines(out / "judge_errors.log")) == 3
     assert not (out / "summary.json").exists()
+
+
+def test_release_protocol_skip_failed_generation_raw_prompt_and_suffix(world, tmp_path, monkeypatch):
+    """failed_generation=skip: no judged row (counted, reported), not a zero; an answer without references is
+    generated from the raw prompt (no_refs_prompt=raw_prompt) with the text-only suffix appended."""
+    real, seen = reward.generate, []
+
+    def flaky(gen_prompt, refs, out_path, c):
+        seen.append((gen_prompt, list(refs)))
+        if "_0002_" in os.path.basename(out_path):
+            raise RuntimeError("HTTP 503")
+        return real(gen_prompt, refs, out_path, c)
+    monkeypatch.setattr(reward, "generate", flaky)
+    out = tmp_path / "run"
+    items = [json.loads(x) for x in lines(os.path.join(world, "bench.jsonl"))[:4]]
+    s = ek.run(mini_cfg(world, out, mode="direct", limit=4, failed_generation="skip", no_refs_prompt="raw_prompt",
+                        t2i_suffix=", SUFFIX."))
+    assert sorted(p for p, _ in seen) == sorted(it["prompt"] + ", SUFFIX." for it in items)
+    judged = [json.loads(x) for x in lines(out / "judged.jsonl")]
+    assert len(judged) == 3 and not any("0002" in r["id"] for r in judged)  # skipped, not scored 0
+    assert all(r["error"] is None for r in judged) and s["overall"] is not None
+
+
+def test_errored_rollouts_are_retried_and_counted():
+    """An engine exception ends a record as "error": it is re-run (at most 3 times), bad answers are not."""
+    fails = {"a": 5, "b": 1, "c": 0}
+    calls = []
+
+    def run(items):
+        calls.append([it["id"] for it in items])
+        out = []
+        for it in items:
+            err = fails[it["id"]] > 0
+            fails[it["id"]] -= 1
+            out.append({"id": it["id"], "end_reason": "error" if err else ("parse_failed" if it["id"] == "c" else "answer")})
+        return out
+    stats = Counter()
+    recs = ek.with_error_retries(run, [{"id": "a"}, {"id": "b"}, {"id": "c"}], 3, stats)
+    assert calls == [["a", "b", "c"], ["a", "b"], ["a"], ["a"]]
+    assert [r["end_reason"] for r in recs] == ["error", "answer", "parse_failed"]
+    assert stats == {"error_retries": 4, "errored": 1}
