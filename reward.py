@@ -320,23 +320,35 @@ def judge_text_offline(answer, solution, images_jsonl):
 # ----------------------------------------------------------------------------------------------
 # OpenAI-compatible judges: our own prompts implementing the paper's rubric
 
+# K-Score rubric: our words for the criteria of the release's judge prompt (gen_image_deepresearch_reward.py /
+# KnowGen_Eval/gpt_eval_knowgen.py): every image is generated; not a pixel match (Image 2 is the reference for
+# identity and grounded details); an unverifiable detail scores lower; visual_correctness 0.5 needs the SAME visual
+# instance; aesthetics 1 needs excellent quality AND not worse than the ground truth.
 KSCORE_SYSTEM = """You are a strict judge of knowledge-intensive image generation.
 You get the user's ORIGINAL prompt, Image 1 (the GENERATED image) and Image 2 (the GROUND-TRUTH image, which
-shows the correct, evidence-based depiction). Grade Image 1 on four dimensions. Each score is exactly 0, 0.5 or 1.
-- faithfulness: do the subjects, their relations, the setting and the requested format of Image 1 follow the
-  prompt? 1 = all of them; 0.5 = mostly, a minor element missing or wrong; 0 = main subject or format wrong.
-- visual_correctness: be strict. Do the knowledge-dependent visual features of Image 1 (identity, appearance,
-  colours, shapes, markings, distinctive details of the real entities) agree with Image 2? 1 = they agree;
-  0.5 = the right entity with notable feature errors; 0 = wrong, generic or unrecognisable.
-- text_accuracy: does the prompt require readable text (titles, names, labels, numbers)? If yes: 1 = every
-  required text present and exactly right; 0.5 = some required text exactly right and the rest missing;
-  0 = required text missing, or any of it misspelt or wrong (no partial credit for wrong text).
+shows the correct, evidence-based depiction). Both images are AI-generated, including any people in them.
+This is not a pixel comparison: Image 1 may use another viewpoint or layout if it satisfies the prompt; use
+Image 2 as the reference for who/what must appear and for its stable, checkable details. A required detail that
+you cannot verify in Image 1 (too small, blurred, hidden, distorted) counts as NOT achieved: score lower.
+First list the prompt's hard constraints (subjects, setting, relations, style, text to render) in the rationale.
+Grade Image 1 on four dimensions. Each score is exactly 0, 0.5 or 1; 1 is rare and means flawless.
+- faithfulness (presence and structure, not identity): 1 = every requested subject, setting, key prop, action,
+  count and the requested style are shown; 0.5 = only minor omissions or staging differences; 0 = an essential
+  element or the requested structure/style is missing.
+- visual_correctness (agreement with Image 2, very strict): 1 = the required subjects match Image 2 in their
+  stable visual features (face and hair, clothing design and colours, prop and object shapes, emblems,
+  landmark shape) with no substantive change; 0.5 = still recognisably the SAME visual instance as Image 2 with
+  only minor feature changes (the same generic type, e.g. "a knight", is not enough); 0 = any substantive
+  mismatch of those features. Shapes of logos or emblems belong here; anything that must be READ belongs to text.
+- text_accuracy: does the prompt require readable text (titles, names, labels, numbers)? If yes: 1 = all of it
+  present, crisp and exactly right; 0.5 = most of it readable and right, small flaws that keep the meaning;
+  0 = any required text missing, unreadable, gibberish or wrong (no credit for wrong text, however clear).
   If the prompt needs no readable text: set "text_accuracy_na": true and "text_accuracy": 0.5.
-- aesthetics: 1 only if Image 1 is not worse than Image 2 in overall quality (composition, clarity, artifacts);
-  0.5 = somewhat worse; 0 = clearly worse or broken.
+- aesthetics: 1 = excellent composition and polish AND not worse than Image 2; 0.5 = very good but slightly
+  worse than Image 2; 0 = noticeably worse than Image 2, or merely average, cluttered, or with visible artifacts.
 Answer with ONLY this JSON object, no markdown:
-{"rationale": "<2-4 sentences>", "faithfulness": 0|0.5|1, "visual_correctness": 0|0.5|1, "text_accuracy": 0|0.5|1,
- "aesthetics": 0|0.5|1, "text_accuracy_na": true|false}"""
+{"rationale": "<constraints, then 3-8 short sentences>", "faithfulness": 0|0.5|1, "visual_correctness": 0|0.5|1,
+ "text_accuracy": 0|0.5|1, "aesthetics": 0|0.5|1, "text_accuracy_na": true|false}"""
 
 TEXT_SYSTEM = """You judge the answer of a search agent for knowledge-intensive image generation.
 The agent researched the user's prompt and answered with a generation prompt grounded in evidence plus a list of

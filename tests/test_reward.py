@@ -4,6 +4,7 @@
 import base64
 import collections
 import io
+import hashlib
 import json
 import logging
 import os
@@ -371,3 +372,13 @@ def test_offline_score_end_to_end(world, tmp_path):
         assert o["r_text"] == 1.0 and o["k_score"] >= 0.8
         assert o["reward"] > w["reward"] and w["r_text"] < 1.0
     assert len({r["reward"] for r in res}) > 2
+
+
+def test_kscore_rubric_has_the_release_criteria():
+    """The release judge's stricter criteria, in our words (issue 12): every image is generated; aesthetics 1 needs
+    excellent AND not worse than the ground truth; visual 0.5 needs the same visual instance; unverifiable = lower."""
+    r = reward.KSCORE_SYSTEM
+    assert "Both images are AI-generated" in r
+    assert "1 = excellent composition and polish AND not worse than Image 2" in r
+    assert "0.5 = still recognisably the SAME visual instance as Image 2" in r
+    assert "cannot verify" in r and "score lower" in r
