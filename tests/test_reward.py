@@ -4,7 +4,6 @@
 import base64
 import collections
 import io
-import hashlib
 import json
 import logging
 import os
