@@ -70,7 +70,13 @@ vllm_kv_gb = 2                # VLLM_CPU_KVCACHE_SPACE on CPU
 vllm_gpu_mem = 0.5            # gpu_memory_utilization on GPU
 seed = 1337
 date = ""                     # "YYYY-MM-DD" shown to the model; "" = today
-system_style = "paper"        # "paper": full tool schemas + rules (~1,050 tokens) | "compact": a ~160-token digest
+system_style = "paper"        # "paper": ours, full tool schemas + rules (~1,050 tokens; NOT the release's text) |
+                              # "compact": a ~160-token digest
+system_prompt_file = ""       # a file holding the release's system prompt (extracted from its sft_data.json with
+                              # --extract_system_prompt, below); its text + the date, appended directly as the
+                              # release does (agent: system_prompt + today_date()). "" = ours (system_style)
+extract_system_prompt = ""    # command line only: a sharegpt JSON/JSONL -> its system message minus the trailing
+                              # date, written to --out, then exit
                               # for a tiny CPU policy (config/*_runcpu.py); data, SFT, RL and eval must match
 api_base_url = ""             # engine "openai": an OpenAI-compatible /v1 endpoint (vllm serve, a gateway to an API)
 api_model = ""                # its model name (the records' "policy")
@@ -147,8 +153,17 @@ Reply <think>...</think> then <tool_call>{{"name": ..., "arguments": {{...}}}}</
 At most 8 tool calls; image_search at least once. Date: {date}"""
 
 
-def system_prompt(day=None):
+DATE_AT_END = re.compile(r"\d{4}-\d{2}-\d{2}$")
+
+
+def system_prompt(day=None, prompt_file=None):
+    """The system message: the release's text from prompt_file (None = the system_prompt_file setting) + the
+    date with no separator (release: gen_image_deepresearch_agent.py), or ours (system_style) with the date."""
     import tools  # lazy: tools.py is another stage; import only when rolling out
+    prompt_file = system_prompt_file if prompt_file is None else prompt_file
+    if prompt_file:
+        with open(prompt_file, encoding="utf-8", newline="") as f:  # newline="": byte-identical, no \r\n folding
+            return f.read() + (day or date or time.strftime("%Y-%m-%d"))
     if system_style not in ("paper", "compact"):
         raise ValueError(f"rollout.py: system_style must be 'paper' or 'compact', got {system_style!r}")
     day = day or date or time.strftime("%Y-%m-%d")
@@ -176,6 +191,27 @@ def _decode_utf8(path):
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise ItemsError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def extract_system_prompt_text(path):
+    """The system message of the first row of a sharegpt file (the release's sft_data.json: a JSON list of
+    {"messages": [{"role", "content"}], "images"}) without its trailing YYYY-MM-DD (system_prompt() appends the
+    run's date the same way). Every row must carry the same prompt; a row that differs is an error."""
+    rows = [r for _, r in _item_rows(path)]
+    found = None
+    for j, r in enumerate(rows):
+        msgs = r.get("messages") or r.get("conversations") if isinstance(r, dict) else None
+        first = msgs[0] if isinstance(msgs, list) and msgs and isinstance(msgs[0], dict) else {}
+        if first.get("role", first.get("from")) != "system" or not isinstance(first.get("content", first.get("value")), str):
+            raise ItemsError(f"{path}[{j}]: the first message is not a system message")
+        text = DATE_AT_END.sub("", first.get("content", first.get("value")))
+        if found is None:
+            found = text
+        elif text != found:
+            raise ItemsError(f"{path}[{j}]: its system prompt differs from row 0's")
+    if found is None:
+        raise ItemsError(f"{path}: no rows")
+    return found
 
 
 def read_jsonl(path):
@@ -809,7 +845,7 @@ def request_seed(base, item_id, sample, rnd):
 
 
 def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, top_p=top_p, progress=None,
-            seed=None, on_group=None):
+            seed=None, on_group=None, system_prompt_file=None):
     """Roll out `samples` trajectories per item, all in one batch: each round every live trajectory generates
     together, then their tool calls run concurrently (tools.run_tools); finished ones wait. -> records.
     seed (vLLM): every call gets request_seed(seed, item id, sample, round); None = vLLM's engine RNG.
@@ -819,7 +855,7 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature=temperature, t
     It must return quickly (hand the work to a thread) and must not change the records."""
     import tools
     day = day or date or time.strftime("%Y-%m-%d")
-    sys_text = system_prompt(day)
+    sys_text = system_prompt(day, system_prompt_file)  # None = the module setting
     trajs = [new_traj(it, s, pol, sys_text) for it in items for s in range(samples)]
     api, done = eng.kind == "openai", 0
     for t in trajs:
@@ -899,6 +935,11 @@ def summarize(records):
 if __name__ == "__main__":
     from configurator import configure
     configure(globals())
+    if extract_system_prompt:  # python rollout.py --extract_system_prompt=sft_data.json --out=prompt.txt
+        with open(out, "w", encoding="utf-8", newline="") as f:
+            f.write(extract_system_prompt_text(extract_system_prompt))
+        print(f"wrote the system prompt of {extract_system_prompt} to {out} (use --system_prompt_file={out})")
+        raise SystemExit(0)
     from tqdm import tqdm
     import tools
     torch.manual_seed(seed)

@@ -374,3 +374,34 @@ def test_sampled_rollout_logprobs_match_recompute(agent):
     assert m.sum() == sum(r["num_gen_tokens"] for r in recs) > 0
     assert torch.allclose(lp[m], b["logprobs"][m], atol=1e-4)
     assert len({tuple(r["tokens"]) for r in recs}) == 3  # samples differ
+
+
+def test_released_system_prompt_file_is_byte_identical_and_tokenizes_like_sft(agent, tmp_path):
+    """A sharegpt row's system message (the release's prompt + the date, appended directly) -> extracted file ->
+    rollout's system message is byte-identical, and SFT's tokens of the row start with the rollout's prompt tokens."""
+    import subprocess
+    import sft
+    pol = agent[0]
+    released = "You ground prompts for image generation.\r\nRules:\n- one <tool_call> per round  \n\t— ünïcode\n"
+    row = {"messages": [{"role": "system", "content": released + "2025-03-14"},
+                        {"role": "user", "content": "The flag of the country whose capital is Canberra."},
+                        {"role": "assistant", "content": "<think>x</think>\n<answer>{\"gen_prompt\": \"f\"}</answer>"}],
+           "images": []}
+    src = tmp_path / "sft_data.json"
+    src.write_text(json.dumps([row, row], ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "prompt.txt"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "rollout.py", f"--extract_system_prompt={src}", f"--out={out}"], cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert out.read_bytes() == released.encode("utf-8")
+    sys_text = R.system_prompt("2025-03-14", prompt_file=str(out))
+    assert sys_text == row["messages"][0]["content"]
+    roll = R.new_traj({"id": "x", "prompt": row["messages"][1]["content"]}, 0, pol, sys_text).tokens
+    ex = R.tokenize_messages(sft.row_to_messages(row, "row", str(tmp_path)), pol)
+    assert ex["tokens"][:len(roll)] == roll and sum(ex["loss_mask"][:len(roll)]) == 0
+    # a file whose rows disagree is refused, naming the row
+    bad = dict(row, messages=[dict(row["messages"][0], content="other" + "2025-03-14")] + row["messages"][1:])
+    src.write_text(json.dumps([row, bad]))
+    with pytest.raises(R.ItemsError, match=r"sft_data.json\[1\]: its system prompt differs"):
+        R.extract_system_prompt_text(str(src))
