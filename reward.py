@@ -43,7 +43,7 @@ data_dir = "data/miniworld"      # relative gt_image paths (and the offline judg
 out_dir = "out/gen_images"       # generated images are saved here
 score_workers = 64               # trajectories generated concurrently (each waits for its generator slot)
 # generator
-gen_backend = "offline"          # "offline" | "server" | "openai"
+gen_backend = "offline"          # "offline" | "server" | "openai" | "gemini" | "seedream"
 gen_server_urls = ["http://127.0.0.1:8000"]  # one image_server.py per GPU
 gen_per_server = 2               # requests in flight per server URL (1 generating + 1 queued hides transfer)
 gen_max_refs = 3                 # release: the client sends at most the first 3 references
@@ -60,6 +60,15 @@ gen_openai_model = "gpt-image-1" # image API backend (transfer experiments)
 gen_openai_base_url = None       # None = api.openai.com
 gen_openai_size = "1024x1024"
 gen_openai_concurrency = 4
+# transfer rows (Table 1: Nano Banana Pro, Seedream 4.5), as the release's eval clients call them; every reference
+# is sent (the 3-image cap is Qwen-Image-Edit's), as the original file's bytes
+gen_gemini_base_url = "https://generativelanguage.googleapis.com/v1beta"  # POST {base}/models/{model}:generateContent
+gen_gemini_model = "gemini-3-pro-image-preview"   # Nano Banana Pro (release default)
+gen_gemini_key_env = "GEMINI_API_KEY"             # sent as the x-goog-api-key header
+gen_seedream_base_url = "https://ark.cn-beijing.volces.com/api/v3"  # POST {base}/images/generations (Volcengine ARK)
+gen_seedream_model = "doubao-seedream-4-0-250828"  # release default; the paper's row is Seedream 4.5: pass its id
+gen_seedream_key_env = "ARK_API_KEY"              # sent as a Bearer token
+gen_seedream_size = "2K"                          # release request: size 2K, response_format url, no watermark
 # judges
 judge_backend = "offline"        # "offline" | "openai"
 judge_model = "gpt-4.1"          # paper: GPT-4.1 for both judges
@@ -625,6 +634,82 @@ def generate_openai(gen_prompt, ref_paths, out_path, c):
     raise RuntimeError(err)
 
 
+def _b64_file(path):
+    """(mime, base64) of a reference file's ORIGINAL bytes (no re-encode, no resize)."""
+    url = data_url(path)
+    return url[5:url.index(";")], url[url.index(",") + 1:]
+
+
+def _key(env):
+    key = os.environ.get(env) or ""
+    if not key:
+        raise RuntimeError(f"no API key: set the environment variable {env}")
+    return key
+
+
+def _post_json_retrying(url, body, headers, c, name):
+    """POST JSON with c's retries / backoff / timeout -> the decoded JSON of a 200 answer; raises RuntimeError."""
+    err = None
+    for attempt in range(int(c["gen_retries"]) + 1):
+        if attempt:
+            _backoff(attempt, c["gen_backoff"])
+        try:
+            _count("gen_requests")
+            r = requests.post(url, json=body, headers=headers, timeout=c["gen_timeout"], allow_redirects=False)
+            if r.status_code == 200:
+                return r.json()
+            err = f"{name}: HTTP {r.status_code} {r.text[:160]}"
+            if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                break  # the request itself (or the key) is bad
+        except Exception as e:
+            err = f"{name}: {type(e).__name__}: {str(e)[:160]}"
+    for v in headers.values():  # a server may echo the key back: never let it reach a log
+        err = err.replace(v.split()[-1], "***") if len(v) >= 8 else err
+    raise RuntimeError(err)
+
+
+def generate_gemini(gen_prompt, ref_paths, out_path, c):
+    """Gemini generateContent (Nano Banana Pro): parts = the prompt text + each reference as inlineData; the image
+    comes back as an inlineData part of the first candidate (release: eval's NanoAPIGenerator)."""
+    parts = [{"text": gen_prompt}] + [{"inlineData": {"mimeType": m, "data": d}}
+                                      for m, d in (_b64_file(p) for p in ref_paths)]
+    url = f"{c['gen_gemini_base_url'].rstrip('/')}/models/{c['gen_gemini_model']}:generateContent"
+    data = _post_json_retrying(url, {"contents": [{"parts": parts}]},
+                               {"x-goog-api-key": _key(c["gen_gemini_key_env"])}, c, "gemini")
+    for cand in data.get("candidates") or []:
+        for part in (cand.get("content") or {}).get("parts") or []:
+            inline = part.get("inlineData") or part.get("inline_data")
+            if isinstance(inline, dict) and inline.get("data"):
+                _save_png_bytes(base64.b64decode(inline["data"]), out_path)
+                return out_path
+    raise RuntimeError(f"gemini: no image in the answer: {str(data)[:200]}")
+
+
+def generate_seedream(gen_prompt, ref_paths, out_path, c):
+    """Seedream on Volcengine ARK: POST images/generations {"model", "prompt", "size", "image": [data URLs],
+    "response_format": "url", "watermark": false, "sequential_image_generation": "disabled"} -> data[0].url (or
+    data[0].b64_json), as the release's eval SeedAPIGenerator sends it."""
+    body = {"model": c["gen_seedream_model"], "prompt": gen_prompt, "size": c["gen_seedream_size"],
+            "response_format": "url", "watermark": False, "sequential_image_generation": "disabled"}
+    if ref_paths:
+        body["image"] = [data_url(p) for p in ref_paths]
+    url = c["gen_seedream_base_url"].rstrip("/") + "/images/generations"
+    data = _post_json_retrying(url, body, {"Authorization": f"Bearer {_key(c['gen_seedream_key_env'])}"}, c,
+                               "seedream")
+    d = (data.get("data") or [{}])[0]
+    if d.get("b64_json"):
+        b = base64.b64decode(d["b64_json"])
+    elif d.get("url"):
+        r = requests.get(d["url"], timeout=c["gen_timeout"])
+        if r.status_code != 200:
+            raise RuntimeError(f"seedream: image download HTTP {r.status_code}")
+        b = r.content
+    else:
+        raise RuntimeError(f"seedream: no image in the answer: {str(data)[:200]}")
+    _save_png_bytes(b, out_path)
+    return out_path
+
+
 def generate(gen_prompt, ref_paths, out_path, c):
     _count("gen_calls")
     if c["gen_backend"] == "offline":
@@ -634,7 +719,12 @@ def generate(gen_prompt, ref_paths, out_path, c):
         return generate_server(gen_prompt, ref_paths, out_path, c)
     if c["gen_backend"] == "openai":
         return generate_openai(gen_prompt, ref_paths, out_path, c)
-    raise ValueError(f"reward.py: unknown gen_backend {c['gen_backend']!r} (offline | server | openai)")
+    if c["gen_backend"] == "gemini":
+        return generate_gemini(gen_prompt, ref_paths, out_path, c)
+    if c["gen_backend"] == "seedream":
+        return generate_seedream(gen_prompt, ref_paths, out_path, c)
+    raise ValueError(f"reward.py: unknown gen_backend {c['gen_backend']!r} (offline | server | openai | gemini | "
+                     "seedream)")
 
 
 # ----------------------------------------------------------------------------------------------
