@@ -145,7 +145,8 @@ def invalid_reason(traj):
         return "no_answer"
     if not isinstance(answer.get("gen_prompt"), str) or not answer["gen_prompt"].strip():
         return "empty_gen_prompt"
-    if not 1 <= len(valid_refs(answer)) <= 4:
+    from rollout import REF_RANGE  # one rule with the system prompt (release reward: 1..4 valid references)
+    if not REF_RANGE[0] <= len(valid_refs(answer)) <= REF_RANGE[1]:
         return "num_refs"
     return None
 

@@ -62,7 +62,10 @@ max_new_tokens = 4096         # per round (release)
 context_cap = 36000           # tokens: max response 30,000 + 6,000 (release) -> overlong
 max_images_per_round = 5      # images attached per tool turn
 max_pixels = 160000           # per image, as the release resizes them
-max_refs = 5                  # references kept in the final answer
+max_refs = 5                  # references kept in the final answer (release agent: the first 5) ...
+# ... and THE rule for how many count (release reward: GEN_MIN/MAX_INPUT_IMAGES = 1, 4 valid references, else
+# reward 0 with no generation): stated to the model by our system prompt, applied by reward.invalid_reason
+REF_RANGE = (1, 4)
 temperature = 0.7             # RL sampling (release)
 top_p = 0.95
 traj_timeout = 3600.0         # seconds per trajectory
@@ -122,7 +125,7 @@ or
 
 # Rules
 - At most 8 tool calls; only the first tool call of a reply runs. Call image_search at least once.
-- Usually keep one image per image_search; no duplicate references; 1 to 5 references, sorted by id.
+- Usually keep one image per image_search; no duplicate references; {min_refs} to {max_refs} references, sorted by id.
 - In gen_prompt refer to images as "the first reference image", "the second reference image", ... never by id.
 - Put every visual fact you found (names, colours, shapes, exact text to render) into gen_prompt.
 
@@ -170,7 +173,7 @@ def system_prompt(day=None, prompt_file=None):
     if system_style == "compact":
         return COMPACT_SYSTEM_PROMPT.format(date=day)
     schemas = "\n".join(json.dumps(s, ensure_ascii=False) for s in tools.TOOL_SCHEMAS)
-    return SYSTEM_PROMPT.format(tools=schemas, date=day)
+    return SYSTEM_PROMPT.format(tools=schemas, date=day, min_refs=REF_RANGE[0], max_refs=REF_RANGE[1])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -405,3 +405,15 @@ def test_released_system_prompt_file_is_byte_identical_and_tokenizes_like_sft(ag
     src.write_text(json.dumps([row, bad]))
     with pytest.raises(R.ItemsError, match=r"sft_data.json\[1\]: its system prompt differs"):
         R.extract_system_prompt_text(str(src))
+
+
+def test_one_reference_rule_for_prompt_and_reward():
+    """The system prompt states the number of references the reward accepts (release reward: 1..4 valid)."""
+    import reward
+    lo, hi = R.REF_RANGE
+    assert (lo, hi) == (1, 4) and f"{lo} to {hi} references" in R.system_prompt("2025-01-01")
+
+    def traj(n):
+        return {"end_reason": "answer", "answer": {"gen_prompt": "p", "reference_images": [
+            {"img_id": f"IMG_{i:03d}", "url": f"http://x/{i}.png"} for i in range(n)]}}
+    assert [reward.invalid_reason(traj(n)) for n in range(6)] == ["num_refs", None, None, None, None, "num_refs"]
