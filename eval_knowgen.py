@@ -70,6 +70,9 @@ agent_api_key_env = "OPENAI_API_KEY"  # agent_engine=openai: the environment var
 agent_device = "cpu"
 agent_dtype = "float32"      # bfloat16 on GPU (bf16 is ~300x slower than fp32 on this CPU)
 agent_temperature = 0.0      # ours: greedy decoding for a deterministic eval (RL samples at 0.7 / top_p 0.95)
+agent_top_p = 1.0            # ours (greedy ignores it); release eval: 0.9 (config/eval_knowgen.py)
+agent_error_retries = 3      # an errored rollout (engine exception, not a bad answer) is re-run up to this many
+                             # times, as the release's workflow engine does; the retries are counted in the log
 agent_batch = 8              # items rolled out together; trajectories are appended after each batch
 rollout_kwargs = {}          # rollout.Settings fields (an argument, never rollout.py globals), e.g. {"max_rounds": 9, "max_new_tokens": 4096}
 tool_backend = "local"       # tools.make_toolbox backend: local (mini world) | web
@@ -83,6 +86,11 @@ gen_t2i_server_urls = []     # text-only Qwen-Image servers for answers with no 
 gen_openai_base_url = None   # an OpenAI-compatible image API (gen_backend="openai")
 gen_openai_model = "gpt-image-1"
 on_no_answer = "raw_prompt"  # raw_prompt | zero : what a trajectory without a parsed answer is scored as
+no_refs_prompt = "gen_prompt"  # an answer WITHOUT references: "gen_prompt" (ours: its prompt, text-only) |
+                             # "raw_prompt" (release gen_image_from_results.py: the item's original prompt)
+t2i_suffix = ""              # appended to text-only prompts; release (Qwen-Image text-only):
+                             # ", Ultra HD, 4K, cinematic composition."
+failed_generation = "zero"   # zero (ours: a judged row scored 0) | skip (release: no row, counted and reported)
 # judge (reward.py's K-Score judge; the WISE judge is ours, below)
 judge_backend = "offline"    # offline (mini world: needs the hidden solution) | openai (any compatible server)
 judge_base_url = None        # None = api.openai.com (key from $OPENAI_API_KEY)
@@ -123,6 +131,9 @@ WISE_WEIGHTS = {"cultural": 0.4, "time": 0.167, "space": 0.133, "biology": 0.1, 
 
 class EvalError(ValueError):
     pass
+
+
+AGENT_STATS = Counter()  # error_retries (re-runs of errored rollouts), errored (still errored after them)
 
 # -----------------------------------------------------------------------------
 # JSONL plumbing: append-only files, last row per key wins
@@ -169,18 +180,18 @@ def group_of(category, where):
 
 
 def load_knowgen(path):
-    """KnowGen JSONL items; gt_image resolved against the file's directory (contracts' path rule)."""
-    base, items = os.path.dirname(os.path.abspath(path)), []
-    for i, it in read_jsonl(path):
-        where = f"{path}:{i}: item {it.get('id')!r}"
-        for k in ("id", "prompt", "meta"):
-            if k not in it:
-                raise EvalError(f"{where}: missing key '{k}'")
+    """KnowGen items through rollout.load_items (JSON list or JSONL; gt_image resolved against the file's folder);
+    every item must carry a known KnowGen category."""
+    import rollout  # the one item reader (imports torch: fine, every eval run builds a rollout or a reward)
+    try:
+        raw = rollout.load_items(path)
+    except rollout.ItemsError as e:
+        raise EvalError(str(e)) from None
+    items = []
+    for j, it in enumerate(raw):
+        where = f"{path}: item {it['id']!r} (entry {j})"
         group_of(it["meta"].get("category"), where)
-        it = dict(it, id=str(it["id"]), category=it["meta"]["category"].strip().lower())
-        if it.get("gt_image"):
-            it["gt_image"] = os.path.join(base, it["gt_image"])
-        items.append(it)
+        items.append(dict(it, category=it["meta"]["category"]))
     return items
 
 
@@ -270,10 +281,28 @@ def run_agent(todo, cfg, world):
                             summarizer_model=cfg["summarizer_model"])
     for i in range(0, len(todo), cfg["agent_batch"]):
         chunk = todo[i:i + cfg["agent_batch"]]
-        recs = rollout.rollout([it for it, _ in chunk], pol, eng, tb, samples=1,
-                               temperature=cfg["agent_temperature"], s=rs)
+        recs = with_error_retries(
+            lambda its: rollout.rollout(its, pol, eng, tb, samples=1, temperature=cfg["agent_temperature"],
+                                        top_p=cfg["agent_top_p"], s=rs),
+            [it for it, _ in chunk], cfg["agent_error_retries"], AGENT_STATS)
         for rec, (_, s) in zip(recs, chunk):
             yield dict(rec, sample=s)
+
+
+def with_error_retries(run, items, retries, stats):
+    """run(items) -> one record per item; records that ended "error" (an engine exception, not a bad answer)
+    are re-run, up to `retries` times, as the release's workflow engine retries errored episodes.
+    stats["error_retries"] counts the re-runs, stats["errored"] the records still errored after them."""
+    recs = list(run(items))
+    for _ in range(retries):
+        bad = [j for j, r in enumerate(recs) if r["end_reason"] == "error"]
+        if not bad:
+            break
+        stats["error_retries"] += len(bad)
+        for j, r in zip(bad, run([items[j] for j in bad])):
+            recs[j] = r
+    stats["errored"] += sum(r["end_reason"] == "error" for r in recs)
+    return recs
 
 
 def stage_agent(items, cfg):
@@ -292,7 +321,8 @@ def stage_agent(items, cfg):
         raise EvalError(f"unknown mode {cfg['mode']!r} (direct | workflow | agent | oracle)")
     for rec in recs:
         append_jsonl(path, rec)
-    print(f"agent: {len(todo)} new trajectories ({len(done)} already done) -> {path}")
+    print(f"agent: {len(todo)} new trajectories ({len(done)} already done), {AGENT_STATS['error_retries']} errored "
+          f"rollouts retried, {AGENT_STATS['errored']} still errored -> {path}")
 
 # -----------------------------------------------------------------------------
 # stage 2: the generator -> generated.jsonl + images/
@@ -330,6 +360,10 @@ def stage_generate(items, cfg):
         ans = ans or {"gen_prompt": item["prompt"], "reference_images": []}
         row["gen_prompt"] = ans.get("gen_prompt") or ""
         row["refs"] = [r.get("local_path") for r in ans.get("reference_images") or [] if r.get("local_path")]
+        if not row["refs"] and cfg["no_refs_prompt"] == "raw_prompt":  # release: no references -> raw prompt
+            row["gen_prompt"] = item["prompt"]
+        if not row["refs"]:  # text-only generation (release: Qwen-Image with a quality suffix)
+            row["gen_prompt"] += cfg["t2i_suffix"]
         t0, name = time.time(), f"{re.sub(r'[^A-Za-z0-9_.-]', '_', key[0])}_{key[1]}.png"
         try:
             reward.generate(row["gen_prompt"], row["refs"], os.path.join(img_dir, name),
@@ -427,13 +461,16 @@ def stage_judge(items, cfg):
     # finished = judged by this judge, on the generation that is there now (a re-generated image is re-judged)
     todo = [(k, g) for k, g in sorted(gens.items()) if k[0] in byid and not (
         k in done and done[k].get("gen_t") == g.get("t") and done[k].get("judge") == judge_name)]
-    errors = []
+    errors, skipped = [], []
     import reward
 
     def one(key, gen):
         item = byid[key[0]]
         row = {"id": key[0], "sample": key[1], "category": item["category"], "image": gen.get("image"),
                "gen_t": gen.get("t"), "judge": judge_name, "error": None}
+        if not gen.get("image") and cfg["failed_generation"] == "skip" and gen.get("gen_prompt") is not None:
+            skipped.append(key)  # release: a failed generation is skipped (not scored), counted and reported
+            return None
         if not gen.get("image"):  # generation failed (or no answer with on_no_answer=zero): a counted zero
             zero = ("consistency", "realism", "aesthetic", "wiscore") if wise else DIMS + ("k_score",)
             return dict(row, **dict.fromkeys(zero, 0.0), **({} if wise else {"text_accuracy_na": False}),
@@ -454,7 +491,8 @@ def stage_judge(items, cfg):
     _run_parallel(todo, one, path, cfg)
     with open(os.path.join(cfg["out_dir"], "judge_errors.log"), "a") as f:
         f.writelines(e + "\n" for e in errors)
-    print(f"judge: {len(todo) - len(errors)} new, {len(errors)} judge errors (retried next run) -> {path}")
+    print(f"judge: {len(todo) - len(errors) - len(skipped)} new, {len(errors)} judge errors (skipped, retried next "
+          f"run), {len(skipped)} failed generations skipped (failed_generation=skip) -> {path}")
 
 # -----------------------------------------------------------------------------
 # aggregation (facts file)
@@ -832,10 +870,17 @@ def summarize(items, cfg):
         stats |= copy_rates(trajs, {it["id"]: it for it in items})
     if cfg["benchmark"] == "wise":
         rows = [r for k, r in latest(os.path.join(out, "judged.jsonl")).items() if k[0] in ids]
+    else:
+        jpath = os.path.join(out, "judged.jsonl")
+        rows = [r for r in check_judged(jpath) if r["id"] in ids] if os.path.exists(jpath) else []
+    if not rows:
+        raise EvalError(f"no judged rows in {os.path.join(out, 'judged.jsonl')}: every judge call failed or was "
+                        f"skipped (see {os.path.join(out, 'judge_errors.log')}); what was written is kept, re-run "
+                        "--stage=judge to retry")
+    if cfg["benchmark"] == "wise":
         summary, cats = aggregate_wise(rows), {}
         text = "WiScore " + json.dumps(summary)
     else:
-        rows = [r for r in check_judged(os.path.join(out, "judged.jsonl")) if r["id"] in ids]
         summary, cats = aggregate(rows), per_category(rows)
         text = format_table(summary, cats)
     expected = len(items) * cfg["num_samples"]
@@ -866,6 +911,8 @@ def run(cfg):
         raise EvalError(f"unknown stage {cfg['stage']!r} (all | agent | generate | judge | report)")
     items = load_wise(cfg["items_path"]) if cfg["benchmark"] == "wise" else load_knowgen(cfg["items_path"])
     items = items[:cfg["limit"]] if cfg["limit"] else items
+    if not items:
+        raise EvalError(f"{cfg['items_path']}: no items to evaluate (the file is empty, or limit selected none)")
     os.makedirs(cfg["out_dir"], exist_ok=True)
     json.dump(cfg, open(os.path.join(cfg["out_dir"], "config.json"), "w"), indent=2)
     for name, fn in (("agent", stage_agent), ("generate", stage_generate), ("judge", stage_judge)):

@@ -44,6 +44,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections import Counter
 
@@ -456,6 +457,14 @@ def main():
                          ("mask_failed", mask_failed, ("trajectory", "group"))):
         if val not in ok:
             raise ValueError(f"grpo.py: {key} must be one of {ok}, got {val!r}")
+    # the items first, before any model is built: a bad or empty file stops here with file:line
+    try:
+        items = rollout.load_items(data_path, need_gt=True)
+    except rollout.ItemsError as e:
+        sys.exit(f"grpo.py: error: {e}")
+    if len(items) < n_prompts:
+        sys.exit(f"grpo.py: error: {data_path} has {len(items)} items, fewer than n_prompts={n_prompts}: "
+                 "no step could run (nothing written)")
     di = trainer.init_distributed(device)
     ddp, gpu, rank, world, dev = di.ddp, di.cuda, di.rank, di.world, di.device
     master, cdtype = rank == 0, getattr(torch, dtype)
@@ -512,7 +521,6 @@ def main():
     if engine == "vllm" or replica is not None:
         push_weights(model, eng, gpu)  # the engine starts from the trainer's exact weights (resume, scratch)
     tb = tools.make_toolbox(tool_backend, world_dir=world_dir, **tool_kwargs)
-    items = [json.loads(line) for line in open(data_path) if line.strip()]
     score = reward.score if not reward_fn else getattr(importlib.import_module(reward_fn.split(":")[0]),
                                                        reward_fn.split(":")[1])
     rkw = {"lam": lam, "data_dir": os.path.dirname(os.path.abspath(data_path)),

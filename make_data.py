@@ -275,6 +275,14 @@ def prompt_job(c, job, usage):
     return {"id": job["id"], "kind": job["kind"], "prompts": prompts}
 
 
+def load_world_items(path):
+    """A world's item file through THE item reader (rollout.load_items: JSON list or JSONL, errors name file:line)."""
+    import rollout  # lazy: rollout imports torch
+    if not os.path.exists(path):
+        return []
+    return rollout.load_items(path)
+
+
 def world_prompts(world):
     """The mini world's items (with their hidden solution) stand in for the writer's prompts."""
     rows = []
@@ -284,7 +292,7 @@ def world_prompts(world):
         ps = [{"id": it["id"], "prompt": it["prompt"], "category": it["meta"]["category"],
                "difficulty": it["meta"].get("difficulty", "medium"), "solution": it["solution"],
                "entities": [it["solution"]["answer_entity"]] + [f for f in it["solution"]["facts"] if not f.isdigit()],
-               "source_split": split} for it in read_jsonl(path)]
+               "source_split": split} for it in load_world_items(path)]
         rows.append({"id": f"world-{split}", "kind": "world", "prompts": ps})
     return rows
 

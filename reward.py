@@ -45,7 +45,7 @@ data_dir = "data/miniworld"      # relative gt_image paths (and the offline judg
 out_dir = "out/gen_images"       # generated images are saved here
 score_workers = 64               # trajectories generated concurrently (each waits for its generator slot)
 # generator
-gen_backend = "offline"          # "offline" | "server" | "openai"
+gen_backend = "offline"          # "offline" | "server" | "openai" | "gemini" | "seedream"
 generator_urls = ["http://127.0.0.1:8000"]  # one image_server.py per GPU
 gen_server_token_env = "IMAGE_SERVER_TOKEN"  # env var with image_server.py's bearer token (sent if set)
 gen_per_server = 2               # requests in flight per server URL (1 generating + 1 queued hides transfer)
@@ -63,6 +63,15 @@ gen_openai_model = "gpt-image-1" # image API backend (transfer experiments)
 gen_openai_base_url = None       # None = api.openai.com
 gen_openai_size = "1024x1024"
 gen_openai_concurrency = 4
+# transfer rows (Table 1: Nano Banana Pro, Seedream 4.5), as the release's eval clients call them; every reference
+# is sent (the 3-image cap is Qwen-Image-Edit's), as the original file's bytes
+gen_gemini_base_url = "https://generativelanguage.googleapis.com/v1beta"  # POST {base}/models/{model}:generateContent
+gen_gemini_model = "gemini-3-pro-image-preview"   # Nano Banana Pro (release default)
+gen_gemini_key_env = "GEMINI_API_KEY"             # sent as the x-goog-api-key header
+gen_seedream_base_url = "https://ark.cn-beijing.volces.com/api/v3"  # POST {base}/images/generations (Volcengine ARK)
+gen_seedream_model = "doubao-seedream-4-0-250828"  # release default; the paper's row is Seedream 4.5: pass its id
+gen_seedream_key_env = "ARK_API_KEY"              # sent as a Bearer token
+gen_seedream_size = "2K"                          # release request: size 2K, response_format url, no watermark
 # judges
 judge_backend = "offline"        # "offline" | "openai"
 judge_model = "gpt-4.1"          # paper: GPT-4.1 for both judges
@@ -138,7 +147,8 @@ def invalid_reason(traj):
         return "no_answer"
     if not isinstance(answer.get("gen_prompt"), str) or not answer["gen_prompt"].strip():
         return "empty_gen_prompt"
-    if not 1 <= len(valid_refs(answer)) <= 4:
+    from rollout import REF_RANGE  # one rule with the system prompt (release reward: 1..4 valid references)
+    if not REF_RANGE[0] <= len(valid_refs(answer)) <= REF_RANGE[1]:
         return "num_refs"
     return None
 
@@ -322,23 +332,35 @@ def judge_text_offline(answer, solution, images_jsonl):
 # ----------------------------------------------------------------------------------------------
 # OpenAI-compatible judges: our own prompts implementing the paper's rubric
 
+# K-Score rubric: our words for the criteria of the release's judge prompt (gen_image_deepresearch_reward.py /
+# KnowGen_Eval/gpt_eval_knowgen.py): every image is generated; not a pixel match (Image 2 is the reference for
+# identity and grounded details); an unverifiable detail scores lower; visual_correctness 0.5 needs the SAME visual
+# instance; aesthetics 1 needs excellent quality AND not worse than the ground truth.
 KSCORE_SYSTEM = """You are a strict judge of knowledge-intensive image generation.
 You get the user's ORIGINAL prompt, Image 1 (the GENERATED image) and Image 2 (the GROUND-TRUTH image, which
-shows the correct, evidence-based depiction). Grade Image 1 on four dimensions. Each score is exactly 0, 0.5 or 1.
-- faithfulness: do the subjects, their relations, the setting and the requested format of Image 1 follow the
-  prompt? 1 = all of them; 0.5 = mostly, a minor element missing or wrong; 0 = main subject or format wrong.
-- visual_correctness: be strict. Do the knowledge-dependent visual features of Image 1 (identity, appearance,
-  colours, shapes, markings, distinctive details of the real entities) agree with Image 2? 1 = they agree;
-  0.5 = the right entity with notable feature errors; 0 = wrong, generic or unrecognisable.
-- text_accuracy: does the prompt require readable text (titles, names, labels, numbers)? If yes: 1 = every
-  required text present and exactly right; 0.5 = some required text exactly right and the rest missing;
-  0 = required text missing, or any of it misspelt or wrong (no partial credit for wrong text).
+shows the correct, evidence-based depiction). Both images are AI-generated, including any people in them.
+This is not a pixel comparison: Image 1 may use another viewpoint or layout if it satisfies the prompt; use
+Image 2 as the reference for who/what must appear and for its stable, checkable details. A required detail that
+you cannot verify in Image 1 (too small, blurred, hidden, distorted) counts as NOT achieved: score lower.
+First list the prompt's hard constraints (subjects, setting, relations, style, text to render) in the rationale.
+Grade Image 1 on four dimensions. Each score is exactly 0, 0.5 or 1; 1 is rare and means flawless.
+- faithfulness (presence and structure, not identity): 1 = every requested subject, setting, key prop, action,
+  count and the requested style are shown; 0.5 = only minor omissions or staging differences; 0 = an essential
+  element or the requested structure/style is missing.
+- visual_correctness (agreement with Image 2, very strict): 1 = the required subjects match Image 2 in their
+  stable visual features (face and hair, clothing design and colours, prop and object shapes, emblems,
+  landmark shape) with no substantive change; 0.5 = still recognisably the SAME visual instance as Image 2 with
+  only minor feature changes (the same generic type, e.g. "a knight", is not enough); 0 = any substantive
+  mismatch of those features. Shapes of logos or emblems belong here; anything that must be READ belongs to text.
+- text_accuracy: does the prompt require readable text (titles, names, labels, numbers)? If yes: 1 = all of it
+  present, crisp and exactly right; 0.5 = most of it readable and right, small flaws that keep the meaning;
+  0 = any required text missing, unreadable, gibberish or wrong (no credit for wrong text, however clear).
   If the prompt needs no readable text: set "text_accuracy_na": true and "text_accuracy": 0.5.
-- aesthetics: 1 only if Image 1 is not worse than Image 2 in overall quality (composition, clarity, artifacts);
-  0.5 = somewhat worse; 0 = clearly worse or broken.
+- aesthetics: 1 = excellent composition and polish AND not worse than Image 2; 0.5 = very good but slightly
+  worse than Image 2; 0 = noticeably worse than Image 2, or merely average, cluttered, or with visible artifacts.
 Answer with ONLY this JSON object, no markdown:
-{"rationale": "<2-4 sentences>", "faithfulness": 0|0.5|1, "visual_correctness": 0|0.5|1, "text_accuracy": 0|0.5|1,
- "aesthetics": 0|0.5|1, "text_accuracy_na": true|false}"""
+{"rationale": "<constraints, then 3-8 short sentences>", "faithfulness": 0|0.5|1, "visual_correctness": 0|0.5|1,
+ "text_accuracy": 0|0.5|1, "aesthetics": 0|0.5|1, "text_accuracy_na": true|false}"""
 
 TEXT_SYSTEM = """You judge the answer of a search agent for knowledge-intensive image generation.
 The agent researched the user's prompt and answered with a generation prompt grounded in evidence plus a list of
@@ -615,6 +637,82 @@ def generate_openai(gen_prompt, ref_paths, out_path, c):
     raise RuntimeError(err)
 
 
+def _b64_file(path):
+    """(mime, base64) of a reference file's ORIGINAL bytes (no re-encode, no resize)."""
+    url = data_url(path)
+    return url[5:url.index(";")], url[url.index(",") + 1:]
+
+
+def _key(env):
+    key = os.environ.get(env) or ""
+    if not key:
+        raise RuntimeError(f"no API key: set the environment variable {env}")
+    return key
+
+
+def _post_json_retrying(url, body, headers, c, name):
+    """POST JSON with c's retries / backoff / timeout -> the decoded JSON of a 200 answer; raises RuntimeError."""
+    err = None
+    for attempt in range(int(c["gen_retries"]) + 1):
+        if attempt:
+            _backoff(attempt, c["gen_backoff"])
+        try:
+            _count("gen_requests")
+            r = requests.post(url, json=body, headers=headers, timeout=c["gen_timeout"], allow_redirects=False)
+            if r.status_code == 200:
+                return r.json()
+            err = f"{name}: HTTP {r.status_code} {r.text[:160]}"
+            if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                break  # the request itself (or the key) is bad
+        except Exception as e:
+            err = f"{name}: {type(e).__name__}: {str(e)[:160]}"
+    for v in headers.values():  # a server may echo the key back: never let it reach a log
+        err = err.replace(v.split()[-1], "***") if len(v) >= 8 else err
+    raise RuntimeError(err)
+
+
+def generate_gemini(gen_prompt, ref_paths, out_path, c):
+    """Gemini generateContent (Nano Banana Pro): parts = the prompt text + each reference as inlineData; the image
+    comes back as an inlineData part of the first candidate (release: eval's NanoAPIGenerator)."""
+    parts = [{"text": gen_prompt}] + [{"inlineData": {"mimeType": m, "data": d}}
+                                      for m, d in (_b64_file(p) for p in ref_paths)]
+    url = f"{c['gen_gemini_base_url'].rstrip('/')}/models/{c['gen_gemini_model']}:generateContent"
+    data = _post_json_retrying(url, {"contents": [{"parts": parts}]},
+                               {"x-goog-api-key": _key(c["gen_gemini_key_env"])}, c, "gemini")
+    for cand in data.get("candidates") or []:
+        for part in (cand.get("content") or {}).get("parts") or []:
+            inline = part.get("inlineData") or part.get("inline_data")
+            if isinstance(inline, dict) and inline.get("data"):
+                _save_png_bytes(base64.b64decode(inline["data"]), out_path)
+                return out_path
+    raise RuntimeError(f"gemini: no image in the answer: {str(data)[:200]}")
+
+
+def generate_seedream(gen_prompt, ref_paths, out_path, c):
+    """Seedream on Volcengine ARK: POST images/generations {"model", "prompt", "size", "image": [data URLs],
+    "response_format": "url", "watermark": false, "sequential_image_generation": "disabled"} -> data[0].url (or
+    data[0].b64_json), as the release's eval SeedAPIGenerator sends it."""
+    body = {"model": c["gen_seedream_model"], "prompt": gen_prompt, "size": c["gen_seedream_size"],
+            "response_format": "url", "watermark": False, "sequential_image_generation": "disabled"}
+    if ref_paths:
+        body["image"] = [data_url(p) for p in ref_paths]
+    url = c["gen_seedream_base_url"].rstrip("/") + "/images/generations"
+    data = _post_json_retrying(url, body, {"Authorization": f"Bearer {_key(c['gen_seedream_key_env'])}"}, c,
+                               "seedream")
+    d = (data.get("data") or [{}])[0]
+    if d.get("b64_json"):
+        b = base64.b64decode(d["b64_json"])
+    elif d.get("url"):
+        r = requests.get(d["url"], timeout=c["gen_timeout"])
+        if r.status_code != 200:
+            raise RuntimeError(f"seedream: image download HTTP {r.status_code}")
+        b = r.content
+    else:
+        raise RuntimeError(f"seedream: no image in the answer: {str(data)[:200]}")
+    _save_png_bytes(b, out_path)
+    return out_path
+
+
 def generate(gen_prompt, ref_paths, out_path, c):
     _count("gen_calls")
     if c["gen_backend"] == "offline":
@@ -624,7 +722,12 @@ def generate(gen_prompt, ref_paths, out_path, c):
         return generate_server(gen_prompt, ref_paths, out_path, c)
     if c["gen_backend"] == "openai":
         return generate_openai(gen_prompt, ref_paths, out_path, c)
-    raise ValueError(f"reward.py: unknown gen_backend {c['gen_backend']!r} (offline | server | openai)")
+    if c["gen_backend"] == "gemini":
+        return generate_gemini(gen_prompt, ref_paths, out_path, c)
+    if c["gen_backend"] == "seedream":
+        return generate_seedream(gen_prompt, ref_paths, out_path, c)
+    raise ValueError(f"reward.py: unknown gen_backend {c['gen_backend']!r} (offline | server | openai | gemini | "
+                     "seedream)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -682,6 +785,7 @@ def _score_one(traj, item, c, judge_pool):
         generate(answer["gen_prompt"], srcs, gen_path, c)
     except Exception as e:
         _count("gen_failures")
+        log.warning("generator failed for %s sample %s: %s", traj.get("id"), traj.get("sample", 0), _redact(e, c)[:300])
         return _result(invalid="generation_failed", error=f"generator: {str(e)[:300]}")
     gt_path = os.path.join(c["data_dir"], item["gt_image"])  # an absolute gt_image stays as it is
     k, t, err = _judge_pair(traj, item, gen_path, gt_path, c, judge_pool)

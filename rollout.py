@@ -62,7 +62,10 @@ max_new_tokens = 4096         # per round (release)
 context_cap = 36000           # tokens: max response 30,000 + 6,000 (release) -> overlong
 max_images_per_round = 5      # images attached per tool turn
 max_pixels = 160000           # per image, as the release resizes them
-max_refs = 5                  # references kept in the final answer
+max_refs = 5                  # references kept in the final answer (release agent: the first 5) ...
+# ... and THE rule for how many count (release reward: GEN_MIN/MAX_INPUT_IMAGES = 1, 4 valid references, else
+# reward 0 with no generation): stated to the model by our system prompt, applied by reward.invalid_reason
+REF_RANGE = (1, 4)
 temperature = 0.7             # RL sampling (release)
 top_p = 0.95
 traj_timeout = 3600.0         # seconds per trajectory
@@ -70,7 +73,13 @@ vllm_kv_gb = 2                # VLLM_CPU_KVCACHE_SPACE on CPU
 vllm_gpu_mem = 0.5            # gpu_memory_utilization on GPU
 seed = 1337
 date = ""                     # "YYYY-MM-DD" shown to the model; "" = today
-system_style = "paper"        # "paper": full tool schemas + rules (~1,050 tokens) | "compact": a ~160-token digest
+system_style = "paper"        # "paper": ours, full tool schemas + rules (~1,050 tokens; NOT the release's text) |
+                              # "compact": a ~160-token digest
+system_prompt_file = ""       # a file holding the release's system prompt (extracted from its sft_data.json with
+                              # --extract_system_prompt, below); its text + the date, appended directly as the
+                              # release does (agent: system_prompt + today_date()). "" = ours (system_style)
+extract_system_prompt = ""    # command line only: a sharegpt JSON/JSONL -> its system message minus the trailing
+                              # date, written to --out, then exit
                               # for a tiny CPU policy (config/*_runcpu.py); data, SFT, RL and eval must match
 api_base_url = ""             # engine "openai": an OpenAI-compatible /v1 endpoint (vllm serve, a gateway to an API)
 api_model = ""                # its model name (the records' "policy")
@@ -97,6 +106,7 @@ class Settings:
     traj_timeout: float = 3600.0        # seconds per trajectory
     date: str = ""                      # "YYYY-MM-DD" shown to the model; "" = today
     system_style: str = "paper"         # "paper" | "compact" (see system_prompt)
+    system_prompt_file: str = ""        # the release's prompt text (see --extract_system_prompt); "" = ours (system_style)
 
 
 def settings(kwargs=None, where="rollout_kwargs", **kw):
@@ -153,7 +163,7 @@ or
 
 # Rules
 - At most 8 tool calls; only the first tool call of a reply runs. Call image_search at least once.
-- Usually keep one image per image_search; no duplicate references; 1 to 5 references, sorted by id.
+- Usually keep one image per image_search; no duplicate references; {min_refs} to {max_refs} references, sorted by id.
 - In gen_prompt refer to images as "the first reference image", "the second reference image", ... never by id.
 - Put every visual fact you found (names, colours, shapes, exact text to render) into gen_prompt.
 
@@ -161,8 +171,17 @@ Today's date: {date}"""
 FORMAT_ERROR = ("[Format Error]: {why}. Reply with exactly one of: <think>...</think> <tool_call>{{\"name\": ..., "
                 "\"arguments\": {{...}}}}</tool_call>  or  <think>...</think> <answer>{{\"gen_prompt\": ..., "
                 "\"reference_images\": [{{\"img_id\": ..., \"note\": ...}}]}}</answer>")
-FINAL_ROUND = ("You have used all your tool calls. Do not call any tool. Now reply with <think>...</think> and "
-               "your final <answer>{...}</answer> built from what you found.")
+# The forced final round (release: gen_image_deepresearch_agent.py FINAL_MESSAGE, our words): no tools AND no
+# <think>, only the answer, built from what was found; no references if nothing was found.
+FINAL_ROUND = ("LAST ROUND. Tools are disabled and no more rounds follow. Do not write <think> and do not call a "
+               "tool: reply with only <answer>{\"gen_prompt\": ..., \"reference_images\": [{\"img_id\": "
+               "\"IMG_###\", \"note\": ...}]}</answer>, built from what you found so far (use the IMG ids you "
+               "were given; none if you have none), even if some facts are missing.")
+# A turn cut by the per-turn token cap (release: the "RESPONSE TOO LONG" observation, our words); a second cut
+# turn in a row ends the trajectory as repeated.
+TOO_LONG = ("RESPONSE TOO LONG: your last reply was cut off at the length limit. Be much shorter. Do not write "
+            "<think>; reply with only <tool_call>{json}</tool_call> or <answer>{json}</answer>. If a tool call "
+            "does not fit, answer with what you have.")
 
 
 # Ours, for CPU: the paper's prompt is ~1,050 tokens of the mini world's ~2,100-token trajectories; a tiny model
@@ -179,19 +198,144 @@ def _tool_names():
     return tools.tool_names()
 
 
+DATE_AT_END = re.compile(r"\d{4}-\d{2}-\d{2}$")
+
+
 def system_prompt(day=None, s=None):
-    """The system prompt for settings s (default Settings()): its style, and day or s.date or today."""
+    """The system message for settings s (default Settings()): the release's text from s.system_prompt_file + the
+    date with no separator (release: gen_image_deepresearch_agent.py), or ours (s.system_style) with the date."""
     import tools  # lazy: tools.py is another stage; import only when rolling out
     s = s or Settings()
+    day = day or s.date or time.strftime("%Y-%m-%d")
+    if s.system_prompt_file:
+        with open(s.system_prompt_file, encoding="utf-8", newline="") as f:  # newline="": byte-identical
+            return f.read() + day
     if s.system_style not in ("paper", "compact"):
         raise ValueError(f"rollout.py: system_style must be 'paper' or 'compact', got {s.system_style!r}")
-    day = day or s.date or time.strftime("%Y-%m-%d")
     if s.system_style == "compact":
         sigs = " | ".join(f"{t['function']['name']}({', '.join(t['function']['parameters']['properties'])})"
                           for t in tools.tool_schemas())  # "search(queries, top_k) | image_search(query, top_k) | ..."
         return COMPACT_SYSTEM_PROMPT.format(date=day, tools=sigs)
-    schemas = "\n".join(json.dumps(s, ensure_ascii=False) for s in tools.tool_schemas())
-    return SYSTEM_PROMPT.format(tools=schemas, date=day)
+    schemas = "\n".join(json.dumps(x, ensure_ascii=False) for x in tools.tool_schemas())
+    return SYSTEM_PROMPT.format(tools=schemas, date=day, min_refs=REF_RANGE[0], max_refs=REF_RANGE[1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# items: THE reader of item files for every stage (grpo.py, eval_knowgen.py, make_data.py, data/knowgen/prepare.py).
+# An item is {"id": str, "prompt": str, "meta": {"category": str, "difficulty": str}, "gt_image": path, ...}
+# (README, "Data formats"). Accepted as released: a JSON list (rl_data.json, KnowGen-Bench.json) or JSONL; the
+# legacy "gen_image" key for "gt_image"; any difficulty string ("multiple subject"); categories in any case
+# ("Multi_subject Anime" -> "multi-subject-anime"); a relative image path is resolved against the file's folder.
+
+class ItemsError(ValueError):
+    """A bad items file; the message names the file and the line (JSONL) or index (JSON list)."""
+
+
+def _decode_utf8(path):
+    data = open(path, "rb").read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ItemsError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def extract_system_prompt_text(path):
+    """The system message of the first row of a sharegpt file (the release's sft_data.json: a JSON list of
+    {"messages": [{"role", "content"}], "images"}) without its trailing YYYY-MM-DD (system_prompt() appends the
+    run's date the same way). Every row must carry the same prompt; a row that differs is an error."""
+    rows = [r for _, r in _item_rows(path)]
+    found = None
+    for j, r in enumerate(rows):
+        msgs = r.get("messages") or r.get("conversations") if isinstance(r, dict) else None
+        first = msgs[0] if isinstance(msgs, list) and msgs and isinstance(msgs[0], dict) else {}
+        if first.get("role", first.get("from")) != "system" or not isinstance(first.get("content", first.get("value")), str):
+            raise ItemsError(f"{path}[{j}]: the first message is not a system message")
+        text = DATE_AT_END.sub("", first.get("content", first.get("value")))
+        if found is None:
+            found = text
+        elif text != found:
+            raise ItemsError(f"{path}[{j}]: its system prompt differs from row 0's")
+    if found is None:
+        raise ItemsError(f"{path}: no rows")
+    return found
+
+
+def read_jsonl(path):
+    """[(line_no, row)] of a JSONL file (blank lines skipped); every row must be a JSON object."""
+    if not os.path.isfile(path):
+        raise ItemsError(f"{path}: no such file")
+    out = []
+    for i, line in enumerate(_decode_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ItemsError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ItemsError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        out.append((i, row))
+    return out
+
+
+def norm_category(c):
+    return re.sub(r"[\s_]+", "-", str(c).strip().lower())
+
+
+def _item_rows(path):
+    """[(where, row)]: a JSON list -> "path[index]", JSONL -> "path:line"."""
+    text = _decode_utf8(path) if os.path.isfile(path) else None
+    if text is None:
+        raise ItemsError(f"{path}: no such file")
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ItemsError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        return [(f"{path}[{j}]", r) for j, r in enumerate(data)]
+    return [(f"{path}:{i}", r) for i, r in read_jsonl(path)]
+
+
+def load_items(path, need_gt=False, resolve_paths=True):
+    """The items of a JSON-list or JSONL file, normalised (see above). need_gt: every item must have a
+    gt_image (GRPO). resolve_paths=False keeps gt_image as written (data/knowgen/prepare.py searches for it
+    itself). Raises ItemsError naming file:line / file[index] and the key."""
+    base, items, seen = os.path.dirname(os.path.abspath(path)), [], {}
+    for where, row in _item_rows(path):
+        if not isinstance(row, dict):
+            raise ItemsError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ItemsError(f"{where}: item {row.get('id')!r} has no prompt (a non-empty string 'prompt')")
+        if row.get("id") is None or not str(row["id"]).strip():
+            raise ItemsError(f"{where}: item without an 'id'")
+        it = dict(row, id=str(row["id"]))
+        if str(it["id"]) in seen:
+            raise ItemsError(f"{where}: duplicate id {it['id']!r} (first at {seen[it['id']]})")
+        seen[it["id"]] = where
+        if "gen_image" in it and "gt_image" not in it:  # the release's older name
+            it["gt_image"] = it.pop("gen_image")
+        meta = it.get("meta") if it.get("meta") is not None else {}
+        if not isinstance(meta, dict):
+            raise ItemsError(f"{where}: item {it['id']!r}: 'meta' must be an object, got {type(meta).__name__}")
+        meta = dict(meta)
+        for k in ("category", "difficulty"):  # also accepted at the top level
+            if k not in meta and isinstance(it.get(k), str):
+                meta[k] = it[k]
+        if "category" in meta:
+            meta["category"] = norm_category(meta["category"])
+        if "difficulty" in meta:
+            meta["difficulty"] = str(meta["difficulty"]).strip().lower()
+        it["meta"] = meta
+        gt = it.get("gt_image")
+        if gt is not None and not isinstance(gt, str):
+            raise ItemsError(f"{where}: item {it['id']!r}: gt_image must be a path string")
+        if gt and resolve_paths:
+            it["gt_image"] = os.path.normpath(os.path.join(base, gt))
+        elif need_gt:
+            raise ItemsError(f"{where}: item {it['id']!r} has no gt_image (or legacy gen_image)")
+        items.append(it)
+    return items
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -695,7 +839,9 @@ def _decide(t, text, key, truncated, room_limited):
         return _end(t, "no_answer")
     if t.rounds >= t.s.max_rounds and not t.s.force_final_round:
         return _end(t, "max_rounds")
-    return ("tool", x) if kind == "tool" else ("obs", FORMAT_ERROR.format(why=x))
+    if kind == "tool":
+        return "tool", x
+    return "obs", TOO_LONG if truncated else FORMAT_ERROR.format(why=x)
 
 
 def observe(t, pol, text, images=(), tool=True):
@@ -845,6 +991,11 @@ def summarize(records):
 if __name__ == "__main__":
     from configurator import configure
     configure(globals())
+    if extract_system_prompt:  # python rollout.py --extract_system_prompt=sft_data.json --out=prompt.txt
+        with open(out, "w", encoding="utf-8", newline="") as f:
+            f.write(extract_system_prompt_text(extract_system_prompt))
+        print(f"wrote the system prompt of {extract_system_prompt} to {out} (use --system_prompt_file={out})")
+        raise SystemExit(0)
     from tqdm import tqdm
     import tools
     torch.manual_seed(seed)
@@ -852,7 +1003,7 @@ if __name__ == "__main__":
     pol = tokenizer_policy(policy, api_model) if engine == "openai" else load_policy(policy, device=device, dtype=dtype)
     eng = make_engine(engine, pol, path=policy, dtype=dtype, s=st)
     tb = tools.make_toolbox(backend=tool_backend, world_dir=world_dir)
-    items = [json.loads(line) for line in open(prompts) if line.strip()]
+    items = load_items(prompts)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     t0, recs = time.time(), []
     with open(out, "w") as f, tqdm(total=len(items) * samples_per_prompt, desc="trajectories") as bar:

@@ -24,3 +24,11 @@ judge_model = "gpt-4.1"
 num_workers = 16
 out_dir = "out/eval_knowgen"
 policy_path = "out/grpo_gen_searcher_8b/final"  # grpo.py config/grpo_gen_searcher_8b.py's out_dir/final
+# the release's eval protocol (Gen-DeepResearch-RL/rllm/eval/*); the module defaults keep our choices
+agent_temperature = 0.6      # ours: 0.0 (greedy)
+agent_top_p = 0.9            # ours: 1.0
+rollout_kwargs = {"context_cap": 65536}  # 64k context (ours: rollout.py's 36,000, the RL cap)
+failed_generation = "skip"   # ours: "zero" (a judged row scored 0)
+no_refs_prompt = "raw_prompt"  # ours: "gen_prompt"
+t2i_suffix = ", Ultra HD, 4K, cinematic composition."  # ours: "" (appended to text-only Qwen-Image prompts)
+agent_error_retries = 3

@@ -5,7 +5,9 @@ import json
 import os
 import subprocess
 import sys
-from http.server import BaseHTTPRequestHandler
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -119,7 +121,7 @@ def test_errors_name_the_item_and_line(tmp_path):
         for n in needles:
             assert n in r.stderr, (n, r.stderr)
     items = write_jsonl(tmp_path / "items.jsonl", [{"id": "kg_7", "prompt": "p", "meta": {"category": "poetry"}}])
-    with pytest.raises(ek.EvalError, match=r"items.jsonl:1: item 'kg_7'.*poetry"):
+    with pytest.raises(ek.EvalError, match=r"items.jsonl: item 'kg_7'.*poetry"):
         ek.load_knowgen(items)
 
 
@@ -440,3 +442,55 @@ def test_wise_loader_is_lenient_and_explicit(tmp_path):
     json.dump([{"prompt_id": 3, "Explanation": "x"}], open(d / "b.json", "w"))
     with pytest.raises(ek.EvalError, match=r"b.json: entry 0"):
         ek.load_wise(str(d / "b.json"))
+
+
+def test_every_judge_call_failing_stops_with_a_message_and_keeps_the_files(world, tmp_path, judge_server):
+    out = tmp_path / "run"
+    Judge.replies = [None]  # HTTP 500 on every call
+    cfg = mini_cfg(world, out, mode="direct", limit=3, judge_backend="openai", judge_base_url=judge_server,
+                   judge_model="loopback-judge", reward_kwargs={"judge_retries": 0})
+    with pytest.raises(ek.EvalError, match="every judge call failed"):
+        ek.run(cfg)
+    assert len(lines(out / "generated.jsonl")) == 3 and len(lines(out / "judge_errors.log")) == 3
+    assert not (out / "summary.json").exists()
+
+
+def test_release_protocol_skip_failed_generation_raw_prompt_and_suffix(world, tmp_path, monkeypatch):
+    """failed_generation=skip: no judged row (counted, reported), not a zero; an answer without references is
+    generated from the raw prompt (no_refs_prompt=raw_prompt) with the text-only suffix appended."""
+    real, seen = reward.generate, []
+
+    def flaky(gen_prompt, refs, out_path, c):
+        seen.append((gen_prompt, list(refs)))
+        if "_0002_" in os.path.basename(out_path):
+            raise RuntimeError("HTTP 503")
+        return real(gen_prompt, refs, out_path, c)
+    monkeypatch.setattr(reward, "generate", flaky)
+    out = tmp_path / "run"
+    items = [json.loads(x) for x in lines(os.path.join(world, "bench.jsonl"))[:4]]
+    s = ek.run(mini_cfg(world, out, mode="direct", limit=4, failed_generation="skip", no_refs_prompt="raw_prompt",
+                        t2i_suffix=", SUFFIX."))
+    assert sorted(p for p, _ in seen) == sorted(it["prompt"] + ", SUFFIX." for it in items)
+    judged = [json.loads(x) for x in lines(out / "judged.jsonl")]
+    assert len(judged) == 3 and not any("0002" in r["id"] for r in judged)  # skipped, not scored 0
+    assert all(r["error"] is None for r in judged) and s["overall"] is not None
+
+
+def test_errored_rollouts_are_retried_and_counted():
+    """An engine exception ends a record as "error": it is re-run (at most 3 times), bad answers are not."""
+    fails = {"a": 5, "b": 1, "c": 0}
+    calls = []
+
+    def run(items):
+        calls.append([it["id"] for it in items])
+        out = []
+        for it in items:
+            err = fails[it["id"]] > 0
+            fails[it["id"]] -= 1
+            out.append({"id": it["id"], "end_reason": "error" if err else ("parse_failed" if it["id"] == "c" else "answer")})
+        return out
+    stats = Counter()
+    recs = ek.with_error_retries(run, [{"id": "a"}, {"id": "b"}, {"id": "c"}], 3, stats)
+    assert calls == [["a", "b", "c"], ["a", "b"], ["a"], ["a"]]
+    assert [r["end_reason"] for r in recs] == ["error", "answer", "parse_failed"]
+    assert stats == {"error_retries": 4, "errored": 1}

@@ -69,17 +69,30 @@ def _bad(tmp_path, mutate):
 
 def test_bad_rows_name_the_row_and_key(tmp_path):
     msg = _bad(tmp_path / "a", lambda r: r[1].pop("prompt"))
-    assert "row 1" in msg and "'prompt'" in msg and "x1" in msg
+    assert "KnowGen-Bench.json[1]" in msg and "'prompt'" in msg and "x1" in msg
     msg = _bad(tmp_path / "b", lambda r: r[2]["meta"].update(category="cooking"))
-    assert "row 2" in msg and "'x2'" in msg and "cooking" in msg and "category" in msg
+    assert "[2]" in msg and "'x2'" in msg and "cooking" in msg and "category" in msg
     msg = _bad(tmp_path / "c", lambda r: r[0].update(gt_image="images/nope.png"))
-    assert "row 0" in msg and "nope.png" in msg
+    assert "[0]" in msg and "nope.png" in msg
     msg = _bad(tmp_path / "d", lambda r: r[2].update(id="x0"))
     assert "duplicate id 'x0'" in msg
     msg = _bad(tmp_path / "e", lambda r: r[1].pop("meta"))
-    assert "row 1" in msg and "'meta'" in msg
-    msg = _bad(tmp_path / "f", lambda r: r[1]["meta"].update(difficulty="extreme"))
-    assert "row 1" in msg and "difficulty" in msg
+    assert "[1]" in msg and "'meta'" in msg
+    msg = _bad(tmp_path / "f", lambda r: r[1]["meta"].pop("difficulty"))
+    assert "[1]" in msg and "difficulty" in msg
+
+
+def test_released_spellings_are_accepted(tmp_path):
+    """The release's own values: a difficulty such as "multiple subject", Capitalised categories, the
+    legacy gen_image key for gt_image."""
+    rows = [{"id": "r0", "prompt": "p", "meta": {"category": "Multi_subject Anime", "difficulty": "multiple subject"},
+             "gen_image": "images/sub/k0.png"},
+            {"id": "r1", "prompt": "q", "meta": {"category": "Film", "difficulty": "Hard"},
+             "gt_image": "images/sub/k1.png"}]
+    bench, images = _release(tmp_path, rows=rows)
+    items = kg.convert(str(bench), str(images), str(tmp_path / "out"))
+    assert [it["meta"] for it in items] == [{"category": "multi-subject-anime", "difficulty": "multiple subject"},
+                                            {"category": "film", "difficulty": "hard"}]
 
 
 def test_categories_are_knowgens():

@@ -3,6 +3,7 @@
 # and the offline generator + judges on a freshly built mini world.
 import base64
 import collections
+import hashlib
 import io
 import json
 import logging
@@ -11,7 +12,7 @@ import random
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -361,3 +362,86 @@ def test_offline_score_end_to_end(world, tmp_path):
         assert o["r_text"] == 1.0 and o["k_score"] >= 0.8
         assert o["reward"] > w["reward"] and w["r_text"] < 1.0
     assert len({r["reward"] for r in res}) > 2
+
+
+def test_kscore_rubric_has_the_release_criteria():
+    """The release judge's stricter criteria, in our words (issue 12): every image is generated; aesthetics 1 needs
+    excellent AND not worse than the ground truth; visual 0.5 needs the same visual instance; unverifiable = lower."""
+    r = reward.KSCORE_SYSTEM
+    assert "Both images are AI-generated" in r
+    assert "1 = excellent composition and polish AND not worse than Image 2" in r
+    assert "0.5 = still recognisably the SAME visual instance as Image 2" in r
+    assert "cannot verify" in r and "score lower" in r
+
+
+class _ImageAPI(BaseHTTPRequestHandler):
+    """Loopback stand-in for Gemini generateContent and Volcengine ARK images/generations (their JSON shapes)."""
+    requests, png = [], b""
+
+    def _send(self, code, body, ctype="application/json"):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # Seedream's response_format=url: the image is downloaded from here
+        self._send(200, _ImageAPI.png, "image/png")
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _ImageAPI.requests.append((self.path, dict(self.headers), body))
+        b64 = base64.b64encode(_ImageAPI.png).decode()
+        if self.path.endswith(":generateContent"):
+            out = {"candidates": [{"content": {"role": "model", "parts": [{"text": "here"}, {"inlineData": {
+                "mimeType": "image/png", "data": b64}}]}}]}
+        elif self.path.endswith("/images/generations"):
+            out = {"model": body["model"], "created": 0, "data": [{"url": f"http://127.0.0.1:{self.server.server_port}/img.png",
+                                                                  "size": "2048x2048"}]}
+        else:
+            return self._send(404, b"{}")
+        self._send(200, json.dumps(out).encode())
+
+    def log_message(self, *a):
+        pass
+
+
+def test_gemini_and_seedream_clients_send_the_original_references(tmp_path, monkeypatch):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _ImageAPI)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, "PNG")
+        _ImageAPI.png, _ImageAPI.requests = buf.getvalue(), []
+        refs = []
+        for i, (fmt, size) in enumerate((("JPEG", (900, 700)), ("PNG", (64, 48)))):  # > 160k px: must not shrink
+            p = tmp_path / f"ref{i}.{fmt.lower()}"
+            Image.new("RGB", size, (i * 90, 20, 200)).save(p, fmt)
+            refs.append(str(p))
+        digests = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in refs]
+        monkeypatch.setenv("GEMINI_API_KEY", "gem-key-123")
+        monkeypatch.setenv("ARK_API_KEY", "ark-key-456")
+        c = reward.make_config(gen_gemini_base_url=base + "/v1beta", gen_seedream_base_url=base + "/api/v3",
+                               gen_retries=0)
+        for backend in ("gemini", "seedream"):
+            out = reward.generate("a green flag", refs, str(tmp_path / f"{backend}.png"), dict(c, gen_backend=backend))
+            assert Image.open(out).size == (40, 30)
+        (gp, gh, gb), (sp, sh, sb) = _ImageAPI.requests
+        assert gp == "/v1beta/models/gemini-3-pro-image-preview:generateContent" and gh["x-goog-api-key"] == "gem-key-123"
+        parts = gb["contents"][0]["parts"]
+        assert parts[0] == {"text": "a green flag"} and [p["inlineData"]["mimeType"] for p in parts[1:]] == \
+            ["image/jpeg", "image/png"]
+        sent = [base64.b64decode(p["inlineData"]["data"]) for p in parts[1:]]
+        assert [hashlib.sha256(b).hexdigest() for b in sent] == digests  # size and hash unchanged
+        assert sp == "/api/v3/images/generations" and sh["Authorization"] == "Bearer ark-key-456"
+        assert {k: sb[k] for k in ("model", "prompt", "size", "response_format", "watermark")} == {
+            "model": "doubao-seedream-4-0-250828", "prompt": "a green flag", "size": "2K", "response_format": "url",
+            "watermark": False}
+        sent = [base64.b64decode(u.split(",", 1)[1]) for u in sb["image"]]
+        assert [hashlib.sha256(b).hexdigest() for b in sent] == digests
+        monkeypatch.delenv("ARK_API_KEY")
+        with pytest.raises(RuntimeError, match="ARK_API_KEY"):
+            reward.generate("x", [], str(tmp_path / "n.png"), dict(c, gen_backend="seedream"))
+    finally:
+        srv.shutdown()

@@ -288,16 +288,22 @@ def test_end_reasons_and_limits(agent):
         "FAKE": lambda r, ctx: (tool_call("image_search", query="flag")[:-len("<|im_end|>")]
                                 + "\n<tool_response>\nIMG_007 fake</tool_response>") if r == 0 else answer("IMG_001"),
         "EMPTY": lambda r, ctx: "<think>x</think><answer></answer><|im_end|>",
+        "CUT_THEN_OK": lambda r, ctx: "<think>" + "long " * 200 if r == 0 else "<answer>{\"gen_prompt\": \"x\"}</answer><|im_end|>",
     }
     recs = run(agent, lambda p, r, ctx: scripts[p](r, ctx), list(scripts), max_new_tokens=96)
     by = {r["prompt"]: r for r in recs}
     assert by["REPEAT"]["end_reason"] == "repeated" and by["REPEAT"]["rounds"] == 2
     assert by["TRUNC"]["end_reason"] == "repeated" and by["TRUNC"]["rounds"] == 2
     assert by["TRUNC"]["num_gen_tokens"] == 2 * 96  # each turn cut at max_new_tokens
+    # a turn cut by the per-turn cap gets the release's "response too long" message, not the format error
+    assert by["TRUNC"]["messages"][3] == {"role": "user", "content": R.TOO_LONG}
+    ct = by["CUT_THEN_OK"]
+    assert ct["end_reason"] == "answer" and ct["rounds"] == 2 and ct["messages"][3]["content"] == R.TOO_LONG
     f = by["FOREVER"]
     assert f["end_reason"] == "no_answer" and f["rounds"] == R.Settings().max_rounds + 1
     assert f["tool_calls"]["search"] == R.Settings().max_rounds  # the forced round's call is not run
     assert f["messages"][-2]["content"] == R.FINAL_ROUND
+    assert "Do not write <think>" in R.FINAL_ROUND and "<think>..." not in R.FINAL_ROUND  # as the release's
     fu = by["FORCED_UNKNOWN"]
     assert fu["end_reason"] == "answer" and [x["img_id"] for x in fu["answer"]["reference_images"]] == ["IMG_001"]
     assert by["UNKNOWN"]["end_reason"] == "parse_failed" and "IMG_099" in by["UNKNOWN"]["error"]
@@ -354,3 +360,46 @@ def test_sampled_rollout_logprobs_match_recompute(agent):
     assert m.sum() == sum(r["num_gen_tokens"] for r in recs) > 0
     assert torch.allclose(lp[m], b["logprobs"][m], atol=1e-4)
     assert len({tuple(r["tokens"]) for r in recs}) == 3  # samples differ
+
+
+def test_released_system_prompt_file_is_byte_identical_and_tokenizes_like_sft(agent, tmp_path):
+    """A sharegpt row's system message (the release's prompt + the date, appended directly) -> extracted file ->
+    rollout's system message is byte-identical, and SFT's tokens of the row start with the rollout's prompt tokens."""
+    import subprocess
+    import sft
+    pol = agent[0]
+    released = "You ground prompts for image generation.\r\nRules:\n- one <tool_call> per round  \n\t— ünïcode\n"
+    row = {"messages": [{"role": "system", "content": released + "2025-03-14"},
+                        {"role": "user", "content": "The flag of the country whose capital is Canberra."},
+                        {"role": "assistant", "content": "<think>x</think>\n<answer>{\"gen_prompt\": \"f\"}</answer>"}],
+           "images": []}
+    src = tmp_path / "sft_data.json"
+    src.write_text(json.dumps([row, row], ensure_ascii=False), encoding="utf-8")
+    out = tmp_path / "prompt.txt"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "rollout.py", f"--extract_system_prompt={src}", f"--out={out}"], cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert out.read_bytes() == released.encode("utf-8")
+    sys_text = R.system_prompt("2025-03-14", R.settings(system_prompt_file=str(out)))
+    assert sys_text == row["messages"][0]["content"]
+    roll = R.new_traj({"id": "x", "prompt": row["messages"][1]["content"]}, 0, pol, sys_text, R.Settings()).tokens
+    ex = R.tokenize_messages(sft.row_to_messages(row, "row", str(tmp_path)), pol)
+    assert ex["tokens"][:len(roll)] == roll and sum(ex["loss_mask"][:len(roll)]) == 0
+    # a file whose rows disagree is refused, naming the row
+    bad = dict(row, messages=[dict(row["messages"][0], content="other" + "2025-03-14")] + row["messages"][1:])
+    src.write_text(json.dumps([row, bad]))
+    with pytest.raises(R.ItemsError, match=r"sft_data.json\[1\]: its system prompt differs"):
+        R.extract_system_prompt_text(str(src))
+
+
+def test_one_reference_rule_for_prompt_and_reward():
+    """The system prompt states the number of references the reward accepts (release reward: 1..4 valid)."""
+    import reward
+    lo, hi = R.REF_RANGE
+    assert (lo, hi) == (1, 4) and f"{lo} to {hi} references" in R.system_prompt("2025-01-01")
+
+    def traj(n):
+        return {"end_reason": "answer", "answer": {"gen_prompt": "p", "reference_images": [
+            {"img_id": f"IMG_{i:03d}", "url": f"http://x/{i}.png"} for i in range(n)]}}
+    assert [reward.invalid_reason(traj(n)) for n in range(6)] == ["num_refs", None, None, None, None, "num_refs"]

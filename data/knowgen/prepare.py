@@ -35,9 +35,9 @@ copy_images = True        # copy ground truths into out_dir/gt/ (portable) or po
 # KnowGen's 24 categories in its two groups: defined once, in eval_knowgen.py (the paper's Table 1)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from eval_knowgen import GROUPS  # noqa: E402
+import rollout  # noqa: E402  (THE item reader: rollout.load_items)
 
 CATEGORIES = {c: g for g, cs in GROUPS.items() for c in cs}
-DIFFICULTIES = ("easy", "medium", "hard")
 
 
 def norm_category(c):
@@ -86,6 +86,11 @@ def resolve_image(path, json_dir, image_dir, index):
     return (os.path.abspath(same_name[0]) if len(same_name) == 1 else None), tried
 
 
+def _first_char(path):
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip()[:1].decode("latin-1")
+
+
 def check_row(where, row, json_dir, image_dir, index):
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
@@ -93,16 +98,15 @@ def check_row(where, row, json_dir, image_dir, index):
         if not isinstance(row.get(key), (str, int)) or not str(row.get(key)).strip():
             raise ValueError(f"{where} (id {row.get('id')!r}): missing or empty key '{key}'")
     iid, meta = str(row["id"]), row.get("meta")
-    if not isinstance(meta, dict):
+    if not isinstance(meta, dict) or not meta:
         raise ValueError(f"{where} (id '{iid}'): missing key 'meta' (an object with category and difficulty)")
     cat = norm_category(meta.get("category", ""))
     if cat not in CATEGORIES:
         raise ValueError(f"{where} (id '{iid}'): unknown meta.category {meta.get('category')!r}; "
                          f"KnowGen's categories: {', '.join(CATEGORIES)}")
     diff = str(meta.get("difficulty", "")).strip().lower()
-    if diff not in DIFFICULTIES:
-        raise ValueError(f"{where} (id '{iid}'): meta.difficulty {meta.get('difficulty')!r} is not one of "
-                         f"{DIFFICULTIES}")
+    if not diff:  # any string is fine (the release has "multiple subject"), an absent one is not
+        raise ValueError(f"{where} (id '{iid}'): missing meta.difficulty")
     found, tried = resolve_image(str(row["gt_image"]), json_dir, image_dir, index)
     if found is None:
         raise ValueError(f"{where} (id '{iid}'): gt_image {row['gt_image']!r} not found; tried {tried}")
@@ -115,14 +119,23 @@ def convert(bench_json, image_dir="", out_dir="data/knowgen", out_name="knowgen.
     if not bench_json or not os.path.isfile(bench_json):
         raise FileNotFoundError(f"data/knowgen/prepare.py: bench_json {bench_json!r} not found; pass "
                                 "--bench_json=/path/to/KnowGen-Bench.json (download the release elsewhere)")
-    try:
-        with open(bench_json, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{bench_json}: not valid JSON: {e}") from None
     json_dir = os.path.dirname(os.path.abspath(bench_json))
+    rows = None
+    if _first_char(bench_json) == "{":  # lenient container: a dict of lists / rows (a JSONL file is not one)
+        try:
+            with open(bench_json, encoding="utf-8") as f:
+                data = json.load(f)
+            rows = None if "prompt" in data else iter_rows(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            rows = None  # JSONL, or a bad file: the item reader below names file and line
+    if rows is None:  # a JSON list or JSONL: THE item reader (file:line / file[index] in every error)
+        try:
+            rows = [(f"{bench_json}[{j}]", it)
+                    for j, it in enumerate(rollout.load_items(bench_json, resolve_paths=False))]
+        except rollout.ItemsError as e:
+            raise ValueError(str(e)) from None
     items, seen, index = [], {}, index_images(image_dir or json_dir)
-    for where, row in iter_rows(data):  # validate everything before writing anything
+    for where, row in rows:  # validate everything before writing anything
         it = check_row(where, row, json_dir, image_dir, index)
         if it["id"] in seen:
             raise ValueError(f"{where}: duplicate id '{it['id']}' (first at {seen[it['id']]})")
