@@ -120,5 +120,5 @@ E=$OUT/eval
 python eval_knowgen.py --table_out="$OUT/results.md" --stage_times="$OUT/stage_times.tsv" \
     --table="direct (no search)=$E/direct,workflow (base policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
     --table_logs="λ = 0.5=$OUT/grpo_lam0.5/log.jsonl,λ = 0=$OUT/grpo_lam0.0/log.jsonl,λ = 1=$OUT/grpo_lam1.0/log.jsonl" \
-    --table_train="base (text, packed)=$OUT/base,SFT stage 1 (first turns)=$OUT/sft_first,SFT stage 2 (whole trajectories)=$OUT/sft"
+    --table_train="base (packed text)=$OUT/base,SFT stage 1 (first turns)=$OUT/sft_first,SFT stage 2 (whole trajectories)=$OUT/sft"
 echo "=== $(date +%T) all done: $OUT/results.md"

@@ -2,6 +2,7 @@
 loss_divisor modes, against an independent reference gradient), SFT's masked token-mean (sft.accumulate_grads
 against plain cross entropy), RNG restore on resume, and the misuse checks (missing init_from, checkpoint of
 another kind / model_sizes / optimizer). Tiny random Qwen3s on a small BPE with the Qwen special tokens."""
+import json
 import os
 import random
 import sys
@@ -182,6 +183,9 @@ def test_scripts_refuse_missing_init_from_and_sft_checkpoint_for_grpo(tmp_path, 
     assert "Repo id" not in p.stderr
     ck, _, _, _ = _checkpoint(tmp_path, tok, kind="sft", seed=42)  # an SFT run's checkpoint in out_dir
     out = os.path.dirname(ck)
-    p = _script(["grpo.py", "config/grpo_runcpu.py", "--init_from=resume", f"--out_dir={out}", "--engine=hf"])
+    items = tmp_path / "rl.jsonl"  # grpo reads its items before any model: give it valid ones
+    items.write_text("".join(json.dumps({"id": f"i{k}", "prompt": "p", "gt_image": "gt.png"}) + "\n" for k in range(8)))
+    p = _script(["grpo.py", "config/grpo_runcpu.py", "--init_from=resume", f"--out_dir={out}", "--engine=hf",
+                 f"--data_path={items}"])
     assert p.returncode != 0 and "kind='sft' in the checkpoint, 'grpo' in this run" in p.stderr, p.stderr[-2000:]
     assert not os.path.exists(os.path.join(out, "final")) and not os.path.exists(os.path.join(out, "log.jsonl"))
