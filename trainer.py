@@ -103,29 +103,6 @@ def gguf_to_hf(gguf_path, out):
     return out
 
 
-def gguf_to_hf(gguf_path, out):
-    """transformers dequantizes a Llama-architecture GGUF (SmolLM2) but refuses to
-    save_pretrained it, so rebuild a plain LlamaConfig/LlamaForCausalLM (no quantization_config), load the
-    weights, save. Idempotent: a finished conversion in `out` is reused. Returns `out`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    if os.path.exists(os.path.join(out, "config.json")):
-        return out
-    folder, name = os.path.split(os.path.abspath(gguf_path))
-    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    if src.config.model_type != "llama":
-        raise ValueError(f"{gguf_path}: GGUF conversion supports llama-architecture models, got {src.config.model_type}")
-    cfg = src.config.to_dict()
-    cfg.pop("quantization_config", None)
-    plain = LlamaForCausalLM(LlamaConfig(**cfg))
-    plain.load_state_dict(src.state_dict())
-    tmp = out + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(tmp)
-    os.replace(tmp, out)
-    return out
-
-
 def check_init_from(init):
     """A path that does not exist gets this message, not the hub client's 'Repo id must use alphanumeric chars'
     (models are loaded from local directories only)."""
