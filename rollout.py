@@ -398,7 +398,6 @@ def special_ids(tok):
                 pad=tok.pad_token_id if tok.pad_token_id is not None else c("<|endoftext|>"))
 
 
-_ids = special_ids  # the agent code below still calls the old private name; callers elsewhere use special_ids
 
 
 def encode(tok, text):
@@ -429,7 +428,7 @@ def image_block(ids, num_tokens):
 def tokenize_messages(messages, policy):
     """Record messages -> {"tokens", "loss_mask", "images"} in the rollout's layout. Assistant content and its
     <|im_end|> get loss 1 (a rollout masks an <|im_end|> it did not sample; messages do not say so)."""
-    tok, ids = policy.tokenizer, _ids(policy.tokenizer)
+    tok, ids = policy.tokenizer, special_ids(policy.tokenizer)
     tokens, mask, images = [], [], []
     for i, m in enumerate(messages):
         gen = m["role"] == "assistant"
@@ -631,7 +630,7 @@ def _raw_logprob_recorder():
 def _generate_hf(eng, reqs, temp, top_p):
     from transformers import LogitsProcessorList
     pol = eng.policy
-    ids = _ids(pol.tokenizer)
+    ids = special_ids(pol.tokenizer)
     stops = _stop_ids(ids, pol.tokenizer)
     dev = next(pol.model.parameters()).device
     L = max(len(r["tokens"]) for r in reqs)
@@ -662,7 +661,7 @@ def _generate_vllm(eng, reqs, temp, top_p):
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     pol = eng.policy
-    ids = _ids(pol.tokenizer)
+    ids = special_ids(pol.tokenizer)
     stops = _stop_ids(ids, pol.tokenizer)
     prompts, params = [], []
     for r in reqs:
@@ -796,7 +795,7 @@ def take_turn(t, ids, lps, pol, room_limited):
     A turn that does not end with a sampled <|im_end|> (cut at a self-written <tool_response>, or truncated)
     is closed with an <|im_end|> that has loss 0 and logprob 0: it was never sampled, so there is no old
     logprob for the PPO ratio; training never pushes the model towards or away from it."""
-    tok, idm = pol.tokenizer, _ids(pol.tokenizer)
+    tok, idm = pol.tokenizer, special_ids(pol.tokenizer)
     cut = _cut_tool_response(tok, ids, idm["tool_resp"])
     if cut is not None:
         ids, lps = ids[:cut], lps[:cut]
@@ -817,7 +816,7 @@ def take_text_turn(t, text, truncated, pol, room_limited):
         text, truncated = text.split("<tool_response>", 1)[0], False
     if pol.tokenizer is None:
         return _decide(t, text, text, truncated, room_limited)
-    ids = encode(pol.tokenizer, text) + ([] if truncated else [_ids(pol.tokenizer)["im_end"]])
+    ids = encode(pol.tokenizer, text) + ([] if truncated else [special_ids(pol.tokenizer)["im_end"]])
     return take_turn(t, ids, [0.0] * len(ids), pol, room_limited)
 
 
@@ -858,7 +857,7 @@ def observe(t, pol, text, images=(), tool=True):
         if pol.is_vl:
             recs.append({"img_id": im.get("img_id"), "local_path": im["local_path"],
                          "token_start": len(t.tokens) + len(new) + 1, "num_tokens": n, "grid_thw": grid})
-            new += image_block(_ids(tok), n)
+            new += image_block(special_ids(tok), n)
             pix.append(pv)
         paths.append(im["local_path"])
     content = f"<tool_response>\n{text}\n</tool_response>" if tool else text
