@@ -359,7 +359,7 @@ def stage_generate(items, cfg):
             return row
         ans = ans or {"gen_prompt": item["prompt"], "reference_images": []}
         row["gen_prompt"] = ans.get("gen_prompt") or ""
-        row["refs"] = [r.get("local_path") for r in ans.get("reference_images") or [] if r.get("local_path")]
+        row["refs"] = [f for f in map(reward.reference_file, reward.valid_refs(ans)) if f]  # full-resolution originals
         if not row["refs"] and cfg["no_refs_prompt"] == "raw_prompt":  # release: no references -> raw prompt
             row["gen_prompt"] = item["prompt"]
         if not row["refs"]:  # text-only generation (release: Qwen-Image with a quality suffix)

@@ -468,8 +468,6 @@ def stage_gt(c):
     trajs = [r for r in by_id(read_jsonl(os.path.join(c.out_dir, "trajectories.jsonl"))).values()
              if usable(r) and r["id"] not in done]
     os.makedirs(os.path.join(c.out_dir, "gt"), exist_ok=True)
-    # the generator gets the original images (a mini world's PNGs), not the agent's resized JPEG copies
-    originals = {r["url"]: os.path.join(c.world_dir, r["path"]) for r in by_image_id(c).values()}
     backend = c.gen_backend if c.gen_backend != "auto" else "server" if c.generator_urls else "offline"
     rc = reward.make_config(gen_backend=backend,
                             generator_urls=list(c.generator_urls), gen_retries=c.retries)
@@ -477,8 +475,8 @@ def stage_gt(c):
     def one(rec, usage):
         name = "gt/" + re.sub(r"[^A-Za-z0-9_.-]", "_", rec["id"]) + ".png"
         tmp = os.path.join(c.out_dir, f"{name[:-4]}.{os.getpid()}.tmp.png")
-        refs = [originals.get(r.get("url")) or r.get("local_path") or r.get("url")
-                for r in reward.valid_refs(rec["answer"])]
+        # the generator gets the original images (tools.py's source_path), not the agent's resized JPEG copies
+        refs = [reward.reference_file(r) for r in reward.valid_refs(rec["answer"])]
         usage["gen_requests"] += 1
         reward.generate(rec["answer"]["gen_prompt"], refs, tmp, rc)
         os.replace(tmp, os.path.join(c.out_dir, name))  # the row is written only after the file is complete

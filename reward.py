@@ -136,6 +136,18 @@ def valid_refs(answer):
     return out
 
 
+def reference_file(ref):
+    """What the generator gets for one answer reference: the full-resolution original (source_path, recorded by
+    tools.py) when that file exists, else the policy's resized copy (local_path: a record written before
+    source_path existed, or an oracle answer), else the image's url. The release sends the original and
+    downsizes only what the policy sees. Every sender (RL score, eval_knowgen.py, make_data.py) calls this."""
+    for k in ("source_path", "local_path"):
+        p = ref.get(k)
+        if isinstance(p, str) and p and os.path.exists(p):
+            return p
+    return ref.get("url") or ref.get("source_path") or ref.get("local_path")
+
+
 def invalid_reason(traj):
     """Why this trajectory gets reward 0 with no judge or generator call, or None. Paper: reward 0 "when
     the answer failed to parse, gen_prompt is empty, the number of valid references is outside [1, 4],
@@ -774,8 +786,7 @@ def _score_one(traj, item, c, judge_pool):
         return _result(error=f"no item with id {traj.get('id')!r}")
     answer = traj["answer"]
     refs = valid_refs(answer)
-    srcs = [r.get("local_path") if r.get("local_path") and os.path.exists(r["local_path"]) else r.get("url")
-            for r in refs]
+    srcs = [reference_file(r) for r in refs]
     tag = _sha(json.dumps([answer["gen_prompt"], srcs]))[:10]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{traj.get('id')}_s{traj.get('sample', 0)}_{tag}.png")
     gen_path = os.path.join(c["out_dir"], name)

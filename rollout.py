@@ -531,7 +531,8 @@ def parse_answer(body, registry, forced=False, max_refs=Settings.max_refs):
         if any(x["img_id"] == rid for x in refs):
             continue
         v = by_id[rid]
-        refs.append({"img_id": rid, "url": v.get("url"), "local_path": v.get("local_path"), "title": v.get("title"),
+        refs.append({"img_id": rid, "url": v.get("url"), "local_path": v.get("local_path"),
+                     "source_path": v.get("source_path") or v.get("local_path"), "title": v.get("title"),
                      "page_url": v.get("page_url"), "note": note if isinstance(note, str) else str(note)})
     return {"gen_prompt": a["gen_prompt"].strip(), "reference_images": refs[:max_refs]}, None
 

@@ -20,7 +20,9 @@ browse answers `query` with an OpenAI-compatible summarizer when summarizer_base
   Qwen3-VL-30B-A3B-Instruct, temperature 0; pages over ~95k tokens, counted as chars/4, are split into parts
   answered separately and joined, as the release does), else with an EXTRACTIVE offline summarizer: the
   page's sentences sharing most words with the query, no language model (its observation header says so).
-Attached images are JPEG copies resized to <= 160,000 pixels. A persistent SQLite result cache (key = tool +
+Attached images are JPEG copies resized to <= 160,000 pixels (local_path); the generator gets the original
+(source_path: the world's file, or the downloaded bytes kept beside the copy), as the release downsizes only
+what the policy sees; reward.reference_file(ref) is the one place that picks it. A persistent SQLite result cache (key = tool +
 normalized arguments + backend, never an API key; on by default for web) makes a repeated call free and a run
 replayable offline. Every failure (bad arguments, HTTP errors after bounded jittered retries, timeouts,
 refused urls) becomes a "[Tool Error]: ..." observation. Every HTTP call goes through net.py: model- or
@@ -55,7 +57,7 @@ backend = "local"                 # "local" (offline mini world) or "web" (paper
 world_dir = "data/miniworld"      # holds pages.jsonl / images.jsonl (local backend)
 index_path = None                 # FTS5 index file; None -> <world_dir>/index.sqlite
 cache_path = "out/tool_cache.sqlite"  # persistent result cache (on by default for web only)
-image_dir = "out/tool_images"     # resized JPEG copies of attached images
+image_dir = "out/tool_images"     # resized JPEG copies of attached images (+ downloaded originals)
 serper_base_url = "https://google.serper.dev"
 reader_base_url = "https://r.jina.ai"  # release: Jina reader; "" = fetch the url directly
 summarizer_base_url = None        # OpenAI-compatible /v1 base; None -> extractive offline summarizer
@@ -148,7 +150,9 @@ def tool_schemas():
 @dataclass
 class ToolResult:
     text: str                                   # observation text (goes inside <tool_response>)
-    images: list = field(default_factory=list)  # attached images {"img_id","url","local_path","title","page_url"}
+    images: list = field(default_factory=list)  # attached images {"img_id","url","local_path","source_path",
+    #                                             "title","page_url"}: local_path = the policy's resized copy,
+    #                                             source_path = the full-resolution original (for the generator)
     error: bool = False                         # True for a "[Tool Error]: ..." observation
 
 
@@ -394,7 +398,8 @@ def _image_search(tb, args, img_registry):
         batch, pending = pending[:k - len(shown)], pending[k - len(shown):]
         for h, fut in [(h, tb.dl_pool.submit(_image_file, tb, h)) for h in batch]:
             try:
-                shown.append(dict(h, local_path=fut.result()))
+                copy, orig = fut.result()
+                shown.append(dict(h, local_path=copy, source_path=orig))
             except Exception:
                 pass
     shown = [_register(img_registry, h) for h in shown]
@@ -415,8 +420,8 @@ def _register(reg, hit):
     with _REG_LOCK:
         if key not in reg:
             reg[key] = {"img_id": f"IMG_{len(reg) + 1:03d}", "url": hit.get("url", ""),
-                        "local_path": hit["local_path"], "title": hit.get("title", ""),
-                        "page_url": hit.get("page_url", "")}
+                        "local_path": hit["local_path"], "source_path": hit.get("source_path") or hit["local_path"],
+                        "title": hit.get("title", ""), "page_url": hit.get("page_url", "")}
         return reg[key]
 
 
@@ -632,21 +637,37 @@ def _check_url(url, allow_private):
 
 
 def _image_file(tb, hit):
-    """A resized JPEG copy of a hit's image in image_dir (a local file or a download); reused if present."""
+    """(copy, original) for a hit's image: a resized JPEG copy in image_dir (what the policy sees) and the
+    full-resolution original (what the generator gets: the release downsizes only the policy's view). A local
+    hit's original is its world file; a download is kept byte for byte beside its copy. Both reused if present."""
     src = hit.get("path") or hit["url"]
-    dst = os.path.join(tb.image_dir, hashlib.sha1(src.encode()).hexdigest()[:20] + ".jpg")
-    if os.path.exists(dst) and (not hit.get("path") or os.path.getmtime(dst) >= os.path.getmtime(src)):
-        return dst
+    stem = os.path.join(tb.image_dir, hashlib.sha1(src.encode()).hexdigest()[:20])
+    dst = stem + ".jpg"
     if hit.get("path"):
-        _to_jpeg(src, dst)
-    else:
-        _to_jpeg(io.BytesIO(_http(tb, "GET", src, max_bytes=max_image_bytes, retries=min(1, tb.retries), checked=True)[2]), dst)
-    return dst
+        if not (os.path.exists(dst) and os.path.getmtime(dst) >= os.path.getmtime(src)):
+            _to_jpeg(src, dst)
+        return dst, os.path.abspath(src)
+    kept = [stem + ".orig" + e for e in _ORIG_EXT.values() if os.path.exists(stem + ".orig" + e)]
+    if os.path.exists(dst) and kept:
+        return dst, kept[0]
+    body = _http(tb, "GET", src, max_bytes=max_image_bytes, retries=min(1, tb.retries), checked=True)[2]
+    fmt = _to_jpeg(io.BytesIO(body), dst)  # also checks that the bytes are an image
+    orig = stem + ".orig" + _ORIG_EXT.get(fmt, ".img")
+    tmp = f"{orig}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(body)
+    os.replace(tmp, orig)
+    return dst, orig
+
+
+_ORIG_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}  # a downloaded original's suffix
 
 
 def _to_jpeg(src, dst, max_pixels=max_image_pixels):
+    """Write src as an RGB JPEG of <= max_pixels to dst; returns src's format name (PIL's, e.g. "PNG")."""
     with Image.open(src) as im:
         im.load()
+        fmt = im.format
         if im.mode in ("RGBA", "LA", "P", "PA"):  # flatten transparency on white
             rgba = im.convert("RGBA")
             im = Image.new("RGB", rgba.size, "white")
@@ -660,6 +681,7 @@ def _to_jpeg(src, dst, max_pixels=max_image_pixels):
     tmp = f"{dst}.{os.getpid()}.{threading.get_ident()}.tmp"
     im.save(tmp, "JPEG", quality=90)
     os.replace(tmp, dst)
+    return fmt
 
 
 def _cached(tb, tool, key_args, fn):

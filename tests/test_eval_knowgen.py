@@ -313,7 +313,7 @@ def test_agent_mode_served_agent_and_resume(world, tmp_path):
         for t in trajs:
             g = gens[t["id"]]
             assert not g["fallback"] and g["gen_prompt"] == "A flag like the first reference image."
-            assert g["refs"] == [t["answer"]["reference_images"][0]["local_path"]] and g["image"]
+            assert g["refs"] == [t["answer"]["reference_images"][0]["source_path"]] and g["image"]  # the original
         ek.run(cfg)
         assert len(ServedAgent.requests) == 6  # resumed: no trajectory redone
     finally:

@@ -60,7 +60,8 @@ def test_parse_answer_cases():
     assert why is None and a["gen_prompt"] == "A red flag."
     assert [r["img_id"] for r in a["reference_images"]] == ["IMG_002", "IMG_001"]  # dup dropped, order kept
     assert a["reference_images"][0] == {"img_id": "IMG_002", "url": "https://w/img/2.png", "local_path": "/x/2.jpg",
-                                        "title": "t2", "page_url": "https://w/p2", "note": "flag"}
+                                        "source_path": "/x/2.jpg", "title": "t2", "page_url": "https://w/p2",
+                                        "note": "flag"}  # a registry entry without source_path: the copy
     many = json.dumps({"gen_prompt": "p", "reference_images": [{"img_id": f"IMG_{i:03d}"} for i in range(1, 8)]})
     assert len(parse_answer(many, reg)[0]["reference_images"]) == R.Settings().max_refs
     unk = '{"gen_prompt": "p", "reference_images": [{"img_id": "IMG_009"}, {"img_id": "IMG_001"}]}'

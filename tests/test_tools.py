@@ -136,6 +136,8 @@ def test_local_image_search_ids_dedup_and_resized_attachments(local_tb):
                                          "  page_url: https://miniworld.example/wiki/Ulbrin_Spire"]
     att = r1.images[0]
     assert att["img_id"] == "IMG_001" and att["title"] == "Ulbrin Spire photo"
+    assert att["source_path"] == os.path.join(local_tb.world_dir, "images", "im_00002.png")  # the original
+    assert reg[att["url"]]["source_path"] == att["source_path"]
     with Image.open(att["local_path"]) as im:  # 800x600 RGBA source -> JPEG <= 160k px, aspect kept
         assert im.format == "JPEG" and im.mode == "RGB"
         assert im.width * im.height <= 160_000 and abs(im.width / im.height - 800 / 600) < 0.01
