@@ -79,6 +79,7 @@ tool_backend = "local"       # tools.make_toolbox backend: local (mini world) | 
 world_dir = None             # the mini world dir (default: the directory of items_path)
 summarizer_base_url = None   # browse's page reader VLM (release: Qwen3-VL-30B-A3B-Instruct, temperature 0)
 summarizer_model = "Qwen3-VL-30B-A3B-Instruct"  # (tools.py default)
+tool_kwargs = {}             # extra keyword arguments for tools.make_toolbox (as grpo.py's), e.g. {"top_k_default": 5}
 # generator (reward.py's client; its names)
 gen_backend = "offline"      # offline (mini world) | server (image_server.py: Qwen-Image-Edit) | openai (image API)
 generator_urls = []          # Qwen-Image-Edit servers (the client sends at most the first 3 references)
@@ -278,7 +279,7 @@ def run_agent(todo, cfg, world):
                             cache_path=os.path.join(cfg["out_dir"], "tool_cache.sqlite"),
                             image_dir=os.path.join(cfg["out_dir"], "tool_images"),
                             summarizer_base_url=cfg["summarizer_base_url"],
-                            summarizer_model=cfg["summarizer_model"])
+                            summarizer_model=cfg["summarizer_model"], **cfg["tool_kwargs"])
     for i in range(0, len(todo), cfg["agent_batch"]):
         chunk = todo[i:i + cfg["agent_batch"]]
         recs = with_error_retries(

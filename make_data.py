@@ -72,6 +72,7 @@ teacher_max_rounds = 9        # paper: 9 normal model calls, then 1 forced final
 date = ""                     # YYYY-MM-DD in the system prompt; "" = today (fix it for reproducible data)
 tool_backend = "web"          # tools.py backend; a mini world always uses "local"
 summarizer_base_url = None    # browse's summarizer (paper: Qwen3-VL-30B-A3B-Instruct); None = tools.py default
+tool_kwargs = {}              # extra keyword arguments for tools.make_toolbox (as grpo.py's), e.g. {"top_k_default": 5}
 tokenizer_dir = ""            # policy dir: records get tokens/loss_mask from rollout.tokenize_messages; "" = later
 tokenize_vl = True            # image tokens when tokenizer_dir has no config.json (a bare tokenizer dir)
 system_style = "paper"        # rollout.py's system prompt ("compact" on CPU); sft / grpo / eval must use the same
@@ -423,6 +424,7 @@ def stage_traj(c):
     done = set(by_id(read_jsonl(path, repair=True)))
     items = [it for it in read_jsonl(os.path.join(c.out_dir, "prompts.jsonl")) if it["id"] not in done]
     kw = {"summarizer_base_url": c.summarizer_base_url} if c.summarizer_base_url else {}
+    kw.update(c.tool_kwargs)
     tb = tools.make_toolbox("local" if not c.teacher_base_url else c.tool_backend, world_dir=c.world_dir or tools.world_dir,
                             image_dir=os.path.abspath(os.path.join(c.out_dir, "tool_images")), **kw)
     world_images = by_image_id(c)

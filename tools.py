@@ -30,7 +30,9 @@ search-supplied urls (browse, image downloads) pass net.check_url (strict parse;
 numeric hosts; resolved once, no loopback/private/link-local/reserved address unless allow_private; the
 connection is pinned to the checked address; every redirect hop checked); the search API, reader and
 summarizer follow no redirect (their keys stay at their origin); every read has a wall-clock deadline
-(timeout) and a byte cap (max_response_bytes, max_image_bytes). Leniency: `queries` may be one string; `arguments` may be a JSON string.
+(timeout) and a byte cap (max_response_bytes, max_image_bytes). Leniency (the release's tools accept these too): search takes `query` for `queries`, and one string for the list;
+browse takes `goal` for `query` (neither: a summary of the page) and a list of up to 5 urls; `arguments` may be a
+JSON string.
 """
 import hashlib
 import html
@@ -80,9 +82,15 @@ max_response_bytes = 5_000_000    # bytes read from any response before giving u
 max_image_bytes = 10_000_000
 max_image_pixels = 160_000        # paper: attached images resized to <= 160,000 pixels
 max_images = 5                    # paper: at most 5 images listed and attached per image_search
-top_k_default = 5                 # release schema: "default: 5"
+top_k_default = 10                # top_k when a call gives none: the release's code (its search and image_search
+                                  # default to 10; image_search still shows <= max_images). Its schema text, which
+                                  # the model reads, says "default: 5": make_toolbox(top_k_default=5) for that
 top_k_max = 10                    # release caps top_k at 10
 max_queries = 8                   # queries per search call
+max_browse_urls = 5               # release: browse takes a url or a list, visits the first 5, joins the answers
+browse_default_query = "A detailed summary of the page."  # release: browse with no goal/query asks for a summary
+list_local_path = True            # release: each image_search hit lists its local_path line (the policy's copy);
+                                  # False = the hits without it (our earlier format, ~30 tokens less per image)
 snippet_tokens = 32               # FTS5 snippet length (tokens)
 extract_sentences = 5             # extractive summarizer: sentences returned
 tool = "search"                   # command line demo
@@ -176,6 +184,8 @@ class Toolbox:
     chars_per_token: int
     max_response_bytes: int
     call_timeout: float
+    top_k_default: int = 10         # top_k of a call that gives none (make_toolbox sets both)
+    list_local_path: bool = True    # image_search hits list their local_path line
     backend_id: str = ""            # part of the cache key (never holds a key)
     pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     dl_pool: ThreadPoolExecutor | None = field(default=None, repr=False)  # image downloads inside a call
@@ -197,9 +207,11 @@ def make_toolbox(backend=backend, world_dir=world_dir, cache_path=None, image_di
                  retries=retries, max_workers=max_workers, allow_private=False, use_cache=None,
                  index_path=index_path, serper_base_url=serper_base_url, reader_base_url=reader_base_url,
                  backoff_base=backoff_base, page_token_budget=page_token_budget, chars_per_token=chars_per_token,
-                 max_response_bytes=max_response_bytes, call_timeout=call_timeout, default_cache_path=cache_path):
+                 max_response_bytes=max_response_bytes, call_timeout=call_timeout, default_cache_path=cache_path,
+                 top_k_default=None, list_local_path=None):
     """Build a Toolbox. use_cache=None means: cache on for web (at cache_path or default_cache_path), and for local
-    only when cache_path is given. The local backend builds/reuses its FTS5 index here."""
+    only when cache_path is given. The local backend builds/reuses its FTS5 index here. top_k_default /
+    list_local_path: None = this module's values (the release's code)."""
     if backend not in ("local", "web"):
         raise ValueError(f"tools.py: backend must be 'local' or 'web', got {backend!r}")
     if use_cache is None:
@@ -209,6 +221,11 @@ def make_toolbox(backend=backend, world_dir=world_dir, cache_path=None, image_di
                  summarizer_base_url, summarizer_model, float(timeout), int(retries), float(backoff_base),
                  int(max_workers), bool(allow_private), int(page_token_budget), int(chars_per_token),
                  int(max_response_bytes), float(call_timeout))
+    g = globals()
+    tb.top_k_default = int(g["top_k_default"] if top_k_default is None else top_k_default)
+    tb.list_local_path = bool(g["list_local_path"] if list_local_path is None else list_local_path)
+    if not 1 <= tb.top_k_default <= top_k_max:
+        raise ValueError(f"tools.py: make_toolbox top_k_default must be 1..{top_k_max}, got {tb.top_k_default}")
     if backend == "local":
         tb.index_path = build_index(world_dir, index_path)
         tb.backend_id = f"local:{os.path.abspath(tb.index_path)}:{os.path.getmtime(tb.index_path):.0f}"
@@ -301,7 +318,7 @@ def _db(tb):
 def run_tool(tb, name, arguments, img_registry):
     """Execute one tool call. Never raises: any failure becomes a "[Tool Error]: ..." observation."""
     try:
-        args = _validate(name, arguments)
+        args = _validate(name, arguments, tb.top_k_default)
         if tb.backend not in registry[name].backends:
             raise ToolFailure(f"{name} is not available on the {tb.backend!r} backend")
         return registry[name].run(tb, args, img_registry)
@@ -327,8 +344,13 @@ def run_tools(tb, calls):
     return out
 
 
-def _validate(name, arguments):
-    """Check arguments against the release schema; return them normalized (defaults filled)."""
+# argument aliases the release's tools accept beside the schema's names (alias -> name): its search takes `query`
+# or `queries`, its browse `goal` or `query`
+ALIASES = {"search": {"query": "queries"}, "browse": {"goal": "query"}}
+
+
+def _validate(name, arguments, default_top_k):
+    """Check arguments against the release schema; return them normalized (aliases mapped, defaults filled)."""
     if name not in registry:  # never another tool: the model is told which ones exist
         raise ToolFailure(f"unknown tool {name!r}; available tools: {', '.join(registry)}")
     if isinstance(arguments, str):  # lenient: a JSON object given as a string
@@ -339,6 +361,21 @@ def _validate(name, arguments):
     if not isinstance(arguments, dict):
         raise ToolFailure(f"{name}: arguments must be a JSON object, got {type(arguments).__name__}")
     schema = registry[name].schema["function"]["parameters"]
+    args = dict(arguments)
+    for alias, key in ALIASES.get(name, {}).items():
+        if alias in args and alias not in schema["properties"]:
+            v = args.pop(alias)
+            if key not in args or (name == "browse" and isinstance(v, str) and v.strip()):
+                args[key] = v  # release: search prefers `queries`; browse prefers a non-empty `goal`
+    if name == "browse" and (args.get("query") is None or isinstance(args.get("query"), str)
+                             and not args["query"].strip()):
+        args["query"] = browse_default_query  # release: no goal -> a summary of the page
+    if name == "browse" and isinstance(args.get("url"), list):
+        urls = args["url"]
+        if not urls or not all(isinstance(u, str) and u.strip() for u in urls):
+            raise ToolFailure(f"{name}: 'url' must be a non-empty string or a list of them")
+        args["url"] = [u.strip() for u in urls[:max_browse_urls]]
+    arguments = args
     extra = sorted(set(arguments) - set(schema["properties"]))
     if extra:
         raise ToolFailure(f"{name}: unexpected argument(s) {', '.join(map(repr, extra))}; "
@@ -346,7 +383,6 @@ def _validate(name, arguments):
     missing = [k for k in schema["required"] if k not in arguments]
     if missing:
         raise ToolFailure(f"{name}: missing required argument(s) {', '.join(map(repr, missing))}")
-    args = dict(arguments)
     if "queries" in args:
         q = [args["queries"]] if isinstance(args["queries"], str) else args["queries"]  # lenient: one string
         if not isinstance(q, list) or not q or not all(isinstance(x, str) and x.strip() for x in q):
@@ -355,12 +391,14 @@ def _validate(name, arguments):
             raise ToolFailure(f"{name}: at most {max_queries} queries per call, got {len(q)}")
         args["queries"] = [x.strip() for x in q]
     for k in ("query", "url"):
+        if k == "url" and isinstance(args.get(k), list):
+            continue  # browse's list of urls, checked above
         if k in args and not (isinstance(args[k], str) and args[k].strip()):
             raise ToolFailure(f"{name}: '{k}' must be a non-empty string")
         if k in args:
             args[k] = args[k].strip()
     if "top_k" in schema["properties"]:
-        k = args.get("top_k", top_k_default)
+        k = args.get("top_k", default_top_k)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= top_k_max:
             raise ToolFailure(f"{name}: 'top_k' must be an integer from 1 to {top_k_max}, got {k!r}")
         args["top_k"] = k
@@ -408,10 +446,18 @@ def _image_search(tb, args, img_registry):
                           "specific. You MUST retry image_search using <= 3 words that describe only the main "
                           'visual subject (e.g. "person name", "city skyline", "logo").')
     lines = [f"--- image search result for [{q}] ---"]
-    for im in shown:
-        lines += [f"{im['img_id']}: title: {im['title']}", f"  url: {im['url']}", f"  page_url: {im['page_url']}"]
+    for im in shown:  # the release agent's lines: id + title, url, local_path, page_url (when there is one)
+        lines += [f"{im['img_id']}: title: {im['title']}", f"  url: {im['url']}"]
+        lines += [f"  local_path: {_shown_path(tb, im['local_path'])}"] if tb.list_local_path else []
+        lines += [f"  page_url: {im['page_url']}"] if im["page_url"] else []
     lines.append("--- end of image search result ---")
     return ToolResult("\n".join(lines), [dict(im) for im in shown[:max_images]])
+
+
+def _shown_path(tb, path):
+    """A listed local_path: the file under the image folder's own name (tool_images/<hash>.jpg, as the release
+    lists saved_img/<file>), so the observation's tokens do not depend on where out_dir or the checkout lives."""
+    return os.path.join(os.path.basename(os.path.normpath(tb.image_dir)), os.path.basename(path))
 
 
 def _register(reg, hit):
@@ -426,7 +472,22 @@ def _register(reg, hit):
 
 
 def _browse(tb, args):
-    url, query = args["url"], args["query"]
+    """One url: its answer (a failure is the call's [Tool Error]). A list (release): each url answered in turn and
+    the answers joined by the release's separator; a failed url is its part's [Tool Error] line, and the call is an
+    error only when every url failed."""
+    if isinstance(args["url"], str):
+        return ToolResult(_browse_one(tb, args["url"], args["query"]))
+    parts, failed = [], 0
+    for url in args["url"]:
+        try:
+            parts.append(_browse_one(tb, url, args["query"]))
+        except ToolFailure as e:
+            parts.append(f"[Tool Error]: {_scrub(str(e))}")
+            failed += 1
+    return ToolResult("\n\n=======\n\n".join(parts), [], failed == len(parts))
+
+
+def _browse_one(tb, url, query):
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
         raise ToolFailure(f"browse refused {url!r}: only http(s) urls can be browsed")
@@ -448,7 +509,7 @@ def _browse(tb, args):
             return _llm_answer(tb, text, query)
         return _extractive_answer(url, title, text, query)
 
-    return ToolResult(_cached(tb, "browse", key_args, fetch_and_answer))
+    return _cached(tb, "browse", key_args, fetch_and_answer)
 
 
 # the release's three tools, in its order

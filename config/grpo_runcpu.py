@@ -20,5 +20,9 @@ max_steps = 12
 save_interval = 6
 max_tokens_per_micro = 8192
 vllm_max_model_len = 8192
+# THE tool settings of the CPU family (make_data_runcpu.py and eval_runcpu.py read them from here): the
+# miniature's observations as before the release's defaults were adopted -- top_k 5 when a call gives none (the
+# release's code: 10) and image_search hits without the local_path line (the release lists it)
+tool_kwargs = {"top_k_default": 5, "list_local_path": False}
 # THE compact rollout settings of the CPU family (make_data_runcpu.py and eval_runcpu.py read them from here)
 rollout_kwargs = {"max_new_tokens": 256, "context_cap": 4096, "date": "2025-06-01", "system_style": "compact"}

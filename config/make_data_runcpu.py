@@ -11,7 +11,9 @@ tokenize_vl = True
 split_by = "source"          # keep the world's held-out country clusters for bench / rl
 # the compact prompt + fixed date are written once, in grpo_runcpu.py's rollout_kwargs (the tokens must not change
 # between stages)
-_rk = _runpy.run_path(_os.path.join(_os.path.dirname(__file__), "grpo_runcpu.py"))["rollout_kwargs"]
+_grpo = _runpy.run_path(_os.path.join(_os.path.dirname(__file__), "grpo_runcpu.py"))
+_rk = _grpo["rollout_kwargs"]
 date = _rk["date"]
 system_style = _rk["system_style"]
+tool_kwargs = _grpo["tool_kwargs"]  # the same tool observations as GRPO and eval
 workers = 2

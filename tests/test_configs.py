@@ -48,6 +48,9 @@ def test_runcpu_configs_chain():
     assert ev["items_path"] == os.path.join(md["out_dir"], "bench.jsonl") and ev["world_dir"] == md["world_dir"]
     # the compact rollout settings are written once and shared by data, GRPO and eval
     assert ev["rollout_kwargs"] == grpo["rollout_kwargs"]
+    # ... and the tool observations: the miniature keeps top_k 5 and hits without the local_path line
+    assert md["tool_kwargs"] == ev["tool_kwargs"] == grpo["tool_kwargs"] == {"top_k_default": 5,
+                                                                             "list_local_path": False}
     assert (md["date"], md["system_style"]) == (grpo["rollout_kwargs"]["date"], grpo["rollout_kwargs"]["system_style"])
     sh = (ROOT / "runcpu.sh").read_text()  # runcpu.sh passes the same chain under its $OUT
     for arg in ('--init_from="$OUT/sft/final"', '--data_path="$OUT/data/rl.jsonl"', '--policy_path="$OUT/sft/final"',

@@ -131,10 +131,11 @@ def test_local_image_search_ids_dedup_and_resized_attachments(local_tb):
     assert not r1.error
     assert r1.text.splitlines()[0] == "--- image search result for [Ulbrin Spire] ---"
     assert r1.text.splitlines()[-1] == "--- end of image search result ---"
-    assert r1.text.splitlines()[1:4] == ["IMG_001: title: Ulbrin Spire photo",
-                                         "  url: https://miniworld.example/img/im_00002.png",
-                                         "  page_url: https://miniworld.example/wiki/Ulbrin_Spire"]
     att = r1.images[0]
+    assert r1.text.splitlines()[1:5] == ["IMG_001: title: Ulbrin Spire photo",  # the release agent's lines
+                                         "  url: https://miniworld.example/img/im_00002.png",
+                                         f"  local_path: img/{os.path.basename(att['local_path'])}",
+                                         "  page_url: https://miniworld.example/wiki/Ulbrin_Spire"]
     assert att["img_id"] == "IMG_001" and att["title"] == "Ulbrin Spire photo"
     assert att["source_path"] == os.path.join(local_tb.world_dir, "images", "im_00002.png")  # the original
     assert reg[att["url"]]["source_path"] == att["source_path"]
@@ -202,13 +203,17 @@ def test_local_cache_optional(world, tmp_path):
     ("search", {"queries": ["a"], "top_k": True}, "'top_k' must be an integer"),
     ("search", {"queries": ["a"], "top_k": 0}, "'top_k' must be an integer from 1 to 10"),
     ("search", {"queries": ["a"], "top_k": 11}, "from 1 to 10"),
-    ("search", {"queries": ["a"], "query": "b"}, "unexpected argument(s) 'query'"),
+    ("search", {"query": 3}, "'queries' must be a non-empty list"),
+    ("search", {"queries": ["a"], "goal": "b"}, "unexpected argument(s) 'goal'"),
     ("image_search", {"queries": ["a"]}, "unexpected argument(s) 'queries'"),
     ("image_search", {"query": 3}, "'query' must be a non-empty string"),
     ("image_search", {"query": "  "}, "'query' must be a non-empty string"),
     ("browse", {"query": "x"}, "missing required argument(s) 'url'"),
     ("browse", {"url": 5, "query": "x"}, "'url' must be a non-empty string"),
-    ("browse", {"url": "https://a.example"}, "missing required argument(s) 'query'"),
+    ("browse", {"url": [], "query": "x"}, "'url' must be a non-empty string or a list of them"),
+    ("browse", {"url": ["https://a.example", 3], "query": "x"}, "'url' must be a non-empty string or a list"),
+    ("browse", {"url": "https://a.example", "goal": 7}, "'query' must be a non-empty string"),
+    ("image_search", {"query": "a", "goal": "b"}, "unexpected argument(s) 'goal'"),
     ("browse", None, "must be a JSON object"),
 ])
 def test_bad_arguments_become_tool_errors(local_tb, name, args, expect):
@@ -216,6 +221,74 @@ def test_bad_arguments_become_tool_errors(local_tb, name, args, expect):
     r = tools.run_tool(local_tb, name, args, reg)
     assert r.error and r.text.startswith("[Tool Error]: ") and expect in r.text, r.text
     assert r.images == [] and reg == {}
+
+
+def test_release_argument_aliases_and_defaults(local_tb, monkeypatch):
+    """As the release's tools: search takes `query` or `queries` (queries wins), browse takes `goal` or `query`
+    (a non-empty goal wins; neither -> a summary of the page) and a list of urls (first 5, answers joined)."""
+    want = tools.run_tool(local_tb, "search", {"queries": ["Vorlak capital"]}, {}).text
+    assert tools.run_tool(local_tb, "search", {"query": ["Vorlak capital"]}, {}).text == want
+    assert tools.run_tool(local_tb, "search", {"query": "Vorlak capital"}, {}).text == want
+    assert tools.run_tool(local_tb, "search", {"queries": ["Vorlak capital"], "query": "copper"}, {}).text == want
+    seen = []
+    monkeypatch.setattr(tools, "_extractive_answer", lambda url, title, text, query: seen.append(query) or f"{url}|{query}")
+    u = "https://miniworld.example/wiki/Tesmar"
+    r = tools.run_tool(local_tb, "browse", {"url": u, "goal": "when built?"}, {})
+    assert not r.error and r.text == f"{u}|when built?"
+    assert tools.run_tool(local_tb, "browse", {"url": u, "goal": "g", "query": "q"}, {}).text == f"{u}|g"
+    assert tools.run_tool(local_tb, "browse", {"url": u, "goal": " ", "query": "q"}, {}).text == f"{u}|q"
+    assert tools.run_tool(local_tb, "browse", {"url": u}, {}).text == f"{u}|{tools.browse_default_query}"
+    urls = [f"https://miniworld.example/wiki/{t}" for t in ("Vorlak", "Nowhere", "Tesmar", "Ulbrin_Spire",
+                                                            "Vorlak", "Tesmar")]
+    r = tools.run_tool(local_tb, "browse", {"url": urls, "query": "tower"}, {})
+    parts = r.text.split("\n\n=======\n\n")
+    assert not r.error and len(parts) == tools.max_browse_urls == 5  # the sixth url is not visited
+    assert parts[0] == f"{urls[0]}|tower" and parts[1].startswith("[Tool Error]:") and "could not be fetched" in parts[1]
+    assert parts[2:] == [f"{x}|tower" for x in urls[2:5]]
+    dead = tools.run_tool(local_tb, "browse", {"url": [urls[1], urls[1]], "query": "x"}, {})
+    assert dead.error and dead.text.count("[Tool Error]:") == 2  # an error only when every url failed
+
+
+def test_top_k_default_is_the_release_code_and_configurable(srv, web):
+    """search / image_search without top_k: the release's code default (10) reaches the search API; a toolbox
+    built with top_k_default=5 (the schema text's value, the CPU miniature's) sends 5; image_search still shows
+    at most max_images."""
+    assert tools.top_k_default == 10
+    for tb, num in ((web(use_cache=False), 10), (web(use_cache=False, top_k_default=5), 5)):
+        srv.log.clear()
+        r = tools.run_tool(tb, "search", {"query": "Ulbrin Spire"}, {})
+        assert not r.error and [json.loads(e["body"]) for e in srv.log] == [{"q": "Ulbrin Spire", "num": num}]
+        assert len(search_blocks(r.text)["Ulbrin Spire"]) == num
+    srv.images.update({f"{i}.png": _png((20 + i, 20)) for i in range(10)})
+    r = tools.run_tool(web(use_cache=False), "image_search", {"query": "spire"}, {})
+    assert len(r.images) == tools.max_images == 5
+    with pytest.raises(ValueError, match="top_k_default"):
+        web(top_k_default=11)
+
+
+def test_local_path_line_independent_of_out_dir_and_optional(world, tmp_path):
+    tb = tools.make_toolbox("local", world, image_dir=str(tmp_path / "a" / "img"))
+    r = tools.run_tool(tb, "image_search", {"query": "Ulbrin Spire", "top_k": 1}, {})
+    assert f"  local_path: img/{os.path.basename(r.images[0]['local_path'])}" in r.text.splitlines()
+    elsewhere = tools.make_toolbox("local", world, image_dir=str(tmp_path / "b" / "c" / "img"))
+    assert tools.run_tool(elsewhere, "image_search", {"query": "Ulbrin Spire", "top_k": 1}, {}).text == r.text
+    tools.close_toolbox(elsewhere)
+    off = tools.make_toolbox("local", world, image_dir=str(tmp_path / "img"), list_local_path=False)
+    r2 = tools.run_tool(off, "image_search", {"query": "Ulbrin Spire", "top_k": 1}, {})
+    assert "local_path" not in r2.text and r2.text.splitlines()[1:3] == r.text.splitlines()[1:3]
+    # a hit without a page url gets no page_url line (the release's listing)
+    w2 = tmp_path / "w2"
+    os.makedirs(w2 / "images")
+    Image.new("RGB", (8, 8)).save(w2 / "images" / "a.png")
+    (w2 / "pages.jsonl").write_text(json.dumps({"url": "https://x.example/p", "title": "p", "text": "t"}) + "\n")
+    (w2 / "images.jsonl").write_text(json.dumps({"path": "images/a.png", "title": "lone badge",
+                                                 "url": "https://x.example/a.png"}) + "\n")
+    bare = tools.make_toolbox("local", str(w2), image_dir=str(tmp_path / "img"))
+    r3 = tools.run_tool(bare, "image_search", {"query": "badge"}, {})
+    assert r3.text.splitlines()[1:-1] == ["IMG_001: title: lone badge", "  url: https://x.example/a.png",
+                                          f"  local_path: img/{os.path.basename(r3.images[0]['local_path'])}"]
+    for t in (tb, off, bare):
+        tools.close_toolbox(t)
 
 
 def test_schemas_are_the_release_arguments():
