@@ -72,7 +72,8 @@ agent_dtype = "float32"      # bfloat16 on GPU (bf16 is ~300x slower than fp32 o
 agent_temperature = 0.0      # ours: greedy decoding for a deterministic eval (RL samples at 0.7 / top_p 0.95)
 agent_top_p = 1.0            # ours (greedy ignores it); release eval: 0.9 (config/eval_knowgen.py)
 agent_error_retries = 3      # an errored rollout (engine exception, not a bad answer) is re-run up to this many
-                             # times, as the release's workflow engine does; the retries are counted in the log
+                             # times (rollout.with_error_retries), counted in the log; the release's eval runner
+                             # makes 2 attempts in all (retry_limit=2): 1 re-run (config/eval_knowgen.py)
 agent_batch = 8              # items rolled out together; trajectories are appended after each batch
 rollout_kwargs = {}          # rollout.Settings fields (an argument, never rollout.py globals), e.g. {"max_rounds": 9, "max_new_tokens": 4096}
 tool_backend = "local"       # tools.make_toolbox backend: local (mini world) | web
@@ -282,28 +283,12 @@ def run_agent(todo, cfg, world):
                             summarizer_model=cfg["summarizer_model"], **cfg["tool_kwargs"])
     for i in range(0, len(todo), cfg["agent_batch"]):
         chunk = todo[i:i + cfg["agent_batch"]]
-        recs = with_error_retries(
+        recs = rollout.with_error_retries(
             lambda its: rollout.rollout(its, pol, eng, tb, samples=1, temperature=cfg["agent_temperature"],
                                         top_p=cfg["agent_top_p"], s=rs),
             [it for it, _ in chunk], cfg["agent_error_retries"], AGENT_STATS)
         for rec, (_, s) in zip(recs, chunk):
             yield dict(rec, sample=s)
-
-
-def with_error_retries(run, items, retries, stats):
-    """run(items) -> one record per item; records that ended "error" (an engine exception, not a bad answer)
-    are re-run, up to `retries` times, as the release's workflow engine retries errored episodes.
-    stats["error_retries"] counts the re-runs, stats["errored"] the records still errored after them."""
-    recs = list(run(items))
-    for _ in range(retries):
-        bad = [j for j, r in enumerate(recs) if r["end_reason"] == "error"]
-        if not bad:
-            break
-        stats["error_retries"] += len(bad)
-        for j, r in zip(bad, run([items[j] for j in bad])):
-            recs[j] = r
-    stats["errored"] += sum(r["end_reason"] == "error" for r in recs)
-    return recs
 
 
 def stage_agent(items, cfg):

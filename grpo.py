@@ -77,6 +77,8 @@ engine = "vllm"              # 'vllm' (paper: SGLang/vLLM hybrid engine) | 'hf' 
 temperature = 0.7            # paper: temperature 0.7
 top_p = 0.95                 # paper: top_p 0.95
 rollout_kwargs = {}          # extra keyword arguments for rollout.py (round/token limits, date, ...)
+rollout_error_retries = 2    # re-runs of a trajectory that ended "error" (an engine exception, not a bad answer);
+                             # release: rllm.workflow.retry_limit=3 attempts in all (process_task_with_retry)
 tool_backend = "local"       # tools.py backend: 'local' (mini world) | 'web' (paper: Serper + reader + VLM)
 tool_kwargs = {}             # extra keyword arguments for tools.make_toolbox (summarizer_base_url, cache_path, ...)
 world_dir = "data/miniworld"
@@ -425,22 +427,55 @@ def score_records(score, records, items, kw):
         return [{"reward": 0.0, "error": f"score: {type(e).__name__}: {e}"} for _ in records]
 
 
-def rollout_and_score(run_rollout, score, items, kw, stream=True, after_rollout=None):
+def errored_rerun(eng, tb, step_seed, s, temperature, top_p):
+    """rerun([(item, sample), ...]) -> records for rollout_and_score: the errored trajectories rolled out again
+    in one batch, each keeping its sample index, with a fresh vLLM base seed per attempt (derived from the step's,
+    so a resumed run re-runs the same way; the HF engine draws on from the step's seeded RNG)."""
+    import rollout
+    attempt = [0]
+
+    def rerun(pairs):
+        attempt[0] += 1
+        return rollout.rollout([it for it, _ in pairs], eng.policy, eng, tb, samples=1,
+                               sample_ids=[k for _, k in pairs], temperature=temperature, top_p=top_p,
+                               seed=rollout.request_seed(step_seed, "error-retry", attempt[0], 0), s=s)
+    return rerun
+
+
+def rollout_and_score(run_rollout, score, items, kw, stream=True, after_rollout=None, rerun=None, retries=0,
+                      stats=None):
     """Steps 1-2 of a GRPO step: run_rollout(on_group) -> records (rollout.rollout with its hook), then
     score_records. stream: each group goes to score() from the hook, in a thread, as soon as it ends, while the
     others are still sampling; the generator/judge limits are reward.py's process-wide semaphores, so they hold
-    across groups. Returns (records, scores in record order, time the rollout ended), after every group's
-    reward is in: the advantage waits for this step's groups only."""
+    across groups. Errored records (engine exceptions) are then re-run, up to `retries` times each, by
+    rerun([(item, sample), ...]) -> records (rollout.with_error_retries; stats counts them), before
+    after_rollout (the engine's sleep); streamed, the re-run ones are then scored again. Returns (records, scores in record
+    order, time the rollout ended), after every group's reward is in: the advantage waits for this step's
+    groups only."""
     with cf.ThreadPoolExecutor(max(1, len(items))) as pool:
         futs = {}
         hook = (lambda g, recs: futs.__setitem__(g, pool.submit(score_records, score, recs, items, kw))) if stream \
             else None
         records = run_rollout(hook)
+        redo = [j for j, r in enumerate(records) if r["end_reason"] == "error"] if rerun is not None else []
+        if redo and retries > 0:
+            import rollout
+            by_id = {it["id"]: it for it in items}
+            new = rollout.with_error_retries(rerun, [(by_id[records[j]["id"]], records[j]["sample"]) for j in redo],
+                                             retries, stats if stats is not None else Counter(),
+                                             recs=[records[j] for j in redo])
+            for j, r in zip(redo, new):
+                records[j] = r
+        else:
+            redo = []
         if after_rollout is not None:
             after_rollout()
         t_end = time.time()
         scores = [s for g in sorted(futs) for s in futs[g].result()] if stream else \
             score_records(score, records, items, kw)
+    if redo and stream:  # streamed: the groups were scored with the errored records; the re-runs' rewards replace
+        for j, s in zip(redo, score_records(score, [records[j] for j in redo], items, kw)):
+            scores[j] = s
     return records, scores, t_end
 
 
@@ -546,10 +581,13 @@ def main():
         model.eval()
         faults0 = Counter(reward.STATS)
         sleep = (lambda: eng.llm.sleep(level=1)) if gpu and engine == "vllm" and vllm_sleep else None
+        retried = Counter()
         records, scores, t1 = rollout_and_score(  # (sleep: offload vLLM's weights, free its KV cache for training)
             lambda hook: rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature,
                                          top_p=top_p, seed=step_seed, on_group=hook, s=rs),
-            score, mine, rkw, stream_rewards, after_rollout=sleep)
+            score, mine, rkw, stream_rewards, after_rollout=sleep,
+            rerun=errored_rerun(eng, tb, step_seed, rs, temperature, top_p), retries=rollout_error_retries,
+            stats=retried)
         rewards = torch.tensor([float(s.get("reward") or 0.0) for s in scores])
         t2 = time.time()
         # 3. GRPO advantages within each group of group_size (groups never span ranks)
@@ -581,24 +619,26 @@ def main():
         t4 = time.time()
         # 7. log (rank 0 aggregates every rank's trajectories)
         faults = {k: v - faults0.get(k, 0) for k, v in reward.STATS.items() if v - faults0.get(k, 0)}
-        mine_rows = ([traj_summary(r, s) for r, s in zip(records, scores)], filt, faults)
+        mine_rows = ([traj_summary(r, s) for r, s in zip(records, scores)], filt, faults, retried)
         gathered = [None] * world
         dist.all_gather_object(gathered, mine_rows) if ddp else gathered.__setitem__(0, mine_rows)
         if master:
             rows = [x for g in gathered for x in g[0]]
-            filt_all, faults_all = Counter(), Counter()
+            filt_all, faults_all, retried_all = Counter(), Counter(), Counter()
             for g in gathered:
                 filt_all.update(g[1])
                 faults_all.update(g[2])
+                retried_all.update(g[3])
             times = {"t_rollout": t1 - t0, "t_reward": t2 - t1, "t_train": t3 - t2, "t_sync": t4 - t3,
                      "t_step": time.time() - t0}
             rec = {"step": step + 1, **step_log(rows, dict(filt_all), st, {"grad_norm": gn, "stepped": stepped,
-                   "reward_stats": dict(faults_all), **sync, **{k: round(v, 3) for k, v in times.items()}})}
+                   "reward_stats": dict(faults_all), "rollout_error_retries": retried_all["error_retries"],
+                   "rollout_errored": retried_all["errored"], **sync, **{k: round(v, 3) for k, v in times.items()}})}
             rec["gen_tokens_per_s"] = rec["gen_tokens"] / max(times["t_rollout"], 1e-9)
             print(f"step {step + 1}/{total} reward {rec['reward_mean']:.3f}±{rec['reward_std']:.3f} "
                   f"K {rec['k_score']:.3f} r_text {rec['r_text']:.3f} loss {rec['loss']:.4f} "
                   f"clip {rec['clip_frac']:.3f} |g| {gn:.3f} kept {rec['kept']} dlogp {rec['logp_diff']:.2e} "
-                  f"ends {rec['end_reasons']} time {rec['t_step']:.1f}s (roll {rec['t_rollout']:.1f} "
+                  f"ends {rec['end_reasons']} retried {rec['rollout_error_retries']} time {rec['t_step']:.1f}s (roll {rec['t_rollout']:.1f} "
                   f"rew {rec['t_reward']:.1f} train {rec['t_train']:.1f} sync {rec['t_sync']:.1f})", flush=True)
             with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(rec) + "\n")

@@ -896,7 +896,7 @@ def request_seed(base, item_id, sample, rnd):
 
 
 def rollout(items, pol, eng, tb, samples=1, day=None, temperature="settings", top_p="settings", progress=None,
-            seed=None, on_group=None, s=None):
+            seed=None, on_group=None, s=None, sample_ids=None):
     """Roll out `samples` trajectories per item, all in one batch: each round every live trajectory generates
     together, then their tool calls run concurrently (tools.run_tools); finished ones wait. -> records.
     s: the protocol Settings (default Settings(): the paper's); temperature / top_p default to s's (None =
@@ -905,14 +905,20 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature="settings", to
     on_group(g, records): called (in this thread, between rounds) as soon as all `samples` trajectories of
     items[g] have ended, with the very record dicts that are returned; grpo.py uses it to start the group's
     reward while the other groups are still sampling (the release scores each trajectory as it ends).
-    It must return quickly (hand the work to a thread) and must not change the records."""
+    It must return quickly (hand the work to a thread) and must not change the records.
+    sample_ids (with samples=1): the sample index of each item's one trajectory (a re-run of an errored sample
+    keeps its index, and with it its own vLLM seeds; with_error_retries)."""
     import tools
     s = s or Settings()
     temperature = s.temperature if temperature == "settings" else temperature
     top_p = s.top_p if top_p == "settings" else top_p
     day = day or s.date or time.strftime("%Y-%m-%d")
     sys_text = system_prompt(day, s)
-    trajs = [new_traj(it, k, pol, sys_text, s) for it in items for k in range(samples)]
+    if sample_ids is not None and (samples != 1 or len(sample_ids) != len(items)):
+        raise ValueError(f"rollout.rollout: sample_ids needs samples=1 and one id per item ({len(sample_ids)} ids, "
+                         f"{len(items)} items, samples={samples})")
+    trajs = [new_traj(it, k, pol, sys_text, s) for it in items for k in range(samples)] if sample_ids is None else \
+        [new_traj(it, int(k), pol, sys_text, s) for it, k in zip(items, sample_ids)]
     api, done = eng.kind == "openai", 0
     for t in trajs:
         t.api = api
@@ -975,6 +981,24 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature="settings", to
             now = sum(t.end is not None for t in trajs)
             progress.update(now - done)
             done = now
+    return recs
+
+
+def with_error_retries(run, items, retries, stats, recs=None):
+    """run(items) -> one record per item; records that ended "error" (an engine exception, not a bad answer)
+    are re-run, up to `retries` times each, as the release's workflow engine re-runs an errored episode
+    (process_task_with_retry: retry_limit attempts in all, 3 in its RL config, 2 in its eval runner).
+    recs: the records of a first run already made (grpo.py's streamed rollout); None = run(items) first.
+    stats["error_retries"] counts the re-runs, stats["errored"] the records still errored after them."""
+    recs = list(run(items)) if recs is None else list(recs)
+    for _ in range(retries):
+        bad = [j for j, r in enumerate(recs) if r["end_reason"] == "error"]
+        if not bad:
+            break
+        stats["error_retries"] += len(bad)
+        for j, r in zip(bad, run([items[j] for j in bad])):
+            recs[j] = r
+    stats["errored"] += sum(r["end_reason"] == "error" for r in recs)
     return recs
 
 

@@ -31,4 +31,4 @@ rollout_kwargs = {"context_cap": 65536}  # 64k context (ours: rollout.py's 36,00
 failed_generation = "skip"   # ours: "zero" (a judged row scored 0)
 no_refs_prompt = "raw_prompt"  # ours: "gen_prompt"
 t2i_suffix = ", Ultra HD, 4K, cinematic composition."  # ours: "" (appended to text-only Qwen-Image prompts)
-agent_error_retries = 3
+agent_error_retries = 1      # release eval runner: AgentWorkflowEngine(retry_limit=2), 2 attempts = 1 re-run

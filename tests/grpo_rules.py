@@ -18,7 +18,8 @@ def frac_target(trajectories, items, **kw):
 # fault injection: `python -m grpo_rules <grpo.py arguments>` runs grpo.main() with
 #  - a scripted policy (a logits processor on the HF engine: image_search, then an answer citing IMG_001), so
 #    trajectories reach the real generator and judges of reward.score;
-#  - faults raised INSIDE the real tools / generator / judge code paths with a fixed probability.
+#  - faults raised INSIDE the real tools / generator / judge code paths with a fixed probability;
+#  - the engine's first generate call raises (every trajectory of step 1 ends "error" and is re-run).
 # What is tested is grpo.py's (and its callees') handling: the run finishes, the faults are counted.
 import json
 import random
@@ -79,6 +80,14 @@ def main():
         eng.logits_processors = [Scripted(pol.tokenizer, SCRIPT)]
         return eng
     rollout.make_engine = scripted_engine
+    real_generate, raised = rollout.generate, []
+
+    def generate_raising_once(*a, **kw):
+        if not raised:
+            raised.append(1)
+            raise RuntimeError("injected engine fault")
+        return real_generate(*a, **kw)
+    rollout.generate = generate_raising_once
     configure(vars(grpo))
     grpo.main()
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -474,23 +473,3 @@ def test_release_protocol_skip_failed_generation_raw_prompt_and_suffix(world, tm
     judged = [json.loads(x) for x in lines(out / "judged.jsonl")]
     assert len(judged) == 3 and not any("0002" in r["id"] for r in judged)  # skipped, not scored 0
     assert all(r["error"] is None for r in judged) and s["overall"] is not None
-
-
-def test_errored_rollouts_are_retried_and_counted():
-    """An engine exception ends a record as "error": it is re-run (at most 3 times), bad answers are not."""
-    fails = {"a": 5, "b": 1, "c": 0}
-    calls = []
-
-    def run(items):
-        calls.append([it["id"] for it in items])
-        out = []
-        for it in items:
-            err = fails[it["id"]] > 0
-            fails[it["id"]] -= 1
-            out.append({"id": it["id"], "end_reason": "error" if err else ("parse_failed" if it["id"] == "c" else "answer")})
-        return out
-    stats = Counter()
-    recs = ek.with_error_retries(run, [{"id": "a"}, {"id": "b"}, {"id": "c"}], 3, stats)
-    assert calls == [["a", "b", "c"], ["a", "b"], ["a"], ["a"]]
-    assert [r["end_reason"] for r in recs] == ["error", "answer", "parse_failed"]
-    assert stats == {"error_retries": 4, "errored": 1}

@@ -181,3 +181,6 @@ def test_faults_are_counted_not_fatal(world, tmp_path):
     assert tot(lambda r: r["reward_errors"]) > 0 and tot(lambda r: r["filtered"].get("reward_error", 0)) > 0
     assert tot(lambda r: r["end_reasons"].get("answer", 0)) > 0 and tot(lambda r: r["reward_mean"]) > 0
     assert tot(lambda r: int(r["stepped"])) > 0                                 # and training went on
+    # the engine fault of step 1's first call: all 16 trajectories errored, were re-run once, and succeeded
+    assert (log[1]["rollout_error_retries"], log[1]["rollout_errored"]) == (16, 0)
+    assert log[1]["end_reasons"].get("error", 0) == 0 and log[2]["rollout_error_retries"] == 0

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -404,3 +405,30 @@ def test_one_reference_rule_for_prompt_and_reward():
         return {"end_reason": "answer", "answer": {"gen_prompt": "p", "reference_images": [
             {"img_id": f"IMG_{i:03d}", "url": f"http://x/{i}.png"} for i in range(n)]}}
     assert [reward.invalid_reason(traj(n)) for n in range(6)] == ["num_refs", None, None, None, None, "num_refs"]
+
+
+def test_errored_rollouts_are_retried_and_counted():
+    """An engine exception ends a record as "error": it is re-run (at most 3 times), bad answers are not."""
+    fails = {"a": 5, "b": 1, "c": 0}
+    calls = []
+
+    def run(items):
+        calls.append([it["id"] for it in items])
+        out = []
+        for it in items:
+            err = fails[it["id"]] > 0
+            fails[it["id"]] -= 1
+            out.append({"id": it["id"], "end_reason": "error" if err else ("parse_failed" if it["id"] == "c" else "answer")})
+        return out
+    stats = Counter()
+    recs = R.with_error_retries(run, [{"id": "a"}, {"id": "b"}, {"id": "c"}], 3, stats)
+    assert calls == [["a", "b", "c"], ["a", "b"], ["a"], ["a"]]
+    assert [r["end_reason"] for r in recs] == ["error", "answer", "parse_failed"]
+    assert stats == {"error_retries": 4, "errored": 1}
+    # grpo.py's form: the first run's records given (recs=), only the errored ones run again
+    fails.update(a=1, b=0)
+    calls.clear()
+    first = [{"id": "a", "end_reason": "error"}, {"id": "b", "end_reason": "answer"}]
+    recs = R.with_error_retries(run, [{"id": "a"}, {"id": "b"}], 3, stats, recs=first)
+    assert calls == [["a"], ["a"]] and [r["end_reason"] for r in recs] == ["answer", "answer"]
+    assert first[0]["end_reason"] == "error"  # the given list is not changed in place
