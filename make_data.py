@@ -9,12 +9,13 @@ The mini world, fully offline on CPU (oracle teacher, offline generator and judg
     python make_data.py config/make_data_runcpu.py $M                  # -> out/make_data_miniworld/
     python make_data.py config/make_data_runcpu.py $M --stages=traj,gt # some stages; any re-run resumes
 
-Real endpoints (any OpenAI-compatible server: vLLM, or a gateway to Gemini 3 Pro / GPT-4.1):
+Real endpoints (any OpenAI-compatible server: vLLM, or a gateway to Gemini 3 Pro / Seed1.8):
 
-    export OPENAI_API_KEY=... SERPER_API_KEY=... JINA_API_KEY=...
+    export OPENAI_API_KEY=... SERPER_API_KEY=... JINA_API_KEY=... GEMINI_API_KEY=...
     python make_data.py config/make_data_gen_searcher_8b.py --llm_base_url=https://host/v1 --teacher_base_url=https://host/v1 \
-        --judge_base_url=https://host/v1 --generator_urls="['http://gpu0:8000','http://gpu1:8000']" \
-        --qa_path=data/deep_research_qa.jsonl --tokenizer_dir=ckpt/qwen3-vl-8b --out_dir=out/make_data_gen_searcher_8b
+        --judge_base_url=https://host/v1 --qa_path=data/deep_research_qa.jsonl --tokenizer_dir=ckpt/qwen3-vl-8b \
+        --out_dir=out/make_data_gen_searcher_8b    # ground truth: Nano Banana Pro; add --gen_backend=server
+                                                   # --generator_urls="['http://gpu0:8000']" for Qwen-Image-Edit
 
 Stages (--stages=prompts,traj,gt,judge,curate), all files inside out_dir:
   prompts  prompts_raw.jsonl (one row per LLM request) -> prompts.jsonl (items, deduplicated by normalized text)
@@ -76,13 +77,18 @@ tool_kwargs = {}              # extra keyword arguments for tools.make_toolbox (
 tokenizer_dir = ""            # policy dir: records get tokens/loss_mask from rollout.tokenize_messages; "" = later
 tokenize_vl = True            # image tokens when tokenizer_dir has no config.json (a bare tokenizer dir)
 system_style = "paper"        # rollout.py's system prompt ("compact" on CPU); sft / grpo / eval must use the same
-# stage 3: ground truth (paper: a strong generator given the evidence prompt + references)
-gen_backend = "auto"          # reward.generate: "server" (image_server.py) | "openai" (image API) | "offline";
-                              # auto = server if generator_urls else offline (a mini world)
-generator_urls = []           # image_server.py URLs (paper: Qwen-Image-Edit-2509, one per GPU)
-# stage 4: judge, rule filters, split
+# stage 3: ground truth (paper: a strong generator, Nano Banana Pro, given the evidence prompt + references)
+gen_backend = "auto"          # reward.generate: "gemini" (the paper's Nano Banana Pro, reward.gen_gemini_model,
+                              # key $GEMINI_API_KEY) | "server" (image_server.py: Qwen-Image-Edit-2509, open weights)
+                              # | "openai" | "seedream" | "offline"; auto = server if generator_urls, else offline
+                              # for a mini world (world_dir), else gemini (the paper's)
+generator_urls = []           # image_server.py URLs (Qwen-Image-Edit-2509, one per GPU: RL's generator, not the
+                              # paper's ground-truth one)
+reward_kwargs = {}            # other reward.py keys for the generator, e.g. {"gen_gemini_model": ...}
+# stage 4: judge, rule filters, split (paper: Seed1.8 scores the ~30k candidates, ~17k kept)
 judge_base_url = ""
-judge_model = "gpt-4.1"
+judge_model = "seed-1.8"      # paper: ByteDance Seed1.8 (pass your provider's id for it); GPT-4.1 is the paper's
+                              # K-Score / text-reward judge (reward.py), not this one
 judge_evidence_chars = 12000  # tool observations shown to the judge (truncated)
 max_traj_tokens = 36000       # paper: context cap 36,000 tokens; longer = "too long" (chars/4 if no tokens)
 max_tool_calls = 8            # paper: at most 8 tool calls
@@ -93,7 +99,9 @@ near_dup_jaccard = 0.5        # word-shingle (and name) Jaccard >= this = near-d
 shingle_words = 3
 candidate_df = 200            # near-duplicate candidates come from shingles in <= max(this, 1% of) prompts
 
-GROUPS = {  # KnowGen's categories (the paper says 20 prompt categories; KnowGen's list is what we have)
+GROUPS = {  # KnowGen's 24 reporting categories (release eval code): the prompt writer's categories. The paper
+    # says its prompts span ~20 categories without a text list we could find; 3 of these 24 are multi-subject
+    # variants (in the released items "multiple subject" is a difficulty), so 21 base categories
     "science_and_knowledge": ["astronomy", "biology", "chemistry", "physics", "engineering", "medicine",
                               "industry", "architecture", "history", "geography", "religion", "politics",
                               "culture", "art", "sports"],
@@ -463,6 +471,21 @@ def usable(rec):
     return rec is not None and rec.get("end_reason") == "answer" and reward.invalid_reason(rec) is None
 
 
+def gt_backend(c):
+    """The ground-truth generator (reward.generate's backend): gen_backend, or for "auto" the image servers when
+    generator_urls are given, the offline stand-in for a mini world, else the paper's Nano Banana Pro ("gemini")."""
+    if c.gen_backend != "auto":
+        return c.gen_backend
+    return "server" if c.generator_urls else "offline" if c.world_dir else "gemini"
+
+
+def generator_label(rc):
+    """What gt.jsonl's "generator" names: the backend and, where it has one, the model (reward.py's keys)."""
+    model = {"gemini": rc["gen_gemini_model"], "openai": rc["gen_openai_model"], "seedream": rc["gen_seedream_model"],
+             "server": "qwen-image-edit"}.get(rc["gen_backend"])
+    return f"{rc['gen_backend']}:{model}" if model else rc["gen_backend"]
+
+
 def stage_gt(c):
     import reward
     path = os.path.join(c.out_dir, "gt.jsonl")
@@ -470,9 +493,9 @@ def stage_gt(c):
     trajs = [r for r in by_id(read_jsonl(os.path.join(c.out_dir, "trajectories.jsonl"))).values()
              if usable(r) and r["id"] not in done]
     os.makedirs(os.path.join(c.out_dir, "gt"), exist_ok=True)
-    backend = c.gen_backend if c.gen_backend != "auto" else "server" if c.generator_urls else "offline"
-    rc = reward.make_config(gen_backend=backend,
-                            generator_urls=list(c.generator_urls), gen_retries=c.retries)
+    rc = reward.make_config(**{"gen_retries": c.retries, **c.reward_kwargs, "gen_backend": gt_backend(c),
+                               "generator_urls": list(c.generator_urls)})
+    label = generator_label(rc)
 
     def one(rec, usage):
         name = "gt/" + re.sub(r"[^A-Za-z0-9_.-]", "_", rec["id"]) + ".png"
@@ -483,7 +506,7 @@ def stage_gt(c):
         reward.generate(rec["answer"]["gen_prompt"], refs, tmp, rc)
         os.replace(tmp, os.path.join(c.out_dir, name))  # the row is written only after the file is complete
         usage["images_generated"] += 1
-        return {"id": rec["id"], "gt_image": name, "generator": rc["gen_backend"]}
+        return {"id": rec["id"], "gt_image": name, "generator": label}
 
     run_stage(c, "gt", trajs, one, path)
 
