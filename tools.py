@@ -713,15 +713,20 @@ def _image_file(tb, hit):
         return dst, kept[0]
     body = _http(tb, "GET", src, max_bytes=max_image_bytes, retries=min(1, tb.retries), checked=True)[2]
     fmt = _to_jpeg(io.BytesIO(body), dst)  # also checks that the bytes are an image
-    orig = stem + ".orig" + _ORIG_EXT.get(fmt, ".img")
+    orig = stem + ".orig" + _ORIG_EXT.get(fmt, ".png")
     tmp = f"{orig}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(body)
+    if fmt in _ORIG_EXT:
+        with open(tmp, "wb") as f:
+            f.write(body)
+    else:  # a format the generators' data URLs do not carry (BMP, TIFF, ...): a lossless full-size PNG of it
+        with Image.open(io.BytesIO(body)) as im:
+            im.convert("RGBA" if "A" in im.getbands() else "RGB").save(tmp, "PNG")
     os.replace(tmp, orig)
     return dst, orig
 
 
-_ORIG_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}  # a downloaded original's suffix
+# a downloaded original kept byte for byte, by format (the image types a generator's data URL carries)
+_ORIG_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}
 
 
 def _to_jpeg(src, dst, max_pixels=max_image_pixels):

@@ -2,6 +2,7 @@
 # against a loopback HTTP server that speaks Serper's / a Jina-style reader's / OpenAI's request and response
 # shapes (retries, errors, caps, cache, concurrency), SSRF refusals, argument validation, and -- when
 # data/miniworld/prepare.py exists -- retrievability of every bench item's solution hops.
+import io
 import json
 import os
 import re
@@ -506,7 +507,7 @@ def test_web_cache_second_call_makes_no_request_and_replays(srv, web, tmp_path):
             assert KEY.encode() not in open(tmp_path / f, "rb").read()
 
 
-def test_web_image_search_download_resize_skip_dead_and_dedup(srv, web):
+def test_web_image_search_download_resize_skip_dead_and_dedup(srv, web, tmp_path):
     srv.images.update({"0.png": _png((1000, 700), "RGBA"), "2.png": _png((40, 30)), "3.png": b"not an image"})
     tb = web(use_cache=False)
     reg = {}
@@ -519,9 +520,20 @@ def test_web_image_search_download_resize_skip_dead_and_dedup(srv, web):
     with Image.open(r.images[0]["local_path"]) as im:
         assert im.format == "JPEG" and im.width * im.height <= 160_000
         assert abs(im.width / im.height - 1000 / 700) < 0.01
+    assert open(r.images[0]["source_path"], "rb").read() == srv.images["0.png"]  # the original, byte for byte
     srv.images["1.png"] = _png((50, 50))
     r2 = tools.run_tool(tb, "image_search", {"query": "Ulbrin Spire", "top_k": 3}, reg)
     assert [im["img_id"] for im in r2.images] == ["IMG_001", "IMG_003", "IMG_002"]  # old ids kept, 1.png new
+    bmp = io.BytesIO()
+    Image.new("RGB", (900, 300), (1, 2, 3)).save(bmp, "BMP")  # no data-URL type: kept as a full-size PNG
+    srv.images.clear()
+    srv.images["0.png"] = bmp.getvalue()
+    r3 = tools.run_tool(web(use_cache=False, image_dir=str(tmp_path / "bmp")), "image_search",
+                        {"query": "bmp", "top_k": 1}, {})
+    src = r3.images[0]["source_path"]
+    assert src.endswith(".png") and src.startswith(str(tmp_path / "bmp"))
+    with Image.open(src) as im:
+        assert im.format == "PNG" and im.size == (900, 300) and im.getpixel((5, 5)) == (1, 2, 3)
 
 
 def test_web_browse_reader_and_summarizer(srv, web, monkeypatch):
