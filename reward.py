@@ -285,7 +285,8 @@ def _collection(images_jsonl):
 def _collection_at(images_jsonl, mtime):
     """images.jsonl -> lookup tables url / path / title -> image_id (titles only when unique)."""
     by_url, by_path, titles = {}, {}, Counter()
-    rows = [json.loads(line) for line in open(images_jsonl) if line.strip()] if mtime is not None else []
+    import rollout  # the one JSONL reader (lazy: rollout imports torch)
+    rows = [r for _, r in rollout.read_jsonl(images_jsonl)] if mtime is not None else []
     root = os.path.dirname(os.path.abspath(images_jsonl))
     for r in rows:
         by_url[r["url"]] = r["image_id"]
@@ -840,8 +841,9 @@ if __name__ == "__main__":
     from configurator import configure
     configure(globals())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    trajs, t0 = [json.loads(line) for line in open(trajectories) if line.strip()], time.time()
-    res = score(trajs, [json.loads(line) for line in open(items) if line.strip()],
+    import rollout  # the one JSONL reader
+    trajs, t0 = [r for _, r in rollout.read_jsonl(trajectories)], time.time()
+    res = score(trajs, [r for _, r in rollout.read_jsonl(items)],
                 **{k: globals()[k] for k in _CONFIG_KEYS})
     out = scored or trajectories.replace(".jsonl", "") + ".scored.jsonl"
     with open(out, "w") as f:

@@ -240,6 +240,9 @@ def build_index(world_dir, index_path=None):
     srcs = [p for p in (pages_path, images_path) if os.path.exists(p)]
     if os.path.exists(index_path) and all(os.path.getmtime(index_path) > os.path.getmtime(s) for s in srcs):
         return index_path
+    import rollout  # the one JSONL reader (lazy: rollout imports torch)
+    pages = rollout.read_jsonl(pages_path)
+    images = rollout.read_jsonl(images_path, missing_ok=True)
     tmp = f"{index_path}.{os.getpid()}.{threading.get_ident()}.tmp"
     con = sqlite3.connect(tmp)
     con.executescript("""
@@ -251,16 +254,16 @@ def build_index(world_dir, index_path=None):
         CREATE VIRTUAL TABLE images_fts USING fts5(title, page_title, content='images', content_rowid='id',
                                                    tokenize='porter unicode61');""")
     titles = {}
-    for n, p in enumerate(_read_jsonl(pages_path), 1):
+    for n, p in pages:
         url = _norm_url(p.get("url", ""))
         if not url or not isinstance(p.get("text"), str):
-            raise ValueError(f"tools.py: {pages_path} line {n}: a page needs 'url' and 'text'")
+            raise ValueError(f"tools.py: {pages_path}:{n}: a page needs 'url' and 'text'")
         titles[url] = p.get("title", "")
         con.execute("INSERT OR IGNORE INTO pages(url, title, text, source) VALUES (?,?,?,?)",
                     (url, p.get("title", ""), p["text"], p.get("source", "")))
-    for n, im in enumerate(_read_jsonl(images_path) if os.path.exists(images_path) else [], 1):
+    for n, im in images:
         if "path" not in im or "url" not in im:
-            raise ValueError(f"tools.py: {images_path} line {n}: an image needs 'path' and 'url'")
+            raise ValueError(f"tools.py: {images_path}:{n}: an image needs 'path' and 'url'")
         path = im["path"] if os.path.isabs(im["path"]) else os.path.join(os.path.abspath(world_dir), im["path"])
         page_url = im.get("page_url", "")
         con.execute("INSERT OR IGNORE INTO images(image_id, path, title, url, page_url, page_title) "
@@ -272,11 +275,6 @@ def build_index(world_dir, index_path=None):
     con.close()
     os.replace(tmp, index_path)
     return index_path
-
-
-def _read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _norm_url(url):
