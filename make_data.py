@@ -744,7 +744,8 @@ def item_row(it, gt_image, hidden=True):
 def stage_curate(c):
     o, rel = c.out_dir, os.path.join(c.out_dir, "release")
     items = stage_rows(os.path.join(o, "prompts.jsonl"))
-    trajs, gts, judges = (by_id(stage_rows(os.path.join(o, f))) for f in ("trajectories.jsonl", "gt.jsonl", "judge.jsonl"))
+    trajs, gts, judges = (by_id(stage_rows(os.path.join(o, f)))
+                          for f in ("trajectories.jsonl", "gt.jsonl", "judge.jsonl"))
     cur = []
     for it in items:
         why = rule_reasons(c, it, trajs.get(it["id"]), gts.get(it["id"]), judges.get(it["id"]))
