@@ -36,7 +36,6 @@ import ast
 import hashlib
 import json
 import os
-import random
 import re
 import time
 from collections import Counter
@@ -714,23 +713,27 @@ def chat_messages(messages):
 
 
 def chat_completion(client, model, messages, usage, retries=2, **kw):
-    """One chat completion -> (choice, usage); transport / HTTP errors and replies without text are retried with
-    jittered exponential backoff, then RuntimeError. Counts requests, request_errors and tokens into usage."""
-    for attempt in range(retries + 1):
+    """One chat completion -> (choice, usage) through net.retry: timeouts, connection errors, 408/409/429/5xx,
+    bodies that are not a chat completion and replies without text are asked again (jittered backoff, base 1 s,
+    cap 30 s), anything else is final; then net.HTTPFailure (a RuntimeError) with the client's key redacted (a
+    server that echoes it must not put it into a record). Counts requests, request_errors and tokens into usage."""
+    import net
+
+    def once():
         usage["requests"] += 1
         try:
             r = client.chat.completions.create(model=model, messages=messages, **kw)
-            if not isinstance(r.choices[0].message.content, str):
-                raise ValueError("the reply has no message content")
-            if r.usage is not None:
-                usage.update(prompt_tokens=r.usage.prompt_tokens or 0, completion_tokens=r.usage.completion_tokens or 0)
-            return r.choices[0], r.usage
-        except Exception as e:
+            choice = net.chat_choice(r)
+            if not isinstance(choice.message.content, str):
+                raise net.Unparseable("the reply has no message content")
+        except Exception:
             usage["request_errors"] += 1
-            if attempt == retries:  # (a server that echoes the key must not put it into a record)
-                msg = str(e).replace(client.api_key, "<key>") if len(client.api_key or "") > 5 else str(e)
-                raise RuntimeError(f"chat {model}: {type(e).__name__}: {msg[:300]}") from None
-            time.sleep(min(30.0, 2.0 ** attempt) * random.uniform(0.5, 1.0))
+            raise
+        if r.usage is not None:
+            usage.update(prompt_tokens=r.usage.prompt_tokens or 0, completion_tokens=r.usage.completion_tokens or 0)
+        return choice, r.usage
+    key = client.api_key if client.api_key != "EMPTY" else ""  # "EMPTY": net.openai_client's no-key placeholder
+    return net.retry(once, retries, 1.0, 30.0, f"chat {model}", [key])
 
 
 def chat_round(eng, live, rooms, temp, top_p):

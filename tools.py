@@ -563,30 +563,32 @@ def _llm_answer(tb, text, query):
 
 
 def _chat(tb, prompt):
-    """One summarizer answer: an OpenAI-compatible POST {base}/chat/completions through net.request, so the
-    answer has the same deadline and byte cap (max_response_bytes) as every other read; no redirect."""
+    """One summarizer answer: an OpenAI-compatible POST {base}/chat/completions, net.fetch_ok inside net.retry,
+    so the answer has the same deadline and byte cap (max_response_bytes) as every other read and an empty answer
+    is asked again like a 5xx; no redirect."""
     key = os.environ.get(summarizer_key_env, "").strip() or "EMPTY"
     payload = {"model": tb.summarizer_model, "temperature": summarizer_temperature,
                "max_tokens": summarizer_max_tokens, "messages": [{"role": "user", "content": prompt}]}
-    for attempt in range(tb.retries + 1):
-        if attempt:
-            time.sleep(net.backoff_delay(attempt, tb.backoff_base, backoff_max))
+    url = tb.summarizer_base_url.rstrip("/") + "/chat/completions"
+
+    def once():
+        r = net.fetch_ok("POST", url, json_body=payload, headers={"Authorization": f"Bearer {key}"},
+                         timeout=tb.timeout, max_bytes=tb.max_response_bytes, allow_private=tb.allow_private)
+        if r.status in net.REDIRECT_STATUS:
+            raise net.HTTPFailure(f"answered a redirect (HTTP {r.status}); API redirects are not followed")
         try:
-            body = _http(tb, "POST", tb.summarizer_base_url.rstrip("/") + "/chat/completions", json_body=payload,
-                         headers={"Authorization": f"Bearer {key}"}, retries=0)[2]
-        except ToolFailure as e:
-            last = f"summarizer failed: {e}"
-            if "HTTP 4" in str(e) and "HTTP 429" not in str(e):
-                raise ToolFailure(last) from None
-            continue
-        try:
-            answer = (json.loads(body)["choices"][0]["message"]["content"] or "").strip()
+            answer = (json.loads(r.body)["choices"][0]["message"]["content"] or "").strip()
         except (ValueError, KeyError, IndexError, TypeError):
-            raise ToolFailure(f"summarizer returned an unreadable answer ({len(body)} bytes)") from None
-        if answer:
-            return answer
-        last = "summarizer returned an empty answer"
-    raise ToolFailure(f"{last} (after {tb.retries + 1} attempts)")
+            raise net.HTTPFailure(f"an unreadable answer ({len(r.body)} bytes)") from None  # final: not retried
+        if not answer:
+            raise net.Unparseable("an empty answer")
+        return answer
+    try:
+        return net.retry(once, tb.retries, tb.backoff_base, backoff_max, f"summarizer failed: {_host(url)}", [key])
+    except net.URLRefused as e:
+        raise ToolFailure(str(e)) from None
+    except net.HTTPFailure as e:
+        raise ToolFailure(str(e).replace("deadline passed", f"timed out after {tb.timeout:g}s")) from None
 
 
 # ----------------------------------------------------------------------------------------------
