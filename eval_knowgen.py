@@ -141,25 +141,11 @@ AGENT_STATS = Counter()  # error_retries (re-runs of errored rollouts), errored 
 # JSONL plumbing: append-only files, last row per key wins
 
 
-def read_jsonl(path):
-    """[(line_no, row)]; a line that is not a JSON object is an error naming file:line."""
-    out = []
-    for i, line in enumerate(open(path, encoding="utf-8"), 1):
-        try:
-            row = json.loads(line) if line.strip() else {}
-        except json.JSONDecodeError as e:
-            raise EvalError(f"{path}:{i}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise EvalError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-        out += [(i, row)] if row else []
-    return out
-
-
-def latest(path):
-    """{(id, sample): row} of an append-only stage file (missing file = {})."""
-    if not os.path.exists(path):
-        return {}
-    return {(str(r["id"]), int(r.get("sample", 0))): r for _, r in read_jsonl(path)}
+def latest(path, repair=False):
+    """{(id, sample): row} of an append-only stage file (missing file = {}) through rollout.read_jsonl, the one
+    reader; repair=True (only the stage about to append to the file): a last line torn by a kill is cut."""
+    import rollout
+    return {(str(r["id"]), int(r.get("sample", 0))): r for _, r in rollout.read_jsonl(path, repair, missing_ok=True)}
 
 
 _lock = threading.Lock()
@@ -207,7 +193,8 @@ def load_wise(path):
     items, seen = [], set()
     for fp in files:
         if fp.endswith(".jsonl"):
-            data = [r for _, r in read_jsonl(fp)]
+            import rollout
+            data = [r for _, r in rollout.read_jsonl(fp)]
         else:
             data = json.load(open(fp, encoding="utf-8"))
             if isinstance(data, dict):
@@ -246,7 +233,8 @@ def oracle_answer(item, world):
     sol = item.get("solution")
     if not sol:
         raise EvalError(f"item {item['id']!r}: mode=oracle needs the mini world's hidden 'solution'")
-    images = {r["image_id"]: r for _, r in read_jsonl(os.path.join(world, "images.jsonl"))}
+    import rollout
+    images = {r["image_id"]: r for _, r in rollout.read_jsonl(os.path.join(world, "images.jsonl"))}
     refs = []
     for n, iid in enumerate(sol["ref_image_ids"], 1):
         im = images[iid]
@@ -259,7 +247,7 @@ def run_agent(todo, cfg, world):
     """workflow / agent: rollout.py's agent loop on a checkpoint, or (agent_engine=openai) on a served model / API.
     `workflow` is the same loop driven by an untrained model (the search workflow is what rollout.py's system
     prompt asks for). Yields trajectory records."""
-    import rollout  # imported here: direct/oracle runs and the aggregate-only entry point need no model stack
+    import rollout  # imported where used in this file (rollout imports torch)
     api = cfg["agent_engine"] == "openai"
     if not (cfg["agent_model"] if api else cfg["policy_path"]):
         raise EvalError(f"mode={cfg['mode']} needs --policy_path=DIR (a save_pretrained checkpoint), or "
@@ -293,7 +281,7 @@ def run_agent(todo, cfg, world):
 
 def stage_agent(items, cfg):
     path = os.path.join(cfg["out_dir"], "trajectories.jsonl")
-    done = latest(path)
+    done = latest(path, repair=True)
     todo = [(it, s) for it in items for s in range(cfg["num_samples"]) if (it["id"], s) not in done]
     world = cfg["world_dir"] or os.path.dirname(os.path.abspath(cfg["items_path"]))
     if cfg["mode"] == "direct":
@@ -329,7 +317,7 @@ def reward_config(cfg, text_only=False):
 def stage_generate(items, cfg):
     path, img_dir = os.path.join(cfg["out_dir"], "generated.jsonl"), os.path.join(cfg["out_dir"], "images")
     os.makedirs(img_dir, exist_ok=True)
-    trajs, done = latest(os.path.join(cfg["out_dir"], "trajectories.jsonl")), latest(path)
+    trajs, done = latest(os.path.join(cfg["out_dir"], "trajectories.jsonl")), latest(path, repair=True)
     byid = {it["id"]: it for it in items}
     # a finished row has an image; a failed one is retried on the next run
     todo = [(k, t) for k, t in sorted(trajs.items()) if k[0] in byid and not (k in done and done[k].get("image"))]
@@ -438,7 +426,7 @@ def judge_wise(item, gen_path, cfg):
 
 def stage_judge(items, cfg):
     path = os.path.join(cfg["out_dir"], "judged.jsonl")
-    gens, done = latest(os.path.join(cfg["out_dir"], "generated.jsonl")), latest(path)
+    gens, done = latest(os.path.join(cfg["out_dir"], "generated.jsonl")), latest(path, repair=True)
     byid = {it["id"]: it for it in items}
     wise = cfg["benchmark"] == "wise"
     if wise and cfg["judge_backend"] != "openai":
@@ -486,8 +474,9 @@ def stage_judge(items, cfg):
 
 def check_judged(path):
     """Judged rows of a file, validated: a bad row is an error naming file:line."""
+    import rollout
     rows = []
-    for i, r in read_jsonl(path):
+    for i, r in rollout.read_jsonl(path):
         for k in ("id", "category") + DIMS + ("text_accuracy_na",):
             if k not in r:
                 raise EvalError(f"{path}:{i}: judged row is missing '{k}'")
@@ -761,6 +750,7 @@ def results_table(cfg):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import rollout
     pairs = lambda s: [tuple(x.strip() for x in p.rsplit("=", 1)) for p in (s or "").split(",") if p.strip()]
     runs, out = pairs(cfg["table"]), os.path.dirname(os.path.abspath(cfg["table_out"]))
     head = " | ".join(f"{g[:3]} {d}" for g in GROUPS for d in ("V", "T", "F", "A", "**K**"))
@@ -793,7 +783,7 @@ def results_table(cfg):
                "reward: last quarter - first quarter (± s.e.) | groups with varying r_text | reward per step |",
                "|---|---|---|---|---|---|---|---|---|"]
         for name, path in pairs(cfg["table_logs"]):
-            log = [json.loads(line) for line in open(path) if line.strip()]
+            log = [e for _, e in rollout.read_jsonl(path)]
             x, r, k = [e["step"] for e in log], [e["reward_mean"] for e in log], [e["k_score"] or 0.0 for e in log]
             ax[0].plot(x, r, label=name)
             ax[1].plot(x, k, label=name)
@@ -830,7 +820,7 @@ def results_table(cfg):
                "forward + backward estimate; attention's T^2 term and the vision tower are not counted).", "",
                "| stage | steps | tokens/s (median step) | parameters | achieved GFLOP/s | share of peak |", "|---|---|---|---|---|---|"]
         for name, d in pairs(cfg["table_train"]):
-            log = [json.loads(line) for line in open(os.path.join(d, "log.jsonl")) if line.strip()]
+            log = [e for _, e in rollout.read_jsonl(os.path.join(d, "log.jsonl"))]
             rates = sorted(e["tokens"] / e["seconds"] for e in log if e.get("seconds"))
             n = sum(os.path.getsize(p) for p in glob.glob(os.path.join(d, "final", "*.safetensors"))) / 4  # fp32
             if rates:
@@ -911,9 +901,10 @@ def run(cfg):
 if __name__ == "__main__":
     from configurator import configure
     cfg = configure(globals())
+    import rollout  # the one JSONL reader: its ItemsError (file:line) is a usage error like EvalError
     try:
         if cfg["judged"] and cfg["benchmark"] == "wise":
-            s = aggregate_wise([r for _, r in read_jsonl(cfg["judged"])])
+            s = aggregate_wise([r for _, r in rollout.read_jsonl(cfg["judged"])])
             print("WiScore", json.dumps(s))
         elif cfg["judged"]:
             rows = check_judged(cfg["judged"])
@@ -933,5 +924,5 @@ if __name__ == "__main__":
             print(open(results_table(cfg)).read())
         if not cfg["judged"] and not cfg["compare"] and not cfg["table"]:
             run(cfg)
-    except EvalError as e:
+    except (EvalError, rollout.ItemsError) as e:
         sys.exit(f"eval_knowgen: error: {e}")

@@ -539,9 +539,12 @@ def main():
     if ckpt:
         info = trainer.load_checkpoint(ckpt, model, optimizer, expect={"kind": "grpo", **meta})
         start = info["step"]
-        if master and os.path.exists(os.path.join(out_dir, "log.jsonl")):  # drop steps logged after the checkpoint
-            lines = [l for l in open(os.path.join(out_dir, "log.jsonl")) if json.loads(l)["step"] <= start]
-            open(os.path.join(out_dir, "log.jsonl"), "w").writelines(lines)
+        log_path = os.path.join(out_dir, "log.jsonl")
+        if master and os.path.exists(log_path):  # drop steps logged after the checkpoint
+            # repair: a kill may have torn the last line (rollout.read_jsonl cuts it)
+            kept = [e for _, e in rollout.read_jsonl(log_path, repair=True) if e["step"] <= start]
+            with open(log_path, "w") as f:
+                f.writelines(json.dumps(e) + "\n" for e in kept)
 
     # the rollout engine: vLLM (weights pushed every step) or HF generate (the trainer's own model in one
     # process; under FSDP a plain replica, since a sharded model cannot generate rank-independently)

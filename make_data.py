@@ -115,27 +115,11 @@ STAGES = ["prompts", "traj", "gt", "judge", "curate"]
 # append-only JSONL: the unit of resumability
 
 
-def read_jsonl(path, repair=False):
-    """Rows of a JSONL file ([] if missing). Every row is written as one line ending in a newline, so bytes
-    after the last newline are a torn write from a killed process: dropped, and cut from the file when
-    repair=True (so the next append starts on a clean line). A bad complete line is an error."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    end = data.rfind(b"\n") + 1
-    if repair and end < len(data):
-        print(f"make_data.py: {path}: dropping a torn last line ({len(data) - end} bytes)")
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    rows = []
-    for n, line in enumerate(data[:end].split(b"\n")[:-1], 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: bad JSON ({e})") from None
-    return rows
+def stage_rows(path):
+    """The rows of one of our stage files in out_dir ([] if not written yet) through rollout.read_jsonl, the one
+    reader, with repair: every row is appended as one line, so a torn last line (a kill mid-write) is cut."""
+    import rollout  # lazy: rollout imports torch
+    return [r for _, r in rollout.read_jsonl(path, repair=True, missing_ok=True)]
 
 
 def write_jsonl(path, rows):
@@ -332,17 +316,18 @@ def stage_prompts(c):
         raw = world_prompts(c.world_dir)
         write_jsonl(raw_path, raw)
     else:
-        done = set(by_id(read_jsonl(raw_path, repair=True)))
+        done = set(by_id(stage_rows(raw_path)))
         jobs = [{"id": f"gen-{cat}-{k:04d}", "kind": "gen", "category": cat}
                 for cat in CATEGORIES for k in range(c.requests_per_category)]
-        for n, q in enumerate(read_jsonl(c.qa_path) if c.qa_path else [], 1):
+        import rollout
+        for n, q in rollout.read_jsonl(c.qa_path) if c.qa_path else []:
             if not (isinstance(q.get("question"), str) and "answer" in q):
-                raise ValueError(f"{c.qa_path} line {n}: a QA row needs 'question' and 'answer'")
+                raise ValueError(f"{c.qa_path}:{n}: a QA row needs 'question' and 'answer'")
             jobs.append({"id": "qa-" + hashlib.sha1(q["question"].encode()).hexdigest()[:12], "kind": "qa",
                          "question": q["question"], "answer": q["answer"]})
         jobs = [j for j in {j["id"]: j for j in jobs}.values() if j["id"] not in done]
         run_stage(c, "prompts", jobs, lambda j, u: prompt_job(c, j, u), raw_path)
-        raw = read_jsonl(raw_path)
+        raw = stage_rows(raw_path)
     items, dups = build_prompts(raw)
     write_jsonl(os.path.join(c.out_dir, "prompts.jsonl"), items)
     print(f"make_data.py [prompts] {len(items)} prompts, {dups} duplicates dropped")
@@ -429,8 +414,8 @@ def stage_traj(c):
     import rollout
     import tools
     path = os.path.join(c.out_dir, "trajectories.jsonl")
-    done = set(by_id(read_jsonl(path, repair=True)))
-    items = [it for it in read_jsonl(os.path.join(c.out_dir, "prompts.jsonl")) if it["id"] not in done]
+    done = set(by_id(stage_rows(path)))
+    items = [it for it in stage_rows(os.path.join(c.out_dir, "prompts.jsonl")) if it["id"] not in done]
     kw = {"summarizer_base_url": c.summarizer_base_url} if c.summarizer_base_url else {}
     kw.update(c.tool_kwargs)
     tb = tools.make_toolbox("local" if not c.teacher_base_url else c.tool_backend, world_dir=c.world_dir or tools.world_dir,
@@ -489,8 +474,8 @@ def generator_label(rc):
 def stage_gt(c):
     import reward
     path = os.path.join(c.out_dir, "gt.jsonl")
-    done = set(by_id(read_jsonl(path, repair=True)))
-    trajs = [r for r in by_id(read_jsonl(os.path.join(c.out_dir, "trajectories.jsonl"))).values()
+    done = set(by_id(stage_rows(path)))
+    trajs = [r for r in by_id(stage_rows(os.path.join(c.out_dir, "trajectories.jsonl"))).values()
              if usable(r) and r["id"] not in done]
     os.makedirs(os.path.join(c.out_dir, "gt"), exist_ok=True)
     rc = reward.make_config(**{"gen_retries": c.retries, **c.reward_kwargs, "gen_backend": gt_backend(c),
@@ -584,10 +569,10 @@ def offline_judge(c, item, rec, gt_path, world_images):
 
 def stage_judge(c):
     path = os.path.join(c.out_dir, "judge.jsonl")
-    done = set(by_id(read_jsonl(path, repair=True)))
-    items = by_id(read_jsonl(os.path.join(c.out_dir, "prompts.jsonl")))
-    trajs = by_id(read_jsonl(os.path.join(c.out_dir, "trajectories.jsonl")))
-    jobs = [g for g in read_jsonl(os.path.join(c.out_dir, "gt.jsonl")) if g["id"] not in done and g["id"] in items]
+    done = set(by_id(stage_rows(path)))
+    items = by_id(stage_rows(os.path.join(c.out_dir, "prompts.jsonl")))
+    trajs = by_id(stage_rows(os.path.join(c.out_dir, "trajectories.jsonl")))
+    jobs = [g for g in stage_rows(os.path.join(c.out_dir, "gt.jsonl")) if g["id"] not in done and g["id"] in items]
     world_images = by_image_id(c)
 
     def one(g, usage):
@@ -600,7 +585,10 @@ def stage_judge(c):
 
 
 def by_image_id(c):
-    return {r["image_id"]: r for r in read_jsonl(os.path.join(c.world_dir, "images.jsonl"))} if c.world_dir else {}
+    import rollout
+    if not c.world_dir:
+        return {}
+    return {r["image_id"]: r for _, r in rollout.read_jsonl(os.path.join(c.world_dir, "images.jsonl"))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -778,8 +766,9 @@ def item_row(it, gt_image, hidden=True):
 
 def stage_curate(c):
     o, rel = c.out_dir, os.path.join(c.out_dir, "release")
-    items = read_jsonl(os.path.join(o, "prompts.jsonl"))
-    trajs, gts, judges = (by_id(read_jsonl(os.path.join(o, f))) for f in ("trajectories.jsonl", "gt.jsonl", "judge.jsonl"))
+    items = stage_rows(os.path.join(o, "prompts.jsonl"))
+    trajs, gts, judges = (by_id(stage_rows(os.path.join(o, f)))
+                          for f in ("trajectories.jsonl", "gt.jsonl", "judge.jsonl"))
     cur = []
     for it in items:
         why = rule_reasons(c, it, trajs.get(it["id"]), gts.get(it["id"]), judges.get(it["id"]))

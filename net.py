@@ -1,5 +1,7 @@
 """
-net.py -- the one HTTP helper: URL policy and bounded requests (used by tools.py, image_server.py, reward.py).
+net.py -- the one HTTP helper: URL policy, bounded requests, and THE retry loop (retry / retryable) that every
+HTTP caller uses: tools.py's APIs and summarizer, image_server.py, reward.py's judges and generators,
+rollout.py's chat completions (make_data.py's teacher / prompt writer / judge go through those).
 
 Trust boundary. Two kinds of url reach the network:
   * urls the MODEL chose or a search result supplied (browse, image downloads, the image server's image_urls).
@@ -20,6 +22,7 @@ on purpose (offline worlds, tests against loopback servers).
 import dataclasses
 import http.client
 import ipaddress
+import json
 import os
 import random
 import re
@@ -29,7 +32,7 @@ import threading
 import time
 import urllib.parse
 
-RETRY_STATUS = {429, 500, 502, 503, 504}  # retried by request(); everything else is final
+RETRY_STATUS = {408, 409, 429}  # + every 5xx: transient answers that retry() asks again; other statuses are final
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
 CREDENTIAL_HEADERS = {"authorization", "x-api-key", "proxy-authorization", "cookie"}
 _HOST_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$")
@@ -41,11 +44,18 @@ class URLRefused(ValueError):
 
 
 class HTTPFailure(RuntimeError):
-    """A request failed for good: connection error, deadline passed, byte cap passed, bad status."""
+    """A request failed: connection error, deadline passed, byte cap passed, bad status (status set; retry_after:
+    the server's Retry-After in seconds, if it sent one). retry() raises one as its final error."""
 
-    def __init__(self, msg, status=None, retryable=False, retry_after=None):
+    def __init__(self, msg, status=None, retryable=False, retry_after=None, attempts=1):
         super().__init__(msg)
-        self.status, self.retryable, self.retry_after = status, retryable, retry_after
+        self.status, self.retryable, self.retry_after, self.attempts = status, retryable, retry_after, attempts
+
+
+class Unparseable(RuntimeError):
+    """Raised by a caller whose server answered but whose reply cannot be used (a judge's reply that is not the
+    JSON asked for, a gateway's HTML page, a reply without text or image): retry() asks again (a model's next
+    sample usually parses; a gateway's hiccup passes)."""
 
 
 @dataclasses.dataclass
@@ -251,45 +261,143 @@ def fetch(method, url, *, headers=None, json_body=None, data=None, timeout=30.0,
 
 
 def backoff_delay(attempt, base=1.0, cap=16.0, retry_after=None):
-    """Seconds to wait before retry number attempt (1, 2, ...): base * 2^(attempt-1) * U(0.5, 1), capped;
-    jitter spreads retries of many workers; a server's Retry-After (capped) is honoured."""
+    """Seconds to wait before retry number attempt (1, 2, ...): "equal jitter" exponential backoff,
+    t = min(cap, base * 2^(attempt-1)), wait U(t/2, t) (Brooker, "Exponential Backoff And Jitter", AWS
+    Architecture Blog, 2015): the jitter spreads the retries of many workers, half of t keeps a floor.
+    A server's Retry-After is honoured (capped at cap: a server cannot park a worker for an hour)."""
     delay = min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
     return max(delay, min(retry_after or 0.0, cap))
 
 
-def request(method, url, *, retries=3, backoff_base=1.0, backoff_max=16.0, **kw):
-    """fetch() with bounded retries on 429/5xx, deadline and connection errors (jittered backoff).
-    Returns the Response of a final status < 400 (or 3xx with redirects="none"); raises HTTPFailure."""
-    last, wait = None, None
-    for attempt in range(retries + 1):
+def retry_after(headers):
+    """Seconds of a Retry-After header (delta-seconds or an HTTP date), or None. headers: any mapping."""
+    v = str((headers or {}).get("retry-after") or (headers or {}).get("Retry-After") or "").strip()
+    if not v:
+        return None
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        pass
+    try:
+        import email.utils
+        return max(0.0, email.utils.parsedate_to_datetime(v).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _status(exc):
+    """The HTTP status an exception carries: ours (.status), openai's APIStatusError (.status_code), requests' /
+    httpx's HTTPError (.response.status_code); None for transport faults."""
+    if isinstance(exc, HTTPFailure):
+        return exc.status
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _transient_types():
+    """Timeout / connection exception classes of the client libraries in use. Only loaded modules are asked:
+    an exception of a library that was never imported cannot occur."""
+    import sys
+    types = [TimeoutError, ConnectionError, socket.timeout, http.client.HTTPException]
+    if "openai" in sys.modules:  # APITimeoutError is an APIConnectionError
+        types.append(sys.modules["openai"].APIConnectionError)
+    if "requests" in sys.modules:
+        rq = sys.modules["requests"]
+        types += [rq.exceptions.Timeout, rq.exceptions.ConnectionError, rq.exceptions.ChunkedEncodingError]
+    if "httpx" in sys.modules:
+        hx = sys.modules["httpx"]
+        types += [hx.TimeoutException, hx.NetworkError, hx.RemoteProtocolError]
+    return tuple(types)
+
+
+def retryable(exc):
+    """Is exc worth asking again? Yes: timeouts, connection errors, HTTP 408 / 409 / 429 and 5xx (an overloaded
+    or restarting server; 409 is what some gateways answer for a busy model), Unparseable replies. No: any other
+    status (a bad request or a bad key does not get better), a byte cap, a url refusal, a bug.
+    A 200 whose body is not JSON counts as Unparseable."""
+    if isinstance(exc, (Unparseable, json.JSONDecodeError)):  # the clients' .json() on a gateway's HTML page
+        return True
+    status = _status(exc)
+    if status is not None:
+        return status in RETRY_STATUS or 500 <= status < 600
+    if isinstance(exc, HTTPFailure):
+        return exc.retryable  # deadline passed / connection failed (set by _one)
+    return isinstance(exc, _transient_types())
+
+
+def retry(fn, retries, base, cap, what, secrets=()):
+    """fn() until it returns: at most retries + 1 calls, another only after a retryable(exc) fault, waiting
+    backoff_delay(attempt, base, cap, Retry-After). Callers count their own requests / errors inside fn. The final
+    fault is raised as HTTPFailure "<what>: <fault> (after N attempts)" with every value in secrets redacted
+    BEFORE it is cut to 300 characters (servers echo keys back in error bodies), .status kept, the original
+    exception not chained (its text holds the unredacted body). A url refusal (URLRefused: nothing was sent,
+    the message names the url) is raised unchanged."""
+    last, attempts = None, 0
+    for attempt in range(int(retries) + 1):
         if attempt:
-            time.sleep(backoff_delay(attempt, backoff_base, backoff_max, wait))
+            time.sleep(backoff_delay(attempt, base, cap, getattr(last, "retry_after", None) or
+                                     retry_after(getattr(getattr(last, "response", None), "headers", None))))
+        attempts += 1
         try:
-            r = fetch(method, url, **kw)
-        except HTTPFailure as e:
-            if not e.retryable:
-                raise
-            last, wait = e, None
-            continue
-        if r.status in RETRY_STATUS:
-            ra = r.headers.get("retry-after", "")
-            last, wait = HTTPFailure(f"HTTP {r.status}", status=r.status, retryable=True), \
-                float(ra) if ra.isdigit() else None
-            continue
-        if r.status >= 400:
-            raise HTTPFailure(f"HTTP {r.status}", status=r.status)
-        return r
-    raise HTTPFailure(f"{last} (after {retries + 1} attempts)", status=last.status)
+            return fn()
+        except URLRefused:
+            raise
+        except Exception as e:
+            last = e
+            if not retryable(e):
+                break
+    text = str(last) if isinstance(last, (HTTPFailure, Unparseable)) else f"{type(last).__name__}: {last}"
+    text = redact(text, secrets)[:300]
+    n = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+    raise HTTPFailure(f"{what + ': ' if what else ''}{text} (after {n})", status=_status(last),
+                      attempts=attempts) from None
 
 
-def redact(msg, key_envs):
-    """msg with the value of every environment variable in key_envs replaced by ***."""
+def fetch_ok(method, url, **kw):
+    """fetch(), a status >= 400 raised as HTTPFailure (status and Retry-After kept): one attempt for retry()."""
+    r = fetch(method, url, **kw)
+    if r.status >= 400:
+        raise HTTPFailure(f"HTTP {r.status}", status=r.status, retry_after=retry_after(r.headers))
+    return r
+
+
+def request(method, url, *, retries=3, backoff_base=1.0, backoff_max=16.0, **kw):
+    """fetch_ok() through retry(): 408/409/429/5xx, deadline and connection errors are asked again (jittered
+    backoff, Retry-After honoured). Returns the Response of a final status < 400 (or 3xx with redirects="none");
+    raises HTTPFailure (the values of credential headers redacted from its message) or URLRefused."""
+    secrets = []  # "Bearer KEY": the whole value and the key alone
+    for k, v in (kw.get("headers") or {}).items():
+        if k.lower() in CREDENTIAL_HEADERS and isinstance(v, str) and v.split():
+            secrets += [v, v.split()[-1]]
+    return retry(lambda: fetch_ok(method, url, **kw), retries, backoff_base, backoff_max, "", secrets)
+
+
+def redact(msg, secrets):
+    """msg with every secret value (of at least 4 characters: shorter ones would blank ordinary words) as ***.
+    Longest first, so "Bearer KEY" and KEY alone both go."""
     msg = str(msg)
-    for env in key_envs:
-        v = os.environ.get(env, "").strip()
+    for v in sorted({str(s).strip() for s in secrets if s}, key=len, reverse=True):
         if len(v) >= 4:
             msg = msg.replace(v, "***")
     return msg
+
+
+def env_secret(env):
+    """The value of environment variable env ("" if unset): a key to redact."""
+    return os.environ.get(env or "", "").strip()
+
+
+def chat_choice(resp):
+    """The first choice of an OpenAI chat completion, or Unparseable: the openai client hands back the text of a
+    body that is not JSON (a gateway's error page), or a reply without choices / message."""
+    try:
+        choice = resp.choices[0]
+        choice.message  # noqa: B018  (the attribute must exist)
+    except (AttributeError, IndexError, TypeError, KeyError):
+        raise Unparseable(f"not a chat completion: {str(resp)[:120]!r}") from None
+    return choice
 
 
 def openai_client(base_url, key_env, timeout, max_retries=0):

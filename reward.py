@@ -24,7 +24,6 @@ import itertools
 import json
 import logging
 import os
-import random
 import re
 import sqlite3
 import threading
@@ -36,6 +35,7 @@ import numpy as np
 import requests
 from PIL import Image, ImageDraw, ImageFont
 
+import net  # the one retry loop (stdlib only)
 from configurator import config_keys
 
 # ----------------------------------------------------------------------------------------------
@@ -51,7 +51,7 @@ gen_server_token_env = "IMAGE_SERVER_TOKEN"  # env var with image_server.py's be
 gen_per_server = 2               # requests in flight per server URL (1 generating + 1 queued hides transfer)
 gen_max_refs = 3                 # release: the client sends at most the first 3 references
 gen_timeout = 1800.0             # s, release: long timeout (a 40-step 20B edit can queue behind others)
-gen_retries = 3                  # attempts after the first
+gen_retries = 3                  # attempts after the first (net.retryable faults: timeouts, 408/409/429/5xx, no image)
 gen_backoff = 2.0                # s, base of the jittered exponential backoff
 gen_seed = 0                     # release request: seed 0 ...
 gen_true_cfg_scale = 4.0         # ... true_cfg_scale 4.0 ...
@@ -80,7 +80,7 @@ judge_api_key_env = "OPENAI_API_KEY"  # the key is read from this env var, never
 judge_temperature = 0.0          # paper: temperature 0
 judge_max_tokens = 1024
 judge_timeout = 300.0            # s per request
-judge_retries = 3                # attempts after the first (timeouts, 5xx/429, unparseable answers)
+judge_retries = 3                # attempts after the first (timeouts, 408/409/429/5xx, unparseable answers)
 judge_backoff = 2.0              # s, base of the jittered exponential backoff
 judge_concurrency = 32           # requests in flight to the judge server (shared by both judges)
 judge_json_mode = True           # send response_format={"type": "json_object"}
@@ -297,7 +297,8 @@ def _collection(images_jsonl):
 def _collection_at(images_jsonl, mtime):
     """images.jsonl -> lookup tables url / path / title -> image_id (titles only when unique)."""
     by_url, by_path, titles = {}, {}, Counter()
-    rows = [json.loads(line) for line in open(images_jsonl) if line.strip()] if mtime is not None else []
+    import rollout  # the one JSONL reader (lazy: rollout imports torch)
+    rows = [r for _, r in rollout.read_jsonl(images_jsonl)] if mtime is not None else []
     root = os.path.dirname(os.path.abspath(images_jsonl))
     for r in rows:
         by_url[r["url"]] = r["image_id"]
@@ -469,23 +470,18 @@ def _sem(name, n):
         return _locks[(name, n)]
 
 
-def _backoff(attempt, base):
-    """Jittered exponential backoff: base * 2^(attempt-1) * U(0.5, 1.5), capped at 60 s."""
-    time.sleep(min(60.0, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
+BACKOFF_CAP = 60.0  # s: the longest wait between two judge / generator attempts (net.retry's cap)
 
 
 def _redact(msg, c):
     """Never let a key reach a log or an error string (servers like to echo it back)."""
-    key = os.environ.get(c["judge_api_key_env"]) or ""
-    msg = str(msg)
-    return msg.replace(key, "***") if len(key) >= 4 else msg
+    return net.redact(msg, [net.env_secret(c["judge_api_key_env"])])
 
 
 @lru_cache(maxsize=16)
 def _openai_client(base_url, key_env, timeout):
     """One client per endpoint (connections reused across threads), built by net.openai_client: key only from the
     environment, no redirects, max_retries=0 (retries are ours: jittered, and they also cover unparseable answers)."""
-    import net  # lazy: offline runs need no client
     return net.openai_client(base_url, key_env, timeout)
 
 
@@ -508,9 +504,8 @@ def _cache(path, key, value=None):
 
 
 def ask_judge(kind, messages, parse, cache_inputs, c):
-    """One judge question -> (parsed dict, None) or (None, error). Cache, bounded concurrency, retries with
-    jittered backoff on timeouts / connection errors / 5xx / 429 / unparseable replies; never raises."""
-    import openai
+    """One judge question -> (parsed dict, None) or (None, error). Cache, bounded concurrency, net.retry (timeouts,
+    connection errors, 408/409/429/5xx, unparseable replies; jittered backoff); never raises."""
     key = _sha(json.dumps([kind, c["judge_model"], PROMPT_VERSION, cache_inputs]))
     hit = _cache(c["judge_cache"], key)
     if hit is not None:
@@ -518,35 +513,30 @@ def ask_judge(kind, messages, parse, cache_inputs, c):
         return hit, None
     client = _openai_client(c["judge_base_url"], c["judge_api_key_env"], float(c["judge_timeout"]))
     extra = {"response_format": {"type": "json_object"}} if c["judge_json_mode"] else {}
-    err = None
-    for attempt in range(int(c["judge_retries"]) + 1):
-        if attempt:
-            _backoff(attempt, c["judge_backoff"])
-        try:
-            with _sem("judge", c["judge_concurrency"]):
-                _count("judge_requests")
-                resp = client.chat.completions.create(
-                    model=c["judge_model"], messages=messages, temperature=c["judge_temperature"],
-                    max_tokens=c["judge_max_tokens"], **extra)
-            text = resp.choices[0].message.content or ""
-        except openai.APIStatusError as e:
-            err = f"{kind} judge: HTTP {e.status_code}"
-            if e.status_code < 500 and e.status_code not in (408, 409, 429):
-                break  # a bad request or bad key does not get better by asking again
-            continue
-        except Exception as e:  # timeouts, refused connections, garbage bodies
-            err = f"{kind} judge: {type(e).__name__}: {_redact(e, c)[:200]}"
-            continue
+
+    def once():
+        with _sem("judge", c["judge_concurrency"]):
+            _count("judge_requests")
+            resp = client.chat.completions.create(
+                model=c["judge_model"], messages=messages, temperature=c["judge_temperature"],
+                max_tokens=c["judge_max_tokens"], **extra)
+        text = net.chat_choice(resp).message.content or ""  # a gateway's HTML page: Unparseable
         out = parse(text)
         if out is None:
             _count("judge_parse_failures")
-            err = f"{kind} judge: unparseable reply {_redact(text, c)[:120]!r}"
-            continue
-        _cache(c["judge_cache"], key, out)
-        return out, None
-    _count("judge_failures")
-    log.warning("%s (after %d attempts)", err, attempt + 1)
-    return None, err
+            raise net.Unparseable(f"unparseable reply {text[:120]!r}")
+        return out
+
+    try:  # the key redacted from the final message (a server may echo it in an error body or a reply)
+        out = net.retry(once, c["judge_retries"], c["judge_backoff"], BACKOFF_CAP, f"{kind} judge",
+                        [net.env_secret(c["judge_api_key_env"])])
+    except Exception as e:  # net.HTTPFailure after the retries (or a bug): a counted failure, never a crash
+        err = _redact(e, c)[:400]
+        _count("judge_failures")
+        log.warning("%s", err)
+        return None, err
+    _cache(c["judge_cache"], key, out)
+    return out, None
 
 
 def judge_kscore(prompt, gen_path, gt_path, c):
@@ -592,6 +582,7 @@ def _acquire_server(urls, per_server):
 
 def _save_png_bytes(b, out_path):
     Image.open(io.BytesIO(b)).convert("RGB").save(out_path)  # also checks that it is an image
+    return out_path
 
 
 def generate_server(gen_prompt, ref_paths, out_path, c):
@@ -604,49 +595,59 @@ def generate_server(gen_prompt, ref_paths, out_path, c):
             "guidance_scale": c["gen_guidance_scale"], "num_images_per_prompt": 1}
     token = os.environ.get(c.get("gen_server_token_env") or "", "").strip()
     headers = {"Authorization": f"Bearer {token}"} if token else {}  # the server's token (issue 13)
-    err = None
-    for attempt in range(int(c["gen_retries"]) + 1):
-        if attempt:
-            _backoff(attempt, c["gen_backoff"])
+
+    def once():  # each attempt takes a free server (round-robin), so a retry may go to another GPU
         url = _acquire_server(list(c["generator_urls"]), c["gen_per_server"])
         try:
             _count("gen_requests")
             r = requests.post(url.rstrip("/") + "/generate", json=body, headers=headers, timeout=c["gen_timeout"],
                               allow_redirects=False)  # the token stays with the configured server
-            if r.status_code == 200 and r.json().get("success"):
-                _save_png_bytes(base64.b64decode(r.json()["image"]), out_path)
-                return out_path
-            err = f"{url}: HTTP {r.status_code} {r.text[:160]}".replace(token or "\0", "***")
-            if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
-                break  # the request itself is bad
-        except Exception as e:
-            err = f"{url}: {type(e).__name__}: {str(e)[:160]}"
+            _check_status(r, url)
+            return _reply_part(lambda: _save_png_bytes(base64.b64decode(r.json()["image"]), out_path)
+                               if r.json().get("success") else None, url, r)
         finally:
             _sem("gen:" + url, c["gen_per_server"]).release()
-    raise RuntimeError(err)
+    return net.retry(once, c["gen_retries"], c["gen_backoff"], BACKOFF_CAP, "generator server", [token])
+
+
+def _check_status(r, name):
+    """A requests answer that is not 200 as net.HTTPFailure (status and Retry-After kept, for net.retry)."""
+    if r.status_code != 200:
+        raise net.HTTPFailure(f"{name}: HTTP {r.status_code} {r.text[:160]}", status=r.status_code,
+                              retry_after=net.retry_after(r.headers))
+
+
+def _reply_part(get, name, r):
+    """get() on a 200 answer (None = nothing usable in it); a body without the expected part (not JSON,
+    "success": false, no image, bytes that are not an image) is net.Unparseable: asked again, like a 5xx."""
+    try:
+        out = get()
+        if out is None:
+            raise ValueError("no image in the answer")
+        return out
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, OSError) as e:  # PIL: OSError
+        body = getattr(r, "text", "")
+        raise net.Unparseable(f"{name}: an answer without a usable image ({type(e).__name__}: {str(e)[:80]}) "
+                              f"{body[:120] if isinstance(body, str) else ''}") from None
 
 
 def generate_openai(gen_prompt, ref_paths, out_path, c):
     """An OpenAI-compatible image API: images.edit with the references, images.generate without."""
     client = _openai_client(c["gen_openai_base_url"], c["judge_api_key_env"], float(c["gen_timeout"]))
-    err = None
-    for attempt in range(int(c["gen_retries"]) + 1):
-        if attempt:
-            _backoff(attempt, c["gen_backoff"])
-        try:
-            with _sem("gen:openai", c["gen_openai_concurrency"]):
-                _count("gen_requests")
-                kw = dict(model=c["gen_openai_model"], prompt=gen_prompt, size=c["gen_openai_size"])
-                resp = client.images.edit(image=[(os.path.basename(p), open(p, "rb").read())
-                                                 for p in ref_paths[:c["gen_max_refs"]]], **kw) if ref_paths \
-                    else client.images.generate(n=1, **kw)
-            d = resp.data[0]
-            b = base64.b64decode(d.b64_json) if d.b64_json else requests.get(d.url, timeout=60).content
-            _save_png_bytes(b, out_path)
-            return out_path
-        except Exception as e:
-            err = f"image API: {type(e).__name__}: {_redact(e, c)[:160]}"
-    raise RuntimeError(err)
+
+    def once():
+        with _sem("gen:openai", c["gen_openai_concurrency"]):
+            _count("gen_requests")
+            kw = dict(model=c["gen_openai_model"], prompt=gen_prompt, size=c["gen_openai_size"])
+            resp = client.images.edit(image=[(os.path.basename(p), open(p, "rb").read())
+                                             for p in ref_paths[:c["gen_max_refs"]]], **kw) if ref_paths \
+                else client.images.generate(n=1, **kw)
+        d = _reply_part(lambda: resp.data[0], "image API", resp)
+        b = _reply_part(lambda: base64.b64decode(d.b64_json), "image API", resp) if d.b64_json else \
+            requests.get(d.url, timeout=60).content
+        return _reply_part(lambda: _save_png_bytes(b, out_path), "image API", resp)
+    return net.retry(once, c["gen_retries"], c["gen_backoff"], BACKOFF_CAP, "image API",
+                     [net.env_secret(c["judge_api_key_env"])])
 
 
 def _b64_file(path):
@@ -663,24 +664,15 @@ def _key(env):
 
 
 def _post_json_retrying(url, body, headers, c, name):
-    """POST JSON with c's retries / backoff / timeout -> the decoded JSON of a 200 answer; raises RuntimeError."""
-    err = None
-    for attempt in range(int(c["gen_retries"]) + 1):
-        if attempt:
-            _backoff(attempt, c["gen_backoff"])
-        try:
-            _count("gen_requests")
-            r = requests.post(url, json=body, headers=headers, timeout=c["gen_timeout"], allow_redirects=False)
-            if r.status_code == 200:
-                return r.json()
-            err = f"{name}: HTTP {r.status_code} {r.text[:160]}"
-            if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
-                break  # the request itself (or the key) is bad
-        except Exception as e:
-            err = f"{name}: {type(e).__name__}: {str(e)[:160]}"
-    for v in headers.values():  # a server may echo the key back: never let it reach a log
-        err = err.replace(v.split()[-1], "***") if len(v) >= 8 else err
-    raise RuntimeError(err)
+    """POST JSON through net.retry with c's gen_retries / gen_backoff / gen_timeout -> the decoded JSON of a 200
+    answer; raises net.HTTPFailure (a RuntimeError) with the header keys redacted (servers echo them)."""
+    def once():
+        _count("gen_requests")
+        r = requests.post(url, json=body, headers=headers, timeout=c["gen_timeout"], allow_redirects=False)
+        _check_status(r, name)
+        return _reply_part(lambda: r.json(), name, r)
+    keys = [x for v in headers.values() for x in (v, v.split()[-1] if v.split() else v)]
+    return net.retry(once, c["gen_retries"], c["gen_backoff"], BACKOFF_CAP, name, keys)
 
 
 def generate_gemini(gen_prompt, ref_paths, out_path, c):
@@ -851,8 +843,9 @@ if __name__ == "__main__":
     from configurator import configure
     configure(globals())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    trajs, t0 = [json.loads(line) for line in open(trajectories) if line.strip()], time.time()
-    res = score(trajs, [json.loads(line) for line in open(items) if line.strip()],
+    import rollout  # the one JSONL reader
+    trajs, t0 = [r for _, r in rollout.read_jsonl(trajectories)], time.time()
+    res = score(trajs, [r for _, r in rollout.read_jsonl(items)],
                 **{k: globals()[k] for k in _CONFIG_KEYS})
     out = scored or trajectories.replace(".jsonl", "") + ".scored.jsonl"
     with open(out, "w") as f:

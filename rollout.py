@@ -36,7 +36,6 @@ import ast
 import hashlib
 import json
 import os
-import random
 import re
 import time
 from collections import Counter
@@ -221,18 +220,18 @@ def system_prompt(day=None, s=None):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# items: THE reader of item files for every stage (grpo.py, eval_knowgen.py, make_data.py, data/knowgen/prepare.py).
+# items: THE reader of JSONL and item files for every stage (grpo.py, sft.py, eval_knowgen.py, make_data.py,
+# reward.py, tools.py, bench.py, data/knowgen/prepare.py).
 # An item is {"id": str, "prompt": str, "meta": {"category": str, "difficulty": str}, "gt_image": path, ...}
 # (README, "Data formats"). Accepted as released: a JSON list (rl_data.json, KnowGen-Bench.json) or JSONL; the
 # legacy "gen_image" key for "gt_image"; any difficulty string ("multiple subject"); categories in any case
 # ("Multi_subject Anime" -> "multi-subject-anime"); a relative image path is resolved against the file's folder.
 
 class ItemsError(ValueError):
-    """A bad items file; the message names the file and the line (JSONL) or index (JSON list)."""
+    """A bad JSONL / items file; the message names the file and the line (JSONL) or index (JSON list)."""
 
 
-def _decode_utf8(path):
-    data = open(path, "rb").read()
+def _decode_utf8(path, data):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -240,11 +239,66 @@ def _decode_utf8(path):
         raise ItemsError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
 
 
+def read_jsonl(path, repair=False, missing_ok=False):
+    """THE JSONL reader of every stage: [(line_no, row)], blank lines skipped, every row a JSON object; a bad line
+    is an ItemsError "<path>:<line>: not valid JSON (...)". missing_ok: a missing file is [] (a stage file not
+    written yet). repair: for an append-only file this process is about to append to (make_data.py's stages,
+    eval_knowgen.py's, the trainers' log.jsonl on resume): every row is written as one line ending in a newline,
+    so bytes after the last newline are a write torn by a kill; they are dropped and cut from the file, so the
+    next append starts on a clean line. Without repair a torn last line is an error like any bad line."""
+    if not os.path.isfile(path):
+        if missing_ok:
+            return []
+        raise ItemsError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    if repair and end < len(data):
+        print(f"{path}: dropping a torn last line ({len(data) - end} bytes, a write cut by a kill)")
+        with open(path, "r+b") as f:
+            f.truncate(end)
+        data = data[:end]
+    return _jsonl_rows(path, _decode_utf8(path, data))
+
+
+def _jsonl_rows(path, text):
+    out = []
+    # split on "\n" only: str.splitlines would also break a row inside a string at U+2028, \x1c, \x85, ...
+    for i, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ItemsError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ItemsError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
+        out.append((i, row))
+    return out
+
+
+def read_rows(path):
+    """[(where, row)] of a JSON-list file ("path[index]", rows of any JSON type) or a JSONL file ("path:line",
+    read_jsonl): the row reader of load_items and sft.py (sharegpt files come in both shapes)."""
+    if not os.path.isfile(path):
+        raise ItemsError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        data = f.read()
+    text = _decode_utf8(path, data)
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ItemsError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        return [(f"{path}[{j}]", r) for j, r in enumerate(rows)]
+    return [(f"{path}:{i}", r) for i, r in _jsonl_rows(path, text)]
+
+
 def extract_system_prompt_text(path):
     """The system message of the first row of a sharegpt file (the release's sft_data.json: a JSON list of
     {"messages": [{"role", "content"}], "images"}) without its trailing YYYY-MM-DD (system_prompt() appends the
     run's date the same way). Every row must carry the same prompt; a row that differs is an error."""
-    rows = [r for _, r in _item_rows(path)]
+    rows = [r for _, r in read_rows(path)]
     found = None
     for j, r in enumerate(rows):
         msgs = r.get("messages") or r.get("conversations") if isinstance(r, dict) else None
@@ -261,40 +315,8 @@ def extract_system_prompt_text(path):
     return found
 
 
-def read_jsonl(path):
-    """[(line_no, row)] of a JSONL file (blank lines skipped); every row must be a JSON object."""
-    if not os.path.isfile(path):
-        raise ItemsError(f"{path}: no such file")
-    out = []
-    for i, line in enumerate(_decode_utf8(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ItemsError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise ItemsError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
-        out.append((i, row))
-    return out
-
-
 def norm_category(c):
     return re.sub(r"[\s_]+", "-", str(c).strip().lower())
-
-
-def _item_rows(path):
-    """[(where, row)]: a JSON list -> "path[index]", JSONL -> "path:line"."""
-    text = _decode_utf8(path) if os.path.isfile(path) else None
-    if text is None:
-        raise ItemsError(f"{path}: no such file")
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ItemsError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-        return [(f"{path}[{j}]", r) for j, r in enumerate(data)]
-    return [(f"{path}:{i}", r) for i, r in read_jsonl(path)]
 
 
 def load_items(path, need_gt=False, resolve_paths=True):
@@ -302,7 +324,7 @@ def load_items(path, need_gt=False, resolve_paths=True):
     gt_image (GRPO). resolve_paths=False keeps gt_image as written (data/knowgen/prepare.py searches for it
     itself). Raises ItemsError naming file:line / file[index] and the key."""
     base, items, seen = os.path.dirname(os.path.abspath(path)), [], {}
-    for where, row in _item_rows(path):
+    for where, row in read_rows(path):
         if not isinstance(row, dict):
             raise ItemsError(f"{where}: expected a JSON object, got {type(row).__name__}")
         if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
@@ -692,23 +714,27 @@ def chat_messages(messages):
 
 
 def chat_completion(client, model, messages, usage, retries=2, **kw):
-    """One chat completion -> (choice, usage); transport / HTTP errors and replies without text are retried with
-    jittered exponential backoff, then RuntimeError. Counts requests, request_errors and tokens into usage."""
-    for attempt in range(retries + 1):
+    """One chat completion -> (choice, usage) through net.retry: timeouts, connection errors, 408/409/429/5xx,
+    bodies that are not a chat completion and replies without text are asked again (jittered backoff, base 1 s,
+    cap 30 s), anything else is final; then net.HTTPFailure (a RuntimeError) with the client's key redacted (a
+    server that echoes it must not put it into a record). Counts requests, request_errors and tokens into usage."""
+    import net
+
+    def once():
         usage["requests"] += 1
         try:
             r = client.chat.completions.create(model=model, messages=messages, **kw)
-            if not isinstance(r.choices[0].message.content, str):
-                raise ValueError("the reply has no message content")
-            if r.usage is not None:
-                usage.update(prompt_tokens=r.usage.prompt_tokens or 0, completion_tokens=r.usage.completion_tokens or 0)
-            return r.choices[0], r.usage
-        except Exception as e:
+            choice = net.chat_choice(r)
+            if not isinstance(choice.message.content, str):
+                raise net.Unparseable("the reply has no message content")
+        except Exception:
             usage["request_errors"] += 1
-            if attempt == retries:  # (a server that echoes the key must not put it into a record)
-                msg = str(e).replace(client.api_key, "<key>") if len(client.api_key or "") > 5 else str(e)
-                raise RuntimeError(f"chat {model}: {type(e).__name__}: {msg[:300]}") from None
-            time.sleep(min(30.0, 2.0 ** attempt) * random.uniform(0.5, 1.0))
+            raise
+        if r.usage is not None:
+            usage.update(prompt_tokens=r.usage.prompt_tokens or 0, completion_tokens=r.usage.completion_tokens or 0)
+        return choice, r.usage
+    key = client.api_key if client.api_key != "EMPTY" else ""  # "EMPTY": net.openai_client's no-key placeholder
+    return net.retry(once, retries, 1.0, 30.0, f"chat {model}", [key])
 
 
 def chat_round(eng, live, rooms, temp, top_p):

@@ -53,6 +53,7 @@ import torch.distributed as dist
 from trainer import (barrier, build_policy, collate, gguf_to_hf, init_distributed, latest_checkpoint,  # noqa: F401
                      load_checkpoint, reshard, save_checkpoint, save_final, scratch_model, sequence_logprobs,
                      shard_model, trajectory_inputs)
+from rollout import read_jsonl, read_rows  # the one JSONL / row reader
 
 # ----------------------------------------------------------------------------------------------------------------
 # I/O
@@ -110,26 +111,6 @@ wandb_run_name = "sft"
 
 SHAREGPT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
                   "function_call": "assistant", "observation": "user", "tool": "user", "function": "user"}
-
-
-def read_rows(path):
-    """Rows of a JSONL file or of a JSON array file, each with where = 'file:line' (or 'file[index]')."""
-    with open(path) as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
-        return [(row, f"{path}[{i}]") for i, row in enumerate(rows)]
-    out = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append((json.loads(line), f"{path}:{i}"))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: malformed JSON: {e.msg}") from None
-    return out
 
 
 def _image_path(p, base, where):
@@ -196,7 +177,7 @@ def load_examples(paths, policy, cutoff, overlong_mode):
     examples, counts = [], {"rows": 0, "truncated": 0, "dropped_overlong": 0, "dropped_no_loss": 0}
     for path in [p for p in paths.split(",") if p]:
         base = os.path.dirname(os.path.abspath(path))
-        for row, where in read_rows(path):
+        for where, row in read_rows(path):
             counts["rows"] += 1
             ex = dict(tokenize_messages(row_to_messages(row, where, base), policy), where=where)
             if len(ex["tokens"]) > cutoff:
@@ -237,7 +218,7 @@ def load_text_blocks(paths, tokenizer, block):
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     ids, counts = [], {"rows": 0, "blocks": 0}
     for path in [p for p in paths.split(",") if p]:
-        for row, where in read_rows(path):
+        for where, row in read_rows(path):
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise ValueError(f"{where}: objective='pretrain' needs rows with a string 'text'")
             doc = (row.get("title", "") + "\n" + row["text"]).strip()
@@ -424,10 +405,10 @@ def main():
             print(f"resumed from {ckpt} at step {step}")
             path = os.path.join(out_dir, "log.jsonl")
             if os.path.exists(path):  # drop what was logged after the checkpoint: those steps run again
-                with open(path) as f:
-                    lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+                # repair: a kill may have torn the last line (rollout.read_jsonl cuts it)
+                rows = [e for _, e in read_jsonl(path, repair=True) if e["step"] <= step]
                 with open(path, "w") as f:
-                    f.writelines(lines)
+                    f.writelines(json.dumps(e) + "\n" for e in rows)
     if wandb_log and master:
         import wandb  # only when enabled
         from configurator import config_keys

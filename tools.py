@@ -261,6 +261,9 @@ def build_index(world_dir, index_path=None):
     srcs = [p for p in (pages_path, images_path) if os.path.exists(p)]
     if os.path.exists(index_path) and all(os.path.getmtime(index_path) > os.path.getmtime(s) for s in srcs):
         return index_path
+    import rollout  # the one JSONL reader (lazy: rollout imports torch)
+    pages = rollout.read_jsonl(pages_path)
+    images = rollout.read_jsonl(images_path, missing_ok=True)
     tmp = f"{index_path}.{os.getpid()}.{threading.get_ident()}.tmp"
     con = sqlite3.connect(tmp)
     con.executescript("""
@@ -272,16 +275,16 @@ def build_index(world_dir, index_path=None):
         CREATE VIRTUAL TABLE images_fts USING fts5(title, page_title, content='images', content_rowid='id',
                                                    tokenize='porter unicode61');""")
     titles = {}
-    for n, p in enumerate(_read_jsonl(pages_path), 1):
+    for n, p in pages:
         url = _norm_url(p.get("url", ""))
         if not url or not isinstance(p.get("text"), str):
-            raise ValueError(f"tools.py: {pages_path} line {n}: a page needs 'url' and 'text'")
+            raise ValueError(f"tools.py: {pages_path}:{n}: a page needs 'url' and 'text'")
         titles[url] = p.get("title", "")
         con.execute("INSERT OR IGNORE INTO pages(url, title, text, source) VALUES (?,?,?,?)",
                     (url, p.get("title", ""), p["text"], p.get("source", "")))
-    for n, im in enumerate(_read_jsonl(images_path) if os.path.exists(images_path) else [], 1):
+    for n, im in images:
         if "path" not in im or "url" not in im:
-            raise ValueError(f"tools.py: {images_path} line {n}: an image needs 'path' and 'url'")
+            raise ValueError(f"tools.py: {images_path}:{n}: an image needs 'path' and 'url'")
         path = im["path"] if os.path.isabs(im["path"]) else os.path.join(os.path.abspath(world_dir), im["path"])
         page_url = im.get("page_url", "")
         con.execute("INSERT OR IGNORE INTO images(image_id, path, title, url, page_url, page_title) "
@@ -293,11 +296,6 @@ def build_index(world_dir, index_path=None):
     con.close()
     os.replace(tmp, index_path)
     return index_path
-
-
-def _read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _norm_url(url):
@@ -631,30 +629,32 @@ def _llm_answer(tb, text, query):
 
 
 def _chat(tb, prompt):
-    """One summarizer answer: an OpenAI-compatible POST {base}/chat/completions through net.request, so the
-    answer has the same deadline and byte cap (max_response_bytes) as every other read; no redirect."""
+    """One summarizer answer: an OpenAI-compatible POST {base}/chat/completions, net.fetch_ok inside net.retry,
+    so the answer has the same deadline and byte cap (max_response_bytes) as every other read and an empty answer
+    is asked again like a 5xx; no redirect."""
     key = os.environ.get(summarizer_key_env, "").strip() or "EMPTY"
     payload = {"model": tb.summarizer_model, "temperature": summarizer_temperature,
                "max_tokens": summarizer_max_tokens, "messages": [{"role": "user", "content": prompt}]}
-    for attempt in range(tb.retries + 1):
-        if attempt:
-            time.sleep(net.backoff_delay(attempt, tb.backoff_base, backoff_max))
+    url = tb.summarizer_base_url.rstrip("/") + "/chat/completions"
+
+    def once():
+        r = net.fetch_ok("POST", url, json_body=payload, headers={"Authorization": f"Bearer {key}"},
+                         timeout=tb.timeout, max_bytes=tb.max_response_bytes, allow_private=tb.allow_private)
+        if r.status in net.REDIRECT_STATUS:
+            raise net.HTTPFailure(f"answered a redirect (HTTP {r.status}); API redirects are not followed")
         try:
-            body = _http(tb, "POST", tb.summarizer_base_url.rstrip("/") + "/chat/completions", json_body=payload,
-                         headers={"Authorization": f"Bearer {key}"}, retries=0)[2]
-        except ToolFailure as e:
-            last = f"summarizer failed: {e}"
-            if "HTTP 4" in str(e) and "HTTP 429" not in str(e):
-                raise ToolFailure(last) from None
-            continue
-        try:
-            answer = (json.loads(body)["choices"][0]["message"]["content"] or "").strip()
+            answer = (json.loads(r.body)["choices"][0]["message"]["content"] or "").strip()
         except (ValueError, KeyError, IndexError, TypeError):
-            raise ToolFailure(f"summarizer returned an unreadable answer ({len(body)} bytes)") from None
-        if answer:
-            return answer
-        last = "summarizer returned an empty answer"
-    raise ToolFailure(f"{last} (after {tb.retries + 1} attempts)")
+            raise net.HTTPFailure(f"an unreadable answer ({len(r.body)} bytes)") from None  # final: not retried
+        if not answer:
+            raise net.Unparseable("an empty answer")
+        return answer
+    try:
+        return net.retry(once, tb.retries, tb.backoff_base, backoff_max, f"summarizer failed: {_host(url)}", [key])
+    except net.URLRefused as e:
+        raise ToolFailure(str(e)) from None
+    except net.HTTPFailure as e:
+        raise ToolFailure(str(e).replace("deadline passed", f"timed out after {tb.timeout:g}s")) from None
 
 
 # ----------------------------------------------------------------------------------------------

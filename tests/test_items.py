@@ -72,6 +72,50 @@ def test_need_gt_and_missing_file(tmp_path):
         rollout.load_items(str(tmp_path / "nope.jsonl"))
 
 
+def test_read_jsonl_blank_lines_and_line_numbers(tmp_path):
+    """The one JSONL reader: blank / whitespace lines skipped, rows keep their real line numbers, a string holding
+    U+2028 or \\x85 (str.splitlines would break there) stays one row, CRLF line ends are fine."""
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'\n{"id": "a"}\r\n   \n\n' + json.dumps({"id": "b", "t": "x\u2028y\x85z"}, ensure_ascii=False)
+                  .encode() + b'\n\n')
+    assert rollout.read_jsonl(str(p)) == [(2, {"id": "a"}), (5, {"id": "b", "t": "x\u2028y\x85z"})]
+    assert rollout.read_jsonl(str(tmp_path / "none.jsonl"), missing_ok=True) == []
+    with pytest.raises(rollout.ItemsError, match="no such file"):
+        rollout.read_jsonl(str(tmp_path / "none.jsonl"))
+
+
+def test_read_jsonl_bad_line_names_file_and_line(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"id": "a"}\n\n{"id": "b"\n{"id": "c"}\n')
+    with pytest.raises(rollout.ItemsError) as e:
+        rollout.read_jsonl(str(p))
+    assert str(e.value).startswith(f"{p}:3: not valid JSON ("), str(e.value)
+    p.write_text('{"id": "a"}\n"just a string"\n')
+    with pytest.raises(rollout.ItemsError, match=f"{p}:2: expected a JSON object, got str"):
+        rollout.read_jsonl(str(p))
+
+
+def test_read_jsonl_repair_cuts_a_torn_last_line(tmp_path, capsys):
+    p = tmp_path / "stage.jsonl"
+    body = '{"id": "a"}\n{"id": "b"}\n'
+    p.write_text(body + '{"id": "c", "tr')
+    # without repair the torn line is an error like any other bad line, and the file is left alone
+    with pytest.raises(rollout.ItemsError, match=f"{p}:3: not valid JSON"):
+        rollout.read_jsonl(str(p))
+    assert p.read_text() == body + '{"id": "c", "tr'
+    # with repair it is dropped and cut, so the next append starts on a clean line
+    assert [r["id"] for _, r in rollout.read_jsonl(str(p), repair=True)] == ["a", "b"]
+    assert p.read_text() == body and "dropping a torn last line (15 bytes" in capsys.readouterr().out
+    with open(p, "a") as f:
+        f.write('{"id": "c"}\n')
+    assert [r["id"] for _, r in rollout.read_jsonl(str(p), repair=True)] == ["a", "b", "c"]
+    assert "torn" not in capsys.readouterr().out  # a clean file is not touched
+    # repair is only about the tail: a bad complete line is still an error naming file:line
+    p.write_text('{"id": "a"}\n{oops}\n{"id": "b"}\n')
+    with pytest.raises(rollout.ItemsError, match=f"{p}:2: not valid JSON"):
+        rollout.read_jsonl(str(p), repair=True)
+
+
 def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 

@@ -134,14 +134,17 @@ def test_curation_rejects_broken_rows(world, tmp_path):
     assert not made & set(ids[:4])
 
 
-def test_torn_last_line_is_dropped(tmp_path):
+def test_stage_files_are_read_with_repair(tmp_path):
+    """make_data reads its stage files through rollout.read_jsonl with repair: a torn tail is cut, a missing
+    file is no rows, a bad complete line is an error naming file:line."""
     p = tmp_path / "x.jsonl"
+    assert md.stage_rows(str(p)) == []
     p.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "tr')
-    assert [r["id"] for r in md.read_jsonl(str(p), repair=True)] == ["a", "b"]
+    assert [r["id"] for r in md.stage_rows(str(p))] == ["a", "b"]
     assert p.read_text() == '{"id": "a"}\n{"id": "b"}\n'
     p.write_text('{"id": "a"}\n{oops}\n{"id": "b"}\n')
-    with pytest.raises(ValueError, match="line 2"):
-        md.read_jsonl(str(p))
+    with pytest.raises(ValueError, match=f"{p}:2: not valid JSON"):
+        md.stage_rows(str(p))
 
 
 def strip_volatile(path, out_dir):
@@ -169,7 +172,7 @@ def test_sigkill_mid_stage_then_rerun_is_identical(world, offline_run, tmp_path)
             time.sleep(0.005)
         p.send_signal(signal.SIGKILL)
         p.wait()
-        done_at_kill = len(md.read_jsonl(str(traj))) if traj.exists() else 0
+        done_at_kill = len(md.stage_rows(str(traj)))  # (cuts a tail the kill tore)
         if 0 < done_at_kill < total:
             break
     assert 0 < done_at_kill < total  # really interrupted inside the trajectory stage

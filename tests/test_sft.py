@@ -168,7 +168,7 @@ def test_sharegpt_matches_record_and_errors(world, tmp_path):
     # errors name the file and the line / item
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(share[0]) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
         sft.load_examples(str(bad), policy, 32768, "truncate")
     missing = dict(share[1], images=["nowhere/flag.png"])
     bad.write_text(json.dumps(share[0]) + "\n" + json.dumps(missing) + "\n")
