@@ -16,6 +16,11 @@ from PIL import Image
 
 import loopback
 import make_data as md
+import rollout
+
+
+def rows(path):  # the rows of a JSONL file, through the one reader
+    return [r for _, r in rollout.read_jsonl(str(path))]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +66,7 @@ def test_ground_truth_by_nano_banana_pro_and_miniature_rows_unchanged(tiny_world
     world, out = str(tiny_world), tmp_path / "md"
     base = dict(out_dir=str(out), world_dir=world, workers=1, date="2025-06-01", tokenizer_dir="")
     md.main(**base, stages="prompts,traj,gt,judge")  # the mini world: offline generator and judge
-    gts, judged = md.read_jsonl(str(out / "gt.jsonl")), md.read_jsonl(str(out / "judge.jsonl"))
+    gts, judged = rows(out / "gt.jsonl"), rows(out / "judge.jsonl")
     assert gts and {g["generator"] for g in gts} == {"offline"} and {j["judge"] for j in judged} == {"offline"}
     # the same trajectories, no mini world and no image servers: the default is Nano Banana Pro
     os.remove(out / "gt.jsonl")
@@ -69,10 +74,10 @@ def test_ground_truth_by_nano_banana_pro_and_miniature_rows_unchanged(tiny_world
     monkeypatch.setenv("GEMINI_API_KEY", "gem-test-key")
     md.main(**{**base, "world_dir": ""}, stages="gt",
             reward_kwargs={"gen_gemini_base_url": srv.url + "/v1beta", "gen_retries": 0})
-    gts2 = md.read_jsonl(str(out / "gt.jsonl"))
+    gts2 = rows(out / "gt.jsonl")
     assert len(gts2) == len(gts) == len(srv.log)
     assert {g["generator"] for g in gts2} == {"gemini:gemini-3-pro-image-preview"}
-    trajs = {r["answer"]["gen_prompt"]: r for r in md.read_jsonl(str(out / "trajectories.jsonl")) if r.get("answer")}
+    trajs = {r["answer"]["gen_prompt"]: r for r in rows(out / "trajectories.jsonl") if r.get("answer")}
     for path, key, body in srv.log:
         assert path == "/v1beta/models/gemini-3-pro-image-preview:generateContent" and key == "gem-test-key"
         text, *imgs = body["contents"][0]["parts"]

@@ -15,9 +15,13 @@ from PIL import Image
 import eval_knowgen as ek
 import loopback
 import make_data as md
-import reward
 import rollout
+import reward
 import tools
+
+
+def rows(path):  # the rows of a JSONL file, through the one reader
+    return [r for _, r in rollout.read_jsonl(str(path))]
 
 KEY = "test-serper-key-5151"
 
@@ -143,8 +147,8 @@ def test_make_data_ground_truth_sends_the_original(tiny_world, tmp_path):
     out = tmp_path / "md"
     md.main(out_dir=str(out), world_dir=world, stages="prompts,traj,gt", generator_urls=[srv.url], workers=1,
             date="2025-06-01", tokenizer_dir="")
-    trajs = {r["id"]: r for r in md.read_jsonl(str(out / "trajectories.jsonl"))}
-    gts = md.read_jsonl(str(out / "gt.jsonl"))
+    trajs = {r["id"]: r for r in rows(out / "trajectories.jsonl")}
+    gts = rows(out / "gt.jsonl")
     assert gts and len(srv.gen) == len(gts)
     refs_of = {trajs[g["id"]]["answer"]["gen_prompt"]: trajs[g["id"]]["answer"]["reference_images"] for g in gts}
     for body in srv.gen:  # each gt request: the originals of that answer's references, in order
