@@ -892,7 +892,8 @@ def bench_grpo():
     for sz, r in res.items():
         print(f"  {sz:8s} ({r['params_m']}M params) " + ("   ".join(
             f"{k} vs trl: step {spread(r[f'speedup_{k}_vs_trl'])}, train {spread(r[f'train_speedup_{k}_vs_trl'])}"
-            for k in ("ours_hf", "ours_vllm") if f"speedup_{k}_vs_trl" in r) or f"no TRL comparison: {r['trl_missing']}"))
+            for k in ("ours_hf", "ours_vllm") if f"speedup_{k}_vs_trl" in r)
+            or f"no TRL comparison: {r['trl_missing']}"))
         print(f"  {'':8s} train FLOP/s share of the fp32 matmul peak: " + "   ".join(
             f"{k} {spread([100 * x for x in r[k]['train_peak_share']])}%" for k in ("ours_hf", "trl", "ours_vllm")
             if k in r))
@@ -905,12 +906,9 @@ def trl_status():
     try:
         import trl  # noqa: F401
         return ""
-    except ModuleNotFoundError as e:
-        if e.name == "trl":
-            return "TRL not installed: pip install -r requirements-bench.txt"
-        return f"TRL does not import ({e}): pip install -r requirements-bench.txt"
-    except ImportError as e:
-        return f"TRL does not import ({e}): pip install -r requirements-bench.txt"
+    except ImportError as e:  # ModuleNotFoundError naming trl itself, or one of its own imports failing
+        return ("TRL not installed" if getattr(e, "name", None) == "trl" else f"TRL does not import ({e})") + \
+            ": pip install -r requirements-bench.txt"
 
 
 def step_flops(n_params, tokens):
@@ -960,10 +958,10 @@ def grpo_size(sz):
     peaks = peaks[1:]
     med = lambda xs: sorted(xs)[len(xs) // 2]
     n_params = steppers["ours_hf"].n_params
-    print(f"GRPO step, size {sz} ({n_params / 1e6:.2f}M params), {grpo_prompts} prompts x {grpo_group}, {grpo_new_tokens} new tokens (no early "
-          f"stop), {rounds} interleaved rounds after 1 warm-up, {threads} threads, load avg {la0} -> {load()}; train FLOP/s "
-          "= 6 x params x trained tokens / train time (the standard dense approximation, attention excluded), as a "
-          "share of the fp32 matmul peak measured in the same round")
+    print(f"GRPO step, size {sz} ({n_params / 1e6:.2f}M params), {grpo_prompts} prompts x {grpo_group}, "
+          f"{grpo_new_tokens} new tokens (no early stop), {rounds} interleaved rounds after 1 warm-up, {threads} "
+          f"threads, load avg {la0} -> {load()}; train FLOP/s = 6 x params x trained tokens / train time (the "
+          "standard dense approximation, attention excluded), as a share of the fp32 matmul peak of the same round")
     res = {"params_m": round(n_params / 1e6, 2), "peak_flops": peaks, "trl_missing": trl_missing}
     print(f"  fp32 matmul peak (512x512, {threads} threads, {peak_seconds:g} s per round): "
           f"{med(peaks) / 1e9:.1f} GFLOP/s ({min(peaks) / 1e9:.1f}-{max(peaks) / 1e9:.1f})")
@@ -993,7 +991,8 @@ if __name__ == "__main__":
     if what not in BENCHES + ("all",):
         raise ConfigError(f"bench.py: --what={what!r}; choose one of {', '.join(BENCHES)}, all")
     for name in BENCHES if what == "all" else (what,):
-        print(f"=== bench.py --what={name}{f' --size={size}' if size else ''}  {time.strftime('%Y-%m-%d %H:%M:%S')}  threads={threads} "
+        print(f"=== bench.py --what={name}{f' --size={size}' if size else ''}  {time.strftime('%Y-%m-%d %H:%M:%S')}  "
+              f"threads={threads} "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')} cpus={os.cpu_count()} "
               f"load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         globals()[f"bench_{name}"]()
