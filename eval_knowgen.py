@@ -729,20 +729,6 @@ def write_report(items, cfg, summary_text):
     return path
 
 
-def matmul_peak(n=512, seconds=1.0):
-    """FLOP/s of a square fp32 matmul, repeated for about `seconds` after a warm-up: the machine's practical peak
-    for the dtype the CPU runs train in."""
-    import torch
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    k, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        k += 1
-    return 2 * n ** 3 * k / (time.perf_counter() - t0)
-
-
 def results_table(cfg):
     """Several eval runs side by side (runcpu.sh's results.md): per group V/T/F/A/K (x100), overall, answers,
     tool calls and end reasons per row; GRPO's reward and training K-Score per step (grpo_curves.png); a grid of
@@ -814,6 +800,7 @@ def results_table(cfg):
         fig.savefig(os.path.join(out, "items.png"), dpi=100)
         md += ["", "## A few bench items across the rows (ground truth last)", "", "![](items.png)"]
     if cfg["table_train"]:
+        from trainer import matmul_peak  # shared with bench.py's GRPO train-step FLOP/s
         peak = matmul_peak()
         md += ["", "## Training throughput", "", f"Measured fp32 matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s "
                "(a timed 512x512 matmul, this process's torch threads). Achieved = 6 x parameters x tokens/s (the dense "

@@ -28,6 +28,7 @@ import glob
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -484,3 +485,20 @@ def chunk_logprobs(logits, tgt, temperature=1.0, chunk=2048):
     """[B, T] float32 log_softmax(logits / temperature)[target] for [B, T, V] logits (any dtype) and [B, T] targets,
     with gradient, `chunk` rows at a time (sequence_logprobs' docstring says what memory that saves)."""
     return _ChunkLogprobs.apply(logits, tgt, float(temperature), int(chunk))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# throughput: the machine's fp32 matmul peak, against which a train step's achieved FLOP/s is read
+# (eval_knowgen's training-throughput table and bench.py's GRPO bench)
+
+def matmul_peak(n=512, seconds=1.0):
+    """FLOP/s of a square fp32 n x n matmul (2 n^3 FLOPs each), repeated for about `seconds` after a warm-up, with
+    this process's torch threads: the machine's practical peak for the dtype the CPU runs train in."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - t0)
