@@ -109,7 +109,11 @@ table_logs = None            # "name=grpo out_dir/log.jsonl,...": GRPO reward / 
 table_out = "results.md"     # the table's markdown; grpo_curves.png and items.png are written beside it
 stage_times = None           # a "stage<TAB>seconds" file (runcpu.sh) appended to the table
 table_train = None           # "name=sft.py out_dir,...": training throughput (tokens/s, share of the fp32 matmul peak)
+table_probes = None          # "name=dir holding forced_probe.json,...": the teacher-forced copy probe per checkpoint
 seed = 0                     # the report's sample of items
+forced_probe = None          # FILE.jsonl of ORACLE trajectories (make_data's trajectories.jsonl): the teacher-forced
+                             # copy probe of policy_path on them (forced_probe_ids), written to out_dir/forced_probe.json
+forced_probe_ids = "mw_bench"  # id prefix of the probed trajectories (the held-out bench items)
 
 _CONFIG_KEYS = config_keys(globals())
 
@@ -643,6 +647,62 @@ def copy_probe(rec, item):
     return out
 
 
+def forced_probe_cases(rec, hops=3):
+    """Teacher-forced copy probe cases of one ORACLE trajectory record: for its k-th tool call (k = 1..hops), the
+    token prefix up to where that assistant turn starts (the oracle's own history: prompt, earlier calls and their
+    tool responses) and the names the policy's next query must hold (capitalised words of the oracle's k-th query
+    that stand in the source it has just read: the prompt for k = 1, the latest tool response after). Only prefixes
+    without images (simple and exact to re-feed); a call whose query holds no name from its source is no case.
+    -> [(k, prefix_tokens, names)]"""
+    starts, prev = [], 0
+    for i, m in enumerate(rec.get("loss_mask") or []):
+        if m and not prev:
+            starts.append(i)
+        prev = m
+    msgs, out, k = rec.get("messages") or [], [], 0
+    for j, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        k += 1
+        if k > min(hops, len(starts)) or "<tool_call>" not in m["content"]:
+            break
+        cut, src = starts[k - 1], msgs[j - 1]["content"] if j else ""
+        if any(im["token_start"] < cut for im in rec.get("images") or []):
+            break  # an image in the history: later turns are not probed either
+        names = sorted({w for w in re.findall(r"[A-Z][a-z]+", _queries(m["content"])) if re.search(rf"\b{w}\b", src)})
+        if names:
+            out.append((k, rec["tokens"][:cut], names))
+    return out
+
+
+def forced_copy_probe(policy_path, traj_path, id_prefix, hops=3, batch=16, max_new=96):
+    """Given a prompt or a tool response holding names the policy has never seen, does it reproduce them? The
+    policy (greedy) continues each forced_probe_cases prefix of the oracle trajectories whose id starts with
+    id_prefix; a case is copied when its query holds every name. -> {"turn_k": {"copied", "n", "rate"}}; turn 1 =
+    from the prompt, turns 2..hops = from the preceding tool response. Ours (the paper has no such probe)."""
+    import rollout
+    recs = [r for _, r in rollout.read_jsonl(traj_path) if str(r.get("id", "")).startswith(id_prefix)
+            and not r.get("error")]
+    cases = [c for r in recs for c in forced_probe_cases(r, hops)]
+    if not cases:
+        raise EvalError(f"{traj_path}: no trajectory with id prefix {id_prefix!r} and a text-only probe prefix")
+    pol = rollout.load_policy(policy_path)
+    eng = rollout.make_engine("hf", pol)
+    outs = []
+    for i in range(0, len(cases), batch):
+        outs += rollout.generate(eng, [{"tokens": p, "max_new": max_new} for _, p, _ in cases[i:i + batch]],
+                                 temperature=0.0)
+    res = {}
+    for (k, _, names), (ids, _) in zip(cases, outs):
+        got = _queries(pol.tokenizer.decode(ids))
+        r = res.setdefault(f"turn_{k}", {"copied": 0, "n": 0})
+        r["copied"] += all(re.search(rf"\b{w}\b", got) for w in names)
+        r["n"] += 1
+    for r in res.values():
+        r["rate"] = round(r["copied"] / r["n"], 3)
+    return dict(sorted(res.items()))
+
+
 def copy_rates(trajs, items_by_id):
     """copy_probe over a run: the share of trajectories whose first query copies the prompt's names, and of later
     hops that copy a name from the preceding tool response (README, "The main job on CPU")."""
@@ -814,6 +874,14 @@ def results_table(cfg):
                 r = rates[len(rates) // 2]
                 md.append(f"| {name} | {len(rates)} | {r:,.0f} | {n / 1e6:.2f}M | {6 * n * r / 1e9:.2f} | "
                           f"{100 * 6 * n * r / peak:.1f}% |")
+    if cfg["table_probes"]:
+        P = [(name, json.load(open(os.path.join(d, "forced_probe.json")))) for name, d in pairs(cfg["table_probes"])]
+        turns = sorted({t for _, p in P for t in p})
+        md += ["", "## Teacher-forced copy probe (held-out bench items, the oracle's history, greedy next call)", "",
+               "turn 1 copies the prompt's names, later turns a name from the tool response just read (copied / cases).",
+               "", "| checkpoint | " + " | ".join(t.replace("_", " ") for t in turns) + " |", "|---|" + "---|" * len(turns)]
+        md += [f"| {name} | " + " | ".join(f"{100 * p[t]['rate']:.0f}% ({p[t]['copied']}/{p[t]['n']})" if t in p else "—"
+                                            for t in turns) + " |" for name, p in P]
     if cfg["stage_times"]:
         times = [line.rstrip("\n").split("\t") for line in open(cfg["stage_times"]) if line.strip()]
         md += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"] + [f"| {n} | {t} |" for n, t in times]
@@ -909,7 +977,14 @@ if __name__ == "__main__":
             print("delta (B - A):", json.dumps(c["delta"]))
         if cfg["table"]:
             print(open(results_table(cfg)).read())
-        if not cfg["judged"] and not cfg["compare"] and not cfg["table"]:
+        if cfg["forced_probe"]:
+            if not cfg["policy_path"]:
+                raise EvalError("--forced_probe needs --policy_path=DIR (a save_pretrained checkpoint)")
+            p = forced_copy_probe(cfg["policy_path"], cfg["forced_probe"], cfg["forced_probe_ids"])
+            os.makedirs(cfg["out_dir"], exist_ok=True)
+            json.dump(p, open(os.path.join(cfg["out_dir"], "forced_probe.json"), "w"), indent=2)
+            print("forced copy probe:", json.dumps(p), "->", os.path.join(cfg["out_dir"], "forced_probe.json"))
+        if not cfg["judged"] and not cfg["compare"] and not cfg["table"] and not cfg["forced_probe"]:
             run(cfg)
     except (EvalError, rollout.ItemsError) as e:
         sys.exit(f"eval_knowgen: error: {e}")

@@ -53,6 +53,23 @@ def test_copy_probe_reads_prompt_and_tool_response_names():
     assert rates["copy_first_query"] == 0.5 and rates["copy_from_tool"] == 0.5 and rates["copy_first_n"] == 2
 
 
+def test_forced_probe_cases_cut_before_each_call_and_name_its_source():
+    # an oracle record: tokens 0..19, assistant turns at 4-6 (search), 11-13 (image_search), 17-19 (answer)
+    rec = dict(traj("Zubrak", "flag of Velmora"), tokens=list(range(20)),
+               loss_mask=[0] * 4 + [1] * 3 + [0] * 4 + [1] * 3 + [0] * 3 + [1] * 3, images=[])
+    rec["messages"].append({"role": "user", "content": "<tool_response>\nIMG_001: title: Flag of Velmora\n</tool_response>"})
+    rec["messages"].append({"role": "assistant", "content": "<answer>{}</answer>"})
+    cases = ek.forced_probe_cases(rec)
+    assert [(k, p, n) for k, p, n in cases] == [(1, list(range(4)), ["Zubrak"]), (2, list(range(11)), ["Velmora"])]
+    assert ek.forced_probe_cases(rec, hops=1) == cases[:1]
+    # an image before the second call: only the first is probed (prefixes stay text-only)
+    assert ek.forced_probe_cases(dict(rec, images=[{"token_start": 8, "num_tokens": 4}])) == cases[:1]
+    # the oracle's second query names nothing the tool response said: no case for it
+    rec2 = traj("Zubrak", "flag of Velmora", tool_text="No page matches.")
+    rec2.update(tokens=rec["tokens"], loss_mask=rec["loss_mask"], images=[])
+    assert [k for k, _, _ in ek.forced_probe_cases(rec2)] == [1]
+
+
 # ---- sft.py's base stage and first-turn curriculum ---------------------------------------------------------------
 def test_first_turns_cuts_after_the_nth_assistant_turn():
     import sft
