@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(900)  # a whole runcpu.sh smoke run: ~80 s quie
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["direct", "workflow", "sft", "grpo_lam0.5", "grpo_lam0.0", "grpo_lam1.0", "oracle"]
 STAGES = ["prepare", "prepare_1", "prepare_2", "prepare_3", "make_data", "make_data_1", "make_data_2", "make_data_3",
-          "base", "sft_first", "sft", "grpo"] + [f"eval_{r}" for r in ROWS if r != "oracle"] + [
+          "base", "sft_first", "sft_second", "sft", "grpo"] + [f"eval_{r}" for r in ROWS if r != "oracle"] + [
     "eval_oracle"] + [f"probe_{c}" for c in ("base", "sft_first", "sft", "grpo_lam0.5")]
 
 
