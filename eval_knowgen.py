@@ -228,7 +228,7 @@ def _stub_record(item, sample, policy, answer):
     """A minimal trajectory record for the modes without a model (direct, oracle)."""
     return {"id": item["id"], "sample": sample, "prompt": item["prompt"], "policy": policy,
             "date": time.strftime("%Y-%m-%d"), "end_reason": "answer", "rounds": 0,
-            "tool_calls": {"search": 0, "image_search": 0, "browse": 0}, "messages": [], "answer": answer,
+            "tool_calls": {t: 0 for t in tools.tool_names()}, "messages": [], "answer": answer,
             "tokens": [], "loss_mask": [], "logprobs": [], "images": [], "num_gen_tokens": 0, "seconds": 0.0}
 
 

@@ -202,32 +202,41 @@ class ToolFailure(Exception):
 # construction
 
 
-def make_toolbox(backend=backend, world_dir=world_dir, cache_path=None, image_dir=image_dir,
-                 summarizer_base_url=summarizer_base_url, summarizer_model=summarizer_model, timeout=timeout,
-                 retries=retries, max_workers=max_workers, allow_private=False, use_cache=None,
-                 index_path=index_path, serper_base_url=serper_base_url, reader_base_url=reader_base_url,
-                 backoff_base=backoff_base, page_token_budget=page_token_budget, chars_per_token=chars_per_token,
-                 max_response_bytes=max_response_bytes, call_timeout=call_timeout, default_cache_path=cache_path,
-                 top_k_default=None, list_local_path=None):
+# make_toolbox's arguments that default to this module's global of the same name (None = that global, read at call
+# time, so a later --key=value reaches it; default_cache_path reads cache_path)
+_TOOLBOX_GLOBALS = ("backend", "world_dir", "image_dir", "summarizer_base_url", "summarizer_model", "timeout",
+                    "retries", "max_workers", "index_path", "serper_base_url", "reader_base_url", "backoff_base",
+                    "page_token_budget", "chars_per_token", "max_response_bytes", "call_timeout", "top_k_default",
+                    "list_local_path")
+
+
+def make_toolbox(backend=None, world_dir=None, cache_path=None, image_dir=None, summarizer_base_url=None,
+                 summarizer_model=None, timeout=None, retries=None, max_workers=None, allow_private=False,
+                 use_cache=None, index_path=None, serper_base_url=None, reader_base_url=None, backoff_base=None,
+                 page_token_budget=None, chars_per_token=None, max_response_bytes=None, call_timeout=None,
+                 default_cache_path=None, top_k_default=None, list_local_path=None):
     """Build a Toolbox. use_cache=None means: cache on for web (at cache_path or default_cache_path), and for local
-    only when cache_path is given. The local backend builds/reuses its FTS5 index here. top_k_default /
-    list_local_path: None = this module's values (the release's code)."""
+    only when cache_path is given. The local backend builds/reuses its FTS5 index here. Every other None: this
+    module's global of that name at call time (default_cache_path: cache_path's)."""
+    a, g = locals(), globals()
+    c = {k: g[k] if a[k] is None else a[k] for k in _TOOLBOX_GLOBALS}
+    if default_cache_path is None:
+        default_cache_path = g["cache_path"]
+    backend, world_dir, image_dir = c["backend"], c["world_dir"], c["image_dir"]
     if backend not in ("local", "web"):
         raise ValueError(f"tools.py: backend must be 'local' or 'web', got {backend!r}")
     if use_cache is None:
         use_cache = backend == "web" or cache_path is not None
     tb = Toolbox(backend, world_dir, None, (cache_path or default_cache_path) if use_cache else None, image_dir,
-                 serper_base_url.rstrip("/"), (reader_base_url or "").rstrip("/"),
-                 summarizer_base_url, summarizer_model, float(timeout), int(retries), float(backoff_base),
-                 int(max_workers), bool(allow_private), int(page_token_budget), int(chars_per_token),
-                 int(max_response_bytes), float(call_timeout))
-    g = globals()
-    tb.top_k_default = int(g["top_k_default"] if top_k_default is None else top_k_default)
-    tb.list_local_path = bool(g["list_local_path"] if list_local_path is None else list_local_path)
+                 c["serper_base_url"].rstrip("/"), (c["reader_base_url"] or "").rstrip("/"),
+                 c["summarizer_base_url"], c["summarizer_model"], float(c["timeout"]), int(c["retries"]),
+                 float(c["backoff_base"]), int(c["max_workers"]), bool(allow_private), int(c["page_token_budget"]),
+                 int(c["chars_per_token"]), int(c["max_response_bytes"]), float(c["call_timeout"]),
+                 int(c["top_k_default"]), bool(c["list_local_path"]))
     if not 1 <= tb.top_k_default <= top_k_max:
         raise ValueError(f"tools.py: make_toolbox top_k_default must be 1..{top_k_max}, got {tb.top_k_default}")
     if backend == "local":
-        tb.index_path = build_index(world_dir, index_path)
+        tb.index_path = build_index(world_dir, c["index_path"])
         tb.backend_id = f"local:{os.path.abspath(tb.index_path)}:{os.path.getmtime(tb.index_path):.0f}"
     else:
         tb.backend_id = "web"
@@ -729,8 +738,11 @@ def _image_file(tb, hit):
 _ORIG_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}
 
 
-def _to_jpeg(src, dst, max_pixels=max_image_pixels):
-    """Write src as an RGB JPEG of <= max_pixels to dst; returns src's format name (PIL's, e.g. "PNG")."""
+def _to_jpeg(src, dst, max_pixels=None):
+    """Write src as an RGB JPEG of <= max_pixels (None: max_image_pixels) to dst; returns src's format name (PIL's,
+    e.g. "PNG")."""
+    if max_pixels is None:
+        max_pixels = max_image_pixels
     with Image.open(src) as im:
         im.load()
         fmt = im.format
@@ -782,9 +794,7 @@ def _scrub(msg):
 if __name__ == "__main__":
     from configurator import configure
     configure(globals())
-    toolbox = make_toolbox(backend, world_dir, index_path=index_path, image_dir=image_dir,
-                           summarizer_base_url=summarizer_base_url, summarizer_model=summarizer_model,
-                           serper_base_url=serper_base_url, reader_base_url=reader_base_url)
+    toolbox = make_toolbox()  # every setting from this module's (now configured) globals
     result = run_tool(toolbox, tool, arguments, {})
     print(result.text)
     for attached in result.images:

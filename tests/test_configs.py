@@ -12,8 +12,8 @@ from configurator import config_keys, configure
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "config"
-STAGES = ["sft.py", "grpo.py", "eval_knowgen.py", "make_data.py", "reward.py", "rollout.py", "image_server.py",
-          "data/miniworld/prepare.py"]
+# every top-level module and data preparer (a new file is covered without an edit here)
+STAGES = sorted([p.name for p in ROOT.glob("*.py")] + [str(p.relative_to(ROOT)) for p in ROOT.glob("data/*/*.py")])
 
 
 def cfg(name):
@@ -143,6 +143,44 @@ def test_override_of_each_key_reaches_the_code():
         rollout.system_style = saved
     with pytest.raises(ValueError, match="bogus"):
         rollout.settings({"bogus": 1})
+
+
+def test_override_of_each_key_reaches_the_toolbox(tiny_world, tmp_path):
+    """tools.py's CLI configures its globals after import: an override of each global make_toolbox reads changes the
+    Toolbox it builds (a default bound at import time would keep the old value)."""
+    import inspect
+
+    import tools
+    g = vars(tools)
+    read = set(tools._TOOLBOX_GLOBALS) | {"cache_path"}  # cache_path: the web backend's default_cache_path
+    params = set(inspect.signature(tools.make_toolbox).parameters)
+    assert {k for k in config_keys(g) if k in params} == read  # every same-named argument resolves its global
+    new = {k: _other(g[k]) for k in tools._TOOLBOX_GLOBALS}
+    new.update(world_dir=str(tiny_world), index_path=str(tmp_path / "ix.sqlite"), image_dir=str(tmp_path / "img"),
+               top_k_default=3, max_workers=2, cache_path=str(tmp_path / "c.sqlite"), backend="local")
+    saved = {k: g[k] for k in read | {"max_image_pixels"}}
+    try:
+        configure(g, [f"--{k}={v!r}" for k, v in new.items()])
+        tb = tools.make_toolbox()
+        try:
+            got = {k: getattr(tb, k) for k in tools._TOOLBOX_GLOBALS}
+        finally:
+            tools.close_toolbox(tb)
+        assert got == {k: new[k] for k in tools._TOOLBOX_GLOBALS} and saved["backend"] == "local"
+        assert tb.cache_path is None  # local: no cache unless a cache_path argument is given
+        configure(g, ["--backend=web"])
+        tb = tools.make_toolbox()
+        tools.close_toolbox(tb)
+        assert (tb.backend, tb.cache_path) == ("web", new["cache_path"])
+        # _to_jpeg's size bound is read when it runs, too
+        from PIL import Image
+        Image.new("RGB", (100, 100)).save(tmp_path / "a.png")
+        configure(g, ["--max_image_pixels=400"])
+        tools._to_jpeg(str(tmp_path / "a.png"), str(tmp_path / "a.jpg"))
+        with Image.open(tmp_path / "a.jpg") as im:
+            assert im.size == (20, 20)
+    finally:
+        g.update(saved)
 
 
 def test_rollout_settings_reach_the_loop(tmp_path):

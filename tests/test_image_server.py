@@ -15,6 +15,7 @@ import requests
 from PIL import Image
 
 import image_server
+import loopback
 import reward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,7 +170,6 @@ class _Counting:
 
     def __init__(self, body=b"", hang=0.0):
         import http.server
-        import threading
         outer, self.hits = self, []
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -186,14 +186,11 @@ class _Counting:
                     self.wfile.write(body)
                 except OSError:
                     pass
-        self.httpd = __import__("http.server").server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.httpd.daemon_threads = True
+        self.httpd = loopback.serve(H)
         self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        loopback.close(self.httpd)
 
 
 def _cfg(**kw):

@@ -12,7 +12,7 @@ import random
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from PIL import Image
@@ -407,9 +407,8 @@ class _ImageAPI(BaseHTTPRequestHandler):
 
 
 def test_gemini_and_seedream_clients_send_the_original_references(tmp_path, monkeypatch):
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _ImageAPI)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    srv = loopback.serve(_ImageAPI)
+    base = srv.url
     try:
         buf = io.BytesIO()
         Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, "PNG")
@@ -444,4 +443,4 @@ def test_gemini_and_seedream_clients_send_the_original_references(tmp_path, monk
         with pytest.raises(RuntimeError, match="ARK_API_KEY"):
             reward.generate("x", [], str(tmp_path / "n.png"), dict(c, gen_backend="seedream"))
     finally:
-        srv.shutdown()
+        loopback.close(srv)

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import loopback
 import net
 import tools
 
@@ -38,15 +39,11 @@ class Server:
                     pass
             do_GET = do_POST = _any
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.httpd = loopback.serve(H)
+        self.port, self.url = self.httpd.server_address[1], self.httpd.url
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        loopback.close(self.httpd)
 
 
 def _send(h, status, body=b"", headers=()):

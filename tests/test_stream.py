@@ -100,13 +100,8 @@ def main():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    sys.path.insert(0, os.path.join(ROOT, "data", "miniworld"))
-    import prepare
-    d = tmp_path_factory.mktemp("world")
-    prepare.build_world(str(d), seed=3, n_countries=12, bench_countries=2, rl_countries=2, n_sft=10, n_rl=8,
-                        n_bench=6, n_distractors=100, tokenizer_wiki_pages=100)
-    return d
+def world(mini_world):  # conftest's SMALL_WORLD
+    return mini_world
 
 
 def _run(world, out, stream):

@@ -50,6 +50,8 @@ def test_registered_tool_is_callable_shown_and_counted(weather_tool, tiny_world,
     assert "[Tool Error]: unknown tool 'teleport'" in tool_turns[1] and "weather" in tool_turns[1]
     assert rec["tool_calls"]["weather"] == 1 and "teleport" not in rec["tool_calls"]
     assert eval_knowgen.tool_stats([rec])["calls_total"]["weather"] == 1
+    stub = eval_knowgen._stub_record({"id": "W", "prompt": "p"}, 0, "direct", {})  # the direct / oracle rows too
+    assert stub["tool_calls"] == {t: 0 for t in tools.tool_names()} and "weather" in stub["tool_calls"]
     row = {"reward": 0.0, "end": rec["end_reason"], "gen": 1, "calls": rec["tool_calls"], "tool_errors": 1,
            "reward_error": False, **{k: None for k in ("k_score", "r_text", "faithfulness", "visual_correctness",
                                                         "text_accuracy", "aesthetics")}}
