@@ -81,7 +81,7 @@ world_dir = None             # the mini world dir (default: the directory of ite
 summarizer_base_url = None   # browse's page reader VLM (release: Qwen3-VL-30B-A3B-Instruct, temperature 0)
 summarizer_model = "Qwen3-VL-30B-A3B-Instruct"  # (tools.py default)
 tool_kwargs = {}             # extra keyword arguments for tools.make_toolbox (as grpo.py's), e.g. {"top_k_default": 5}
-# generator (reward.py's client; its names)
+# generator (image_server.py's clients, with reward.py's key names)
 gen_backend = "offline"      # offline (mini world) | server (image_server.py: Qwen-Image-Edit) | openai (image API)
 generator_urls = []          # Qwen-Image-Edit servers (the client sends at most the first 3 references)
 gen_t2i_server_urls = []     # text-only Qwen-Image servers for answers with no references ([] = generator_urls)
@@ -307,7 +307,7 @@ def stage_agent(items, cfg):
 
 
 def reward_config(cfg, text_only=False):
-    """reward.py's config for its generator client and judge (the names are shared)."""
+    """reward.py's config for the generator clients (image_server.generate) and the judge (the names are shared)."""
     import reward
     keys = ("gen_backend", "generator_urls", "gen_openai_base_url", "gen_openai_model", "judge_backend",
             "judge_base_url", "judge_model")
@@ -326,6 +326,7 @@ def stage_generate(items, cfg):
     # a finished row has an image; a failed one is retried on the next run
     todo = [(k, t) for k, t in sorted(trajs.items()) if k[0] in byid and not (k in done and done[k].get("image"))]
 
+    import image_server
     import reward
 
     def one(key, traj):
@@ -344,8 +345,8 @@ def stage_generate(items, cfg):
             row["gen_prompt"] += cfg["t2i_suffix"]
         t0, name = time.time(), f"{re.sub(r'[^A-Za-z0-9_.-]', '_', key[0])}_{key[1]}.png"
         try:
-            reward.generate(row["gen_prompt"], row["refs"], os.path.join(img_dir, name),
-                            reward_config(cfg, text_only=not row["refs"]))
+            image_server.generate(row["gen_prompt"], row["refs"], os.path.join(img_dir, name),
+                                  reward_config(cfg, text_only=not row["refs"]))
             row["image"] = os.path.join("images", name)  # relative to out_dir (contracts' path rule)
         except Exception as e:  # a generator fault is a counted zero, never a crash
             row["error"] = f"generation failed: {type(e).__name__}: {e}"
@@ -415,8 +416,9 @@ def parse_wise(text):
 def judge_wise(item, gen_path, cfg):
     """WiScore judge: our prompt through reward.ask_judge (the same client, retries, cache and key handling as
     the K-Score judge). Returns the three 0-2 scores and "(0.7·consistency + 0.2·realism + 0.1·aesthetic) / 2"."""
+    import net
     import reward
-    gen = reward.data_url(gen_path)
+    gen = net.data_url(gen_path)
     user = [{"type": "text", "text": f"PROMPT: {item['prompt']}\nEXPLANATION: {item.get('explanation') or '-'}"},
             {"type": "image_url", "image_url": {"url": gen}}]
     messages = [{"role": "system", "content": WISE_SYSTEM}, {"role": "user", "content": user}]

@@ -479,6 +479,15 @@ def rollout_and_score(run_rollout, score, items, kw, stream=True, after_rollout=
     return records, scores, t_end
 
 
+def reward_counts():
+    """The reward side's counters; the step log's reward_stats are their growth over the step: reward.py's (judges,
+    invalid answers, failed generations, score errors) + the generator clients' (image_server.py: gen_calls,
+    gen_requests)."""
+    import image_server
+    import reward
+    return Counter(reward.STATS) + image_server.STATS
+
+
 def main():
     import copy
     import importlib
@@ -582,7 +591,7 @@ def main():
         # after the rollout (streamed: the part not hidden behind sampling).
         mine = step_items(items, step, rank, world)
         model.eval()
-        faults0 = Counter(reward.STATS)
+        faults0 = reward_counts()
         sleep = (lambda: eng.llm.sleep(level=1)) if gpu and engine == "vllm" and vllm_sleep else None
         retried = Counter()
         records, scores, t1 = rollout_and_score(  # (sleep: offload vLLM's weights, free its KV cache for training)
@@ -621,7 +630,7 @@ def main():
             sync["sync_agree"], sync["sync_maxdiff"] = sync_check(model, eng, policy, dev)
         t4 = time.time()
         # 7. log (rank 0 aggregates every rank's trajectories)
-        faults = {k: v - faults0.get(k, 0) for k, v in reward.STATS.items() if v - faults0.get(k, 0)}
+        faults = {k: v - faults0.get(k, 0) for k, v in reward_counts().items() if v - faults0.get(k, 0)}
         mine_rows = ([traj_summary(r, s) for r, s in zip(records, scores)], filt, faults, retried)
         gathered = [None] * world
         dist.all_gather_object(gathered, mine_rows) if ddp else gathered.__setitem__(0, mine_rows)

@@ -1,6 +1,13 @@
 """
-image_server.py: the image generator behind HTTP, one pipeline per GPU (the GPU processes are separate from
-scoring; reward.py's "server" backend is the client). Speaks the release's contract:
+image_server.py: the image generator: the HTTP server (one pipeline per GPU) and the clients of every generator
+backend. generate(gen_prompt, ref_paths, out_path, c) is the one entry point (reward.py's score(), make_data.py's
+ground truths, eval_knowgen.py); c["gen_backend"] picks the client: "server" = this server's POST /generate,
+"offline" = offline_generate (the mini world's stand-in for Qwen-Image-Edit, in this process), "openai" = an
+OpenAI-compatible image API (images.edit / images.generate), "gemini" / "seedream" = the transfer rows' APIs as
+the release's eval clients call them. The module imports no torch / diffusers at top level: the clients run in
+the scoring process, the pipelines only in the server's.
+
+The server (the GPU processes are separate from scoring) speaks the release's contract:
     POST /generate {"image_urls": [data-URL or http], "prompt", "seed": 0, "true_cfg_scale": 4.0,
                     "negative_prompt": " ", "num_inference_steps": 40, "guidance_scale": 1.0,
                     "num_images_per_prompt": 1}  ->  {"success": true, "image": <base64 PNG>}
@@ -20,14 +27,21 @@ import base64
 import concurrent.futures as cf
 import importlib.util
 import io
+import itertools
 import os
+import re
 import threading
 import time
+from collections import Counter
+from functools import lru_cache
 
-from PIL import Image
+import requests
+from PIL import Image, ImageDraw, ImageFont
+
+import net  # the url policy and the one retry loop (stdlib only)
 
 # ----------------------------------------------------------------------------------------------
-# config
+# config of the server (python image_server.py --key=value); the clients get theirs in c (see generate())
 edit_model = "Qwen/Qwen-Image-Edit-2509"  # release: Qwen-Image-Edit-2509 during RL (path or hub id)
 t2i_model = None                 # text-only model (eval: "Qwen/Qwen-Image"); None = reuse the edit model's
                                  # weights in a QwenImagePipeline (one 20B transformer per GPU, not two)
@@ -145,8 +159,7 @@ def decode_image(url, c):
         except ValueError:
             raise BadRequest("image data URL is not valid base64") from None
     elif url.lower().startswith(("http://", "https://")) and c["allow_http_images"]:
-        import net  # the tools' url policy: strict parse, checked + pinned address, every redirect hop checked
-        try:
+        try:  # the tools' url policy: strict parse, checked + pinned address, every redirect hop checked
             r = net.request("GET", url, redirects="check", allow_private=c.get("allow_private", False),
                             timeout=c.get("image_fetch_timeout", 30.0), max_bytes=c["max_image_bytes"], retries=0)
         except net.URLRefused as e:
@@ -302,6 +315,255 @@ def make_app(pipes, c, token=None):
         return {"success": True, "image": image}
 
     return app
+
+
+# ----------------------------------------------------------------------------------------------
+# the clients of every generator backend. Callers: reward.py's score() (RL), make_data.py's ground truths,
+# eval_knowgen.py. c is a config dict with reward.py's generator keys (reward.make_config(): gen_backend,
+# generator_urls, gen_*; the image API's key from judge_api_key_env): they stay score()'s keyword arguments.
+
+STATS = Counter()   # gen_calls (generate() calls), gen_requests (HTTP attempts, retries included)
+_stats_lock = threading.Lock()
+BACKOFF_CAP = 60.0  # s: the longest wait between two generator attempts (net.retry's cap)
+
+
+def _count(key, n=1):
+    with _stats_lock:
+        STATS[key] += n
+
+
+# the mini world's offline generator (gen_backend "offline"): a stand-in for Qwen-Image-Edit that makes the
+# image depend on what the agent found. It pastes the chosen reference images (at most 3, as the release's
+# client sends) and renders the first quoted string of the prompt as readable text. The mini world's
+# ground-truth images are made by this same function from the oracle answer, exactly as the paper's
+# ground truths were rendered by a strong generator from the evidence prompt + references. reward.py's
+# offline judges read its layout (offline_layout) and its text (quoted_text).
+
+OFFLINE_SIZE = 128  # px, square canvas
+_QUOTE = re.compile(r"[\"“]([^\"”]{1,40})[\"”]")
+
+
+def quoted_text(gen_prompt):
+    """The text the generator will render: the first "..." quoted span of the prompt, or None."""
+    m = _QUOTE.search(gen_prompt or "")
+    return m.group(1).strip() if m else None
+
+
+def offline_layout(size=OFFLINE_SIZE):
+    """Where offline_generate puts things (boxes x0, y0, x1, y1): the first reference (main subject),
+    the insets for references 2 and 3, and the white text band. The offline judge reads the same boxes."""
+    main, small = size * 5 // 8, size // 4
+    x0, y_in = (size - main) // 2, 4 + main - small
+    return {"main": (x0, 4, x0 + main, 4 + main),
+            "insets": [(2, y_in, 2 + small, y_in + small), (size - small - 2, y_in, size - 2, y_in + small)],
+            "band": (0, 4 + main + 4, size, size),
+            # the part of the main square no inset covers: above the insets, and between them
+            "main_only": [(x0, 4, x0 + main, y_in), (2 + small, y_in, size - small - 2, 4 + main)]}
+
+
+def offline_generate(gen_prompt, ref_paths, size=OFFLINE_SIZE):
+    canvas = Image.new("RGB", (size, size), (235, 235, 235))
+    refs = [Image.open(p).convert("RGB") for p in list(ref_paths)[:3]]
+    L = offline_layout(size)
+    m = L["main"]
+    if refs:
+        canvas.paste(refs[0].resize((m[2] - m[0], m[3] - m[1]), Image.BILINEAR), m[:2])
+        for r, b in zip(refs[1:], L["insets"]):
+            canvas.paste(r.resize((b[2] - b[0], b[3] - b[1]), Image.BILINEAR), b[:2])
+    else:
+        # no evidence: the generator "imagines" a generic subject from the words of the prompt
+        # (deterministic, never equal to a real entity's picture)
+        h = sum(ord(c) for c in (gen_prompt or "")) % 997
+        ImageDraw.Draw(canvas).ellipse([m[0], m[1], m[2], m[3]],
+                                       fill=(80 + h % 120, 80 + (h * 7) % 120, 80 + (h * 13) % 120))
+    text = quoted_text(gen_prompt)
+    if text:
+        d = ImageDraw.Draw(canvas)
+        band_top = L["band"][1]
+        d.rectangle([0, band_top, size, size], fill=(255, 255, 255))
+        d.text((4, band_top + 4), text[:20], fill=(0, 0, 0), font=ImageFont.load_default())
+    return canvas
+
+
+# ----------------------------------------------------------------------------------------------
+# the remote backends' clients (server, openai, gemini, seedream): each writes a PNG to out_path or raises
+
+_rr = itertools.count()
+
+
+def _acquire_server(urls, per_server):
+    """A server URL with a free slot (round-robin start, so a batch fans out over all servers)."""
+    start = next(_rr)
+    while True:
+        for i in range(len(urls)):
+            u = urls[(start + i) % len(urls)]
+            if net.semaphore("gen:" + u, per_server).acquire(blocking=False):
+                return u
+        time.sleep(0.01)
+
+
+def _save_png_bytes(b, out_path):
+    Image.open(io.BytesIO(b)).convert("RGB").save(out_path)  # also checks that it is an image
+    return out_path
+
+
+def generate_server(gen_prompt, ref_paths, out_path, c):
+    """This server's POST /generate (release contract), first <= 3 references as data URLs."""
+    refs = [p if p.startswith(("http://", "https://", "data:")) else net.data_url(p)
+            for p in ref_paths[:c["gen_max_refs"]]]
+    body = {"image_urls": refs, "prompt": gen_prompt, "seed": c["gen_seed"],
+            "true_cfg_scale": c["gen_true_cfg_scale"], "negative_prompt": c["gen_negative_prompt"],
+            "num_inference_steps": c["gen_steps"] if refs else c["gen_text_only_steps"],
+            "guidance_scale": c["gen_guidance_scale"], "num_images_per_prompt": 1}
+    token = os.environ.get(c.get("gen_server_token_env") or "", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}  # the server's token (issue 13)
+
+    def once():  # each attempt takes a free server (round-robin), so a retry may go to another GPU
+        url = _acquire_server(list(c["generator_urls"]), c["gen_per_server"])
+        try:
+            _count("gen_requests")
+            r = requests.post(url.rstrip("/") + "/generate", json=body, headers=headers, timeout=c["gen_timeout"],
+                              allow_redirects=False)  # the token stays with the configured server
+            _check_status(r, url)
+            return _reply_part(lambda: _save_png_bytes(base64.b64decode(r.json()["image"]), out_path)
+                               if r.json().get("success") else None, url, r)
+        finally:
+            net.semaphore("gen:" + url, c["gen_per_server"]).release()
+    return net.retry(once, c["gen_retries"], c["gen_backoff"], BACKOFF_CAP, "generator server", [token])
+
+
+def _check_status(r, name):
+    """A requests answer that is not 200 as net.HTTPFailure (status and Retry-After kept, for net.retry)."""
+    if r.status_code != 200:
+        raise net.HTTPFailure(f"{name}: HTTP {r.status_code} {r.text[:160]}", status=r.status_code,
+                              retry_after=net.retry_after(r.headers))
+
+
+def _reply_part(get, name, r):
+    """get() on a 200 answer (None = nothing usable in it); a body without the expected part (not JSON,
+    "success": false, no image, bytes that are not an image) is net.Unparseable: asked again, like a 5xx."""
+    try:
+        out = get()
+        if out is None:
+            raise ValueError("no image in the answer")
+        return out
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, OSError) as e:  # PIL: OSError
+        body = getattr(r, "text", "")
+        raise net.Unparseable(f"{name}: an answer without a usable image ({type(e).__name__}: {str(e)[:80]}) "
+                              f"{body[:120] if isinstance(body, str) else ''}") from None
+
+
+@lru_cache(maxsize=16)
+def _image_api_client(base_url, key_env, timeout):
+    """One client per endpoint (connections reused across threads), built by net.openai_client: key only from the
+    environment, no redirects, max_retries=0 (retries are ours: jittered, and they also cover answers without an
+    image)."""
+    return net.openai_client(base_url, key_env, timeout)
+
+
+def generate_openai(gen_prompt, ref_paths, out_path, c):
+    """An OpenAI-compatible image API: images.edit with the references, images.generate without."""
+    client = _image_api_client(c["gen_openai_base_url"], c["judge_api_key_env"], float(c["gen_timeout"]))
+
+    def once():
+        with net.semaphore("gen:openai", c["gen_openai_concurrency"]):
+            _count("gen_requests")
+            kw = dict(model=c["gen_openai_model"], prompt=gen_prompt, size=c["gen_openai_size"])
+            resp = client.images.edit(image=[(os.path.basename(p), open(p, "rb").read())
+                                             for p in ref_paths[:c["gen_max_refs"]]], **kw) if ref_paths \
+                else client.images.generate(n=1, **kw)
+        d = _reply_part(lambda: resp.data[0], "image API", resp)
+        b = _reply_part(lambda: base64.b64decode(d.b64_json), "image API", resp) if d.b64_json else \
+            requests.get(d.url, timeout=60).content
+        return _reply_part(lambda: _save_png_bytes(b, out_path), "image API", resp)
+    return net.retry(once, c["gen_retries"], c["gen_backoff"], BACKOFF_CAP, "image API",
+                     [net.env_secret(c["judge_api_key_env"])])
+
+
+def _b64_file(path):
+    """(mime, base64) of a reference file's ORIGINAL bytes (no re-encode, no resize)."""
+    url = net.data_url(path)
+    return url[5:url.index(";")], url[url.index(",") + 1:]
+
+
+def _key(env):
+    key = os.environ.get(env) or ""
+    if not key:
+        raise RuntimeError(f"no API key: set the environment variable {env}")
+    return key
+
+
+def post_json_retrying(url, body, headers, c, name):
+    """POST JSON through net.retry with c's gen_retries / gen_backoff / gen_timeout -> the decoded JSON of a 200
+    answer; raises net.HTTPFailure (a RuntimeError) with the header keys redacted (servers echo them)."""
+    def once():
+        _count("gen_requests")
+        r = requests.post(url, json=body, headers=headers, timeout=c["gen_timeout"], allow_redirects=False)
+        _check_status(r, name)
+        return _reply_part(lambda: r.json(), name, r)
+    keys = [x for v in headers.values() for x in (v, v.split()[-1] if v.split() else v)]
+    return net.retry(once, c["gen_retries"], c["gen_backoff"], BACKOFF_CAP, name, keys)
+
+
+def generate_gemini(gen_prompt, ref_paths, out_path, c):
+    """Gemini generateContent (Nano Banana Pro): parts = the prompt text + each reference as inlineData; the image
+    comes back as an inlineData part of the first candidate (release: eval's NanoAPIGenerator)."""
+    parts = [{"text": gen_prompt}] + [{"inlineData": {"mimeType": m, "data": d}}
+                                      for m, d in (_b64_file(p) for p in ref_paths)]
+    url = f"{c['gen_gemini_base_url'].rstrip('/')}/models/{c['gen_gemini_model']}:generateContent"
+    data = post_json_retrying(url, {"contents": [{"parts": parts}]},
+                              {"x-goog-api-key": _key(c["gen_gemini_key_env"])}, c, "gemini")
+    for cand in data.get("candidates") or []:
+        for part in (cand.get("content") or {}).get("parts") or []:
+            inline = part.get("inlineData") or part.get("inline_data")
+            if isinstance(inline, dict) and inline.get("data"):
+                _save_png_bytes(base64.b64decode(inline["data"]), out_path)
+                return out_path
+    raise RuntimeError(f"gemini: no image in the answer: {str(data)[:200]}")
+
+
+def generate_seedream(gen_prompt, ref_paths, out_path, c):
+    """Seedream on Volcengine ARK: POST images/generations {"model", "prompt", "size", "image": [data URLs],
+    "response_format": "url", "watermark": false, "sequential_image_generation": "disabled"} -> data[0].url (or
+    data[0].b64_json), as the release's eval SeedAPIGenerator sends it."""
+    body = {"model": c["gen_seedream_model"], "prompt": gen_prompt, "size": c["gen_seedream_size"],
+            "response_format": "url", "watermark": False, "sequential_image_generation": "disabled"}
+    if ref_paths:
+        body["image"] = [net.data_url(p) for p in ref_paths]
+    url = c["gen_seedream_base_url"].rstrip("/") + "/images/generations"
+    data = post_json_retrying(url, body, {"Authorization": f"Bearer {_key(c['gen_seedream_key_env'])}"}, c,
+                              "seedream")
+    d = (data.get("data") or [{}])[0]
+    if d.get("b64_json"):
+        b = base64.b64decode(d["b64_json"])
+    elif d.get("url"):
+        r = requests.get(d["url"], timeout=c["gen_timeout"])
+        if r.status_code != 200:
+            raise RuntimeError(f"seedream: image download HTTP {r.status_code}")
+        b = r.content
+    else:
+        raise RuntimeError(f"seedream: no image in the answer: {str(data)[:200]}")
+    _save_png_bytes(b, out_path)
+    return out_path
+
+
+def generate(gen_prompt, ref_paths, out_path, c):
+    """The image for gen_prompt with the reference files ref_paths, written as a PNG to out_path (returned), by the
+    backend c["gen_backend"] names; raises when it fails (after the client's retries)."""
+    _count("gen_calls")
+    if c["gen_backend"] == "offline":
+        offline_generate(gen_prompt, ref_paths).save(out_path)
+        return out_path
+    if c["gen_backend"] == "server":
+        return generate_server(gen_prompt, ref_paths, out_path, c)
+    if c["gen_backend"] == "openai":
+        return generate_openai(gen_prompt, ref_paths, out_path, c)
+    if c["gen_backend"] == "gemini":
+        return generate_gemini(gen_prompt, ref_paths, out_path, c)
+    if c["gen_backend"] == "seedream":
+        return generate_seedream(gen_prompt, ref_paths, out_path, c)
+    raise ValueError(f"reward.py: unknown gen_backend {c['gen_backend']!r} (offline | server | openai | gemini | "
+                     "seedream)")
 
 
 if __name__ == "__main__":

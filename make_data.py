@@ -78,7 +78,7 @@ tokenizer_dir = ""            # policy dir: records get tokens/loss_mask from ro
 tokenize_vl = True            # image tokens when tokenizer_dir has no config.json (a bare tokenizer dir)
 system_style = "paper"        # rollout.py's system prompt ("compact" on CPU); sft / grpo / eval must use the same
 # stage 3: ground truth (paper: a strong generator, Nano Banana Pro, given the evidence prompt + references)
-gen_backend = "auto"          # reward.generate: "gemini" (the paper's Nano Banana Pro, reward.gen_gemini_model,
+gen_backend = "auto"          # image_server.generate: "gemini" (the paper's Nano Banana Pro, reward.gen_gemini_model,
                               # key $GEMINI_API_KEY) | "server" (image_server.py: Qwen-Image-Edit-2509, open weights)
                               # | "openai" | "seedream" | "offline"; auto = server if generator_urls, else offline
                               # for a mini world (world_dir), else gemini (the paper's)
@@ -173,7 +173,7 @@ def run_stage(c, name, jobs, fn, path):
 
 
 # ----------------------------------------------------------------------------------------------
-# single chat calls (prompt writer, judge): rollout.chat_completion's retry loop, so every attempt is counted
+# single chat calls (prompt writer, judge): net.chat_completion's retry loop, so every attempt is counted
 
 @lru_cache(maxsize=None)
 def _client(base_url, key_env, timeout):  # one per endpoint: connections are reused across the worker threads
@@ -183,9 +183,9 @@ def _client(base_url, key_env, timeout):  # one per endpoint: connections are re
 
 def chat(c, base_url, model, messages, usage, **kw):
     """One chat completion -> reply text (raises RuntimeError after c.retries failed retries)."""
-    import rollout
+    import net
     cl = _client(base_url, c.api_key_env, c.timeout)
-    return rollout.chat_completion(cl, model, messages, usage, c.retries, **kw)[0].message.content
+    return net.chat_completion(cl, model, messages, usage, c.retries, **kw)[0].message.content
 
 
 def parse_json(text, usage):
@@ -448,7 +448,7 @@ def stage_traj(c):
 
 
 # ----------------------------------------------------------------------------------------------
-# stage 3: ground truth. The generator (reward.generate: offline for a mini world, the Qwen-Image-Edit servers
+# stage 3: ground truth. The generator (image_server.generate: offline for a mini world, the Qwen-Image-Edit servers
 # or an image API otherwise) renders each valid answer's gen_prompt with its references.
 
 def usable(rec):
@@ -457,7 +457,7 @@ def usable(rec):
 
 
 def gt_backend(c):
-    """The ground-truth generator (reward.generate's backend): gen_backend, or for "auto" the image servers when
+    """The ground-truth generator (image_server.generate's backend): gen_backend, or for "auto" the image servers when
     generator_urls are given, the offline stand-in for a mini world, else the paper's Nano Banana Pro ("gemini")."""
     if c.gen_backend != "auto":
         return c.gen_backend
@@ -472,6 +472,7 @@ def generator_label(rc):
 
 
 def stage_gt(c):
+    import image_server
     import reward
     path = os.path.join(c.out_dir, "gt.jsonl")
     done = set(by_id(stage_rows(path)))
@@ -488,7 +489,7 @@ def stage_gt(c):
         # the generator gets the original images (tools.py's source_path), not the agent's resized JPEG copies
         refs = [reward.reference_file(r) for r in reward.valid_refs(rec["answer"])]
         usage["gen_requests"] += 1
-        reward.generate(rec["answer"]["gen_prompt"], refs, tmp, rc)
+        image_server.generate(rec["answer"]["gen_prompt"], refs, tmp, rc)
         os.replace(tmp, os.path.join(c.out_dir, name))  # the row is written only after the file is complete
         usage["images_generated"] += 1
         return {"id": rec["id"], "gt_image": name, "generator": label}
@@ -548,6 +549,7 @@ def offline_judge(c, item, rec, gt_path, world_images):
     faithful / aesthetics: our render agrees with the world's own ground truth (reward's offline K-Score judge);
     text_clarity: the required text is quoted exactly and fits the 20 characters the offline generator draws;
     safe: no word from a small block list."""
+    import image_server
     import reward
     if not isinstance(item.get("solution"), dict):
         raise ValueError(f"item {item['id']}: the offline judge needs a mini-world solution (set --judge_base_url)")
@@ -558,7 +560,7 @@ def offline_judge(c, item, rec, gt_path, world_images):
     new_facts = [f for f in sol["facts"] if f.lower() in gp and f.lower() not in item["prompt"].lower()]
     k = reward.judge_kscore_offline(gt_path, os.path.join(c.world_dir, f"gt/{item['id']}.png"), sol)
     need = sol.get("required_text")
-    q = reward.quoted_text(ans["gen_prompt"])
+    q = image_server.quoted_text(ans["gen_prompt"])
     return {"needs_search": int(bool(new_facts or chosen)),
             "correct": int(chosen == sol["ref_image_ids"] and all(f.lower() in gp for f in sol["facts"])),
             "faithful": int(k["faithfulness"] == 1 and k["visual_correctness"] == 1), "aesthetics": int(k["aesthetics"] == 1),
@@ -616,7 +618,7 @@ def inconsistent_search(item, rec):
     """Evidence that does not hold together: (1) the same call answered differently within the trajectory,
     (2) a reference no image_search returned, (3) text to render (quoted in gen_prompt) found in neither the
     prompt nor any observation."""
-    import reward
+    import image_server
     why, seen, obs = [], {}, []
     msgs = rec["messages"]
     for m, nxt in zip(msgs, msgs[1:]):
@@ -628,7 +630,7 @@ def inconsistent_search(item, rec):
     for r in rec["answer"]["reference_images"]:
         if not any((r.get("url") or "\0") in o or r["img_id"] in o for o in obs):
             why.append(f"unseen_reference:{r['img_id']}")
-    q = reward.quoted_text(rec["answer"]["gen_prompt"])
+    q = image_server.quoted_text(rec["answer"]["gen_prompt"])
     if q and q.lower() not in (item["prompt"] + "\n".join(obs)).lower():
         why.append("unsupported_text")
     return why

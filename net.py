@@ -1,7 +1,9 @@
 """
 net.py -- the one HTTP helper: URL policy, bounded requests, and THE retry loop (retry / retryable) that every
-HTTP caller uses: tools.py's APIs and summarizer, image_server.py, reward.py's judges and generators,
-rollout.py's chat completions (make_data.py's teacher / prompt writer / judge go through those).
+HTTP caller uses: tools.py's APIs and summarizer, image_server.py (the server's image_urls, the generator
+clients), reward.py's judges, and chat_completion (rollout.py's openai engine, make_data.py's prompt writer /
+judge). Also the pieces those callers share: openai_client, data_url (an image file as a data URL) and
+semaphore (process-wide concurrency bounds).
 
 Trust boundary. Two kinds of url reach the network:
   * urls the MODEL chose or a search result supplied (browse, image downloads, the image server's image_urls).
@@ -19,6 +21,7 @@ deadline, so a body trickling 1 byte/s ends on time; its thread is a daemon) and
 abandoned as soon as the cap is passed, never read whole). allow_private=True switches the address check off
 on purpose (offline worlds, tests against loopback servers).
 """
+import base64
 import dataclasses
 import http.client
 import ipaddress
@@ -389,6 +392,28 @@ def env_secret(env):
     return os.environ.get(env or "", "").strip()
 
 
+def data_url(path):
+    """A file as a data URL, its original bytes (the mime type from its magic bytes): how the judges, the agent's
+    chat messages and the generator clients send an image."""
+    b = open(path, "rb").read()
+    mime = "image/png" if b[:4] == b"\x89PNG" else "image/jpeg" if b[:2] == b"\xff\xd8" else \
+        "image/webp" if b[8:12] == b"WEBP" else "image/gif" if b[:3] == b"GIF" else "application/octet-stream"
+    return f"data:{mime};base64," + base64.b64encode(b).decode()
+
+
+_semaphores = {}
+_semaphores_lock = threading.Lock()
+
+
+def semaphore(name, n):
+    """One process-wide semaphore per (name, limit): a concurrency bound (judge requests, a generator server's
+    slots) that outlives a single call, so it holds across the groups that GRPO scores concurrently."""
+    with _semaphores_lock:
+        if (name, n) not in _semaphores:
+            _semaphores[(name, n)] = threading.BoundedSemaphore(max(1, n))
+        return _semaphores[(name, n)]
+
+
 def chat_choice(resp):
     """The first choice of an OpenAI chat completion, or Unparseable: the openai client hands back the text of a
     body that is not JSON (a gateway's error page), or a reply without choices / message."""
@@ -408,3 +433,26 @@ def openai_client(base_url, key_env, timeout, max_retries=0):
     http = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
     return openai.OpenAI(base_url=base_url, api_key=os.environ.get(key_env or "", "").strip() or "EMPTY",
                          timeout=timeout, max_retries=max_retries, http_client=http)
+
+
+def chat_completion(client, model, messages, usage, retries=2, **kw):
+    """One chat completion -> (choice, usage) through retry(): timeouts, connection errors, 408/409/429/5xx,
+    bodies that are not a chat completion and replies without text are asked again (jittered backoff, base 1 s,
+    cap 30 s), anything else is final; then HTTPFailure (a RuntimeError) with the client's key redacted (a
+    server that echoes it must not put it into a record). Counts requests, request_errors and tokens into usage.
+    Callers: rollout.py's openai engine (agent, teacher) and make_data.py's single calls (prompt writer, judge)."""
+    def once():
+        usage["requests"] += 1
+        try:
+            r = client.chat.completions.create(model=model, messages=messages, **kw)
+            choice = chat_choice(r)
+            if not isinstance(choice.message.content, str):
+                raise Unparseable("the reply has no message content")
+        except Exception:
+            usage["request_errors"] += 1
+            raise
+        if r.usage is not None:
+            usage.update(prompt_tokens=r.usage.prompt_tokens or 0, completion_tokens=r.usage.completion_tokens or 0)
+        return choice, r.usage
+    key = client.api_key if client.api_key != "EMPTY" else ""  # "EMPTY": openai_client's no-key placeholder
+    return retry(once, retries, 1.0, 30.0, f"chat {model}", [key])

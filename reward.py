@@ -1,7 +1,7 @@
 """
 reward.py: everything that turns a finished trajectory into a number. Generate an image from the agent's
-answer, ask the K-Score judge (generated vs ground truth) and the text judge (answer text vs ground truth),
-combine them into the paper's dual reward. grpo.py calls one function, score().
+answer (image_server.generate), ask the K-Score judge (generated vs ground truth) and the text judge (answer
+text vs ground truth), combine them into the paper's dual reward. grpo.py calls one function, score().
 
 CPU, the mini world (offline generator + offline judges, no GPU, no keys):
     python reward.py --trajectories=out/rollouts.jsonl --items=data/miniworld/rl.jsonl
@@ -11,16 +11,15 @@ One GPU per image server (see image_server.py) + an OpenAI-compatible judge (key
         --judge_backend=openai --judge_model=gpt-4.1
 (in training, grpo.py imports score() and passes these settings as keyword arguments).
 
-Backends. gen_backend: "offline" = offline_generate below (the mini world's stand-in for Qwen-Image-Edit),
-"server" = image_server.py's POST /generate (the release's contract), "openai" = an OpenAI-compatible image API
-(images.generate / images.edit) for transfer experiments. judge_backend: "offline" = pixel/solution judges below
-(stand-ins for GPT-4.1 that need the item's hidden `solution`), "openai" = any OpenAI-compatible chat server.
+Backends. gen_backend (the generator keys below are score()'s; image_server.py holds the clients): "offline" =
+image_server.offline_generate (the mini world's stand-in for Qwen-Image-Edit), "server" = image_server.py's
+POST /generate (the release's contract), "openai" = an OpenAI-compatible image API (images.generate /
+images.edit) for transfer experiments, "gemini" / "seedream" = the transfer rows' APIs. judge_backend: "offline"
+= pixel/solution judges below (stand-ins for GPT-4.1 that need the item's hidden `solution`), "openai" = any
+OpenAI-compatible chat server.
 """
-import base64
 import concurrent.futures as cf
 import hashlib
-import io
-import itertools
 import json
 import logging
 import os
@@ -32,9 +31,9 @@ from collections import Counter
 from functools import lru_cache
 
 import numpy as np
-import requests
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
+import image_server  # the image generator: generate(), the offline generator's layout (no torch at import)
 import net  # the one retry loop (stdlib only)
 from configurator import config_keys
 
@@ -44,7 +43,7 @@ lam = 0.5                        # paper: r = (1-λ)K + λ r_text, λ = 0.5 (λ 
 data_dir = "data/miniworld"      # relative gt_image paths (and the offline judge's images.jsonl) live here
 out_dir = "out/gen_images"       # generated images are saved here
 score_workers = 64               # trajectories generated concurrently (each waits for its generator slot)
-# generator
+# generator (image_server.generate reads these from score()'s config)
 gen_backend = "offline"          # "offline" | "server" | "openai" | "gemini" | "seedream"
 generator_urls = ["http://127.0.0.1:8000"]  # one image_server.py per GPU
 gen_server_token_env = "IMAGE_SERVER_TOKEN"  # env var with image_server.py's bearer token (sent if set)
@@ -87,7 +86,7 @@ judge_json_mode = True           # send response_format={"type": "json_object"}
 judge_cache = "out/judge_cache.sqlite"  # None = no cache; re-scoring the same inputs costs nothing
 judge_fail = "zero_reward"       # judge never answered usefully: "zero_reward" | "zero_component" (the other
                                  # judge's half still counts); either way "error" is set and STATS counts it
-# offline judge thresholds (pixels; offline_generate output vs ground truth)
+# offline judge thresholds (pixels; image_server.offline_generate output vs ground truth)
 offline_cell = 5                 # px: regions are compared as means of cell x cell blocks ...
 offline_tol = 32                 # ... that agree when no channel differs by more than this ...
 offline_strict = 0.97            # ... and match strictly when this fraction of cells agrees
@@ -98,7 +97,8 @@ offline_text_tol = 0.05          # max mismatched ink fraction for "the same tex
 _CONFIG_KEYS = config_keys(globals())
 
 log = logging.getLogger("reward")
-STATS = Counter()   # judge_requests, judge_cache_hits, judge_parse_failures, judge_failures, gen_requests, ...
+STATS = Counter()   # judge_requests, judge_cache_hits, judge_parse_failures, judge_failures, gen_failures, ...
+                    # (the generator clients count gen_calls / gen_requests in image_server.STATS)
 _stats_lock = threading.Lock()
 
 
@@ -166,59 +166,6 @@ def invalid_reason(traj):
 
 
 # ----------------------------------------------------------------------------------------------
-# the mini world's offline generator: a stand-in for Qwen-Image-Edit that makes the image depend on
-# what the agent found. It pastes the chosen reference images (at most 3, as the release's client
-# sends) and renders the first quoted string of the prompt as readable text. The mini world's
-# ground-truth images are made by this same function from the oracle answer, exactly as the paper's
-# ground truths were rendered by a strong generator from the evidence prompt + references.
-
-OFFLINE_SIZE = 128  # px, square canvas
-_QUOTE = re.compile(r"[\"“]([^\"”]{1,40})[\"”]")
-
-
-def quoted_text(gen_prompt):
-    """The text the generator will render: the first "..." quoted span of the prompt, or None."""
-    m = _QUOTE.search(gen_prompt or "")
-    return m.group(1).strip() if m else None
-
-
-def offline_layout(size=OFFLINE_SIZE):
-    """Where offline_generate puts things (boxes x0, y0, x1, y1): the first reference (main subject),
-    the insets for references 2 and 3, and the white text band. The offline judge reads the same boxes."""
-    main, small = size * 5 // 8, size // 4
-    x0, y_in = (size - main) // 2, 4 + main - small
-    return {"main": (x0, 4, x0 + main, 4 + main),
-            "insets": [(2, y_in, 2 + small, y_in + small), (size - small - 2, y_in, size - 2, y_in + small)],
-            "band": (0, 4 + main + 4, size, size),
-            # the part of the main square no inset covers: above the insets, and between them
-            "main_only": [(x0, 4, x0 + main, y_in), (2 + small, y_in, size - small - 2, 4 + main)]}
-
-
-def offline_generate(gen_prompt, ref_paths, size=OFFLINE_SIZE):
-    canvas = Image.new("RGB", (size, size), (235, 235, 235))
-    refs = [Image.open(p).convert("RGB") for p in list(ref_paths)[:3]]
-    L = offline_layout(size)
-    m = L["main"]
-    if refs:
-        canvas.paste(refs[0].resize((m[2] - m[0], m[3] - m[1]), Image.BILINEAR), m[:2])
-        for r, b in zip(refs[1:], L["insets"]):
-            canvas.paste(r.resize((b[2] - b[0], b[3] - b[1]), Image.BILINEAR), b[:2])
-    else:
-        # no evidence: the generator "imagines" a generic subject from the words of the prompt
-        # (deterministic, never equal to a real entity's picture)
-        h = sum(ord(c) for c in (gen_prompt or "")) % 997
-        ImageDraw.Draw(canvas).ellipse([m[0], m[1], m[2], m[3]],
-                                       fill=(80 + h % 120, 80 + (h * 7) % 120, 80 + (h * 13) % 120))
-    text = quoted_text(gen_prompt)
-    if text:
-        d = ImageDraw.Draw(canvas)
-        band_top = L["band"][1]
-        d.rectangle([0, band_top, size, size], fill=(255, 255, 255))
-        d.text((4, band_top + 4), text[:20], fill=(0, 0, 0), font=ImageFont.load_default())
-    return canvas
-
-
-# ----------------------------------------------------------------------------------------------
 # offline judges: stand-ins for GPT-4.1 in the mini world. They grade with the same {0, .5, 1} levels
 # and N/A rule as the real K-Score rubric (and the text judge's 5 levels), from pixels and the item's
 # hidden solution, so the whole RL loop runs without GPUs or API keys. Partial credit per dimension is
@@ -264,7 +211,7 @@ def judge_kscore_offline(gen_path, gt_path, solution, c=None):
     cell, tol, strict = c["offline_cell"], c["offline_tol"], c["offline_strict"]
     t = _rgb(gt_path)
     g = _rgb(gen_path, size=(t.shape[1], t.shape[0]))
-    L = offline_layout(t.shape[1])
+    L = image_server.offline_layout(t.shape[1])
     whole = (0, 0, t.shape[1], t.shape[0])
     main_ok = all(_agree(g, t, b, cell, tol) >= strict for b in L["main_only"])
     insets_ok = all(_agree(g, t, b, cell, tol) >= strict for b in L["insets"])
@@ -337,7 +284,8 @@ def judge_text_offline(answer, solution, images_jsonl):
     r = len(set(chosen) & set(correct)) / max(len(set(chosen)), len(correct), 1)
     parts = [(0.4, f), (0.4, r)]
     if solution.get("required_text") is not None:
-        parts.append((0.2, float(quoted_text(answer.get("gen_prompt")) == solution["required_text"].strip())))
+        parts.append((0.2, float(image_server.quoted_text(answer.get("gen_prompt")) ==
+                                 solution["required_text"].strip())))
     s = sum(w * x for w, x in parts) / sum(w for w, _ in parts)
     return {"score": round(s * 4) / 4, "rationale": f"offline: facts={f:.2f} refs={r:.2f} chosen={chosen}"}
 
@@ -446,31 +394,11 @@ def answer_text(answer):
     return "\n".join(lines)
 
 
-def data_url(path):
-    """A file as a data URL (the mime type from its magic bytes)."""
-    b = open(path, "rb").read()
-    mime = "image/png" if b[:4] == b"\x89PNG" else "image/jpeg" if b[:2] == b"\xff\xd8" else \
-        "image/webp" if b[8:12] == b"WEBP" else "image/gif" if b[:3] == b"GIF" else "application/octet-stream"
-    return f"data:{mime};base64," + base64.b64encode(b).decode()
-
-
 def _sha(b):
     return hashlib.sha256(b if isinstance(b, bytes) else b.encode()).hexdigest()
 
 
-_locks = {}
-_locks_lock = threading.Lock()
-
-
-def _sem(name, n):
-    """One process-wide semaphore per (name, limit): the concurrency bound outlives a single score() call."""
-    with _locks_lock:
-        if (name, n) not in _locks:
-            _locks[(name, n)] = threading.BoundedSemaphore(max(1, n))
-        return _locks[(name, n)]
-
-
-BACKOFF_CAP = 60.0  # s: the longest wait between two judge / generator attempts (net.retry's cap)
+BACKOFF_CAP = 60.0  # s: the longest wait between two judge attempts (net.retry's cap)
 
 
 def _redact(msg, c):
@@ -515,7 +443,7 @@ def ask_judge(kind, messages, parse, cache_inputs, c):
     extra = {"response_format": {"type": "json_object"}} if c["judge_json_mode"] else {}
 
     def once():
-        with _sem("judge", c["judge_concurrency"]):
+        with net.semaphore("judge", c["judge_concurrency"]):
             _count("judge_requests")
             resp = client.chat.completions.create(
                 model=c["judge_model"], messages=messages, temperature=c["judge_temperature"],
@@ -541,7 +469,7 @@ def ask_judge(kind, messages, parse, cache_inputs, c):
 
 def judge_kscore(prompt, gen_path, gt_path, c):
     """K-Score judge over the OpenAI chat API: original prompt, image 1 = generated, image 2 = ground truth."""
-    gen, gt = data_url(gen_path), data_url(gt_path)
+    gen, gt = net.data_url(gen_path), net.data_url(gt_path)
     messages = [{"role": "system", "content": KSCORE_SYSTEM},
                 {"role": "user", "content": [
                     {"type": "text", "text": f"ORIGINAL prompt:\n{prompt}\n\nImage 1 (generated):"},
@@ -554,184 +482,13 @@ def judge_kscore(prompt, gen_path, gt_path, c):
 
 def judge_text(prompt, answer, gt_path, c):
     """Text-reward judge: the answer as TEXT (no reference pixels) vs the prompt and the ground-truth image."""
-    text, gt = answer_text(answer), data_url(gt_path)
+    text, gt = answer_text(answer), net.data_url(gt_path)
     messages = [{"role": "system", "content": TEXT_SYSTEM},
                 {"role": "user", "content": [
                     {"type": "text", "text": f"ORIGINAL prompt:\n{prompt}\n\nGround-truth image:"},
                     {"type": "image_url", "image_url": {"url": gt}},
                     {"type": "text", "text": f"Agent's answer:\n{text}\n\nReply with the JSON object only."}]}]
     return ask_judge("text", messages, parse_text_score, [_sha(prompt), _sha(text), _sha(gt)], c)
-
-
-# ----------------------------------------------------------------------------------------------
-# generator clients: each writes a PNG to out_path or raises
-
-_rr = itertools.count()
-
-
-def _acquire_server(urls, per_server):
-    """A server URL with a free slot (round-robin start, so a batch fans out over all servers)."""
-    start = next(_rr)
-    while True:
-        for i in range(len(urls)):
-            u = urls[(start + i) % len(urls)]
-            if _sem("gen:" + u, per_server).acquire(blocking=False):
-                return u
-        time.sleep(0.01)
-
-
-def _save_png_bytes(b, out_path):
-    Image.open(io.BytesIO(b)).convert("RGB").save(out_path)  # also checks that it is an image
-    return out_path
-
-
-def generate_server(gen_prompt, ref_paths, out_path, c):
-    """image_server.py's POST /generate (release contract), first <= 3 references as data URLs."""
-    refs = [p if p.startswith(("http://", "https://", "data:")) else data_url(p)
-            for p in ref_paths[:c["gen_max_refs"]]]
-    body = {"image_urls": refs, "prompt": gen_prompt, "seed": c["gen_seed"],
-            "true_cfg_scale": c["gen_true_cfg_scale"], "negative_prompt": c["gen_negative_prompt"],
-            "num_inference_steps": c["gen_steps"] if refs else c["gen_text_only_steps"],
-            "guidance_scale": c["gen_guidance_scale"], "num_images_per_prompt": 1}
-    token = os.environ.get(c.get("gen_server_token_env") or "", "").strip()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}  # the server's token (issue 13)
-
-    def once():  # each attempt takes a free server (round-robin), so a retry may go to another GPU
-        url = _acquire_server(list(c["generator_urls"]), c["gen_per_server"])
-        try:
-            _count("gen_requests")
-            r = requests.post(url.rstrip("/") + "/generate", json=body, headers=headers, timeout=c["gen_timeout"],
-                              allow_redirects=False)  # the token stays with the configured server
-            _check_status(r, url)
-            return _reply_part(lambda: _save_png_bytes(base64.b64decode(r.json()["image"]), out_path)
-                               if r.json().get("success") else None, url, r)
-        finally:
-            _sem("gen:" + url, c["gen_per_server"]).release()
-    return net.retry(once, c["gen_retries"], c["gen_backoff"], BACKOFF_CAP, "generator server", [token])
-
-
-def _check_status(r, name):
-    """A requests answer that is not 200 as net.HTTPFailure (status and Retry-After kept, for net.retry)."""
-    if r.status_code != 200:
-        raise net.HTTPFailure(f"{name}: HTTP {r.status_code} {r.text[:160]}", status=r.status_code,
-                              retry_after=net.retry_after(r.headers))
-
-
-def _reply_part(get, name, r):
-    """get() on a 200 answer (None = nothing usable in it); a body without the expected part (not JSON,
-    "success": false, no image, bytes that are not an image) is net.Unparseable: asked again, like a 5xx."""
-    try:
-        out = get()
-        if out is None:
-            raise ValueError("no image in the answer")
-        return out
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, OSError) as e:  # PIL: OSError
-        body = getattr(r, "text", "")
-        raise net.Unparseable(f"{name}: an answer without a usable image ({type(e).__name__}: {str(e)[:80]}) "
-                              f"{body[:120] if isinstance(body, str) else ''}") from None
-
-
-def generate_openai(gen_prompt, ref_paths, out_path, c):
-    """An OpenAI-compatible image API: images.edit with the references, images.generate without."""
-    client = _openai_client(c["gen_openai_base_url"], c["judge_api_key_env"], float(c["gen_timeout"]))
-
-    def once():
-        with _sem("gen:openai", c["gen_openai_concurrency"]):
-            _count("gen_requests")
-            kw = dict(model=c["gen_openai_model"], prompt=gen_prompt, size=c["gen_openai_size"])
-            resp = client.images.edit(image=[(os.path.basename(p), open(p, "rb").read())
-                                             for p in ref_paths[:c["gen_max_refs"]]], **kw) if ref_paths \
-                else client.images.generate(n=1, **kw)
-        d = _reply_part(lambda: resp.data[0], "image API", resp)
-        b = _reply_part(lambda: base64.b64decode(d.b64_json), "image API", resp) if d.b64_json else \
-            requests.get(d.url, timeout=60).content
-        return _reply_part(lambda: _save_png_bytes(b, out_path), "image API", resp)
-    return net.retry(once, c["gen_retries"], c["gen_backoff"], BACKOFF_CAP, "image API",
-                     [net.env_secret(c["judge_api_key_env"])])
-
-
-def _b64_file(path):
-    """(mime, base64) of a reference file's ORIGINAL bytes (no re-encode, no resize)."""
-    url = data_url(path)
-    return url[5:url.index(";")], url[url.index(",") + 1:]
-
-
-def _key(env):
-    key = os.environ.get(env) or ""
-    if not key:
-        raise RuntimeError(f"no API key: set the environment variable {env}")
-    return key
-
-
-def _post_json_retrying(url, body, headers, c, name):
-    """POST JSON through net.retry with c's gen_retries / gen_backoff / gen_timeout -> the decoded JSON of a 200
-    answer; raises net.HTTPFailure (a RuntimeError) with the header keys redacted (servers echo them)."""
-    def once():
-        _count("gen_requests")
-        r = requests.post(url, json=body, headers=headers, timeout=c["gen_timeout"], allow_redirects=False)
-        _check_status(r, name)
-        return _reply_part(lambda: r.json(), name, r)
-    keys = [x for v in headers.values() for x in (v, v.split()[-1] if v.split() else v)]
-    return net.retry(once, c["gen_retries"], c["gen_backoff"], BACKOFF_CAP, name, keys)
-
-
-def generate_gemini(gen_prompt, ref_paths, out_path, c):
-    """Gemini generateContent (Nano Banana Pro): parts = the prompt text + each reference as inlineData; the image
-    comes back as an inlineData part of the first candidate (release: eval's NanoAPIGenerator)."""
-    parts = [{"text": gen_prompt}] + [{"inlineData": {"mimeType": m, "data": d}}
-                                      for m, d in (_b64_file(p) for p in ref_paths)]
-    url = f"{c['gen_gemini_base_url'].rstrip('/')}/models/{c['gen_gemini_model']}:generateContent"
-    data = _post_json_retrying(url, {"contents": [{"parts": parts}]},
-                               {"x-goog-api-key": _key(c["gen_gemini_key_env"])}, c, "gemini")
-    for cand in data.get("candidates") or []:
-        for part in (cand.get("content") or {}).get("parts") or []:
-            inline = part.get("inlineData") or part.get("inline_data")
-            if isinstance(inline, dict) and inline.get("data"):
-                _save_png_bytes(base64.b64decode(inline["data"]), out_path)
-                return out_path
-    raise RuntimeError(f"gemini: no image in the answer: {str(data)[:200]}")
-
-
-def generate_seedream(gen_prompt, ref_paths, out_path, c):
-    """Seedream on Volcengine ARK: POST images/generations {"model", "prompt", "size", "image": [data URLs],
-    "response_format": "url", "watermark": false, "sequential_image_generation": "disabled"} -> data[0].url (or
-    data[0].b64_json), as the release's eval SeedAPIGenerator sends it."""
-    body = {"model": c["gen_seedream_model"], "prompt": gen_prompt, "size": c["gen_seedream_size"],
-            "response_format": "url", "watermark": False, "sequential_image_generation": "disabled"}
-    if ref_paths:
-        body["image"] = [data_url(p) for p in ref_paths]
-    url = c["gen_seedream_base_url"].rstrip("/") + "/images/generations"
-    data = _post_json_retrying(url, body, {"Authorization": f"Bearer {_key(c['gen_seedream_key_env'])}"}, c,
-                               "seedream")
-    d = (data.get("data") or [{}])[0]
-    if d.get("b64_json"):
-        b = base64.b64decode(d["b64_json"])
-    elif d.get("url"):
-        r = requests.get(d["url"], timeout=c["gen_timeout"])
-        if r.status_code != 200:
-            raise RuntimeError(f"seedream: image download HTTP {r.status_code}")
-        b = r.content
-    else:
-        raise RuntimeError(f"seedream: no image in the answer: {str(data)[:200]}")
-    _save_png_bytes(b, out_path)
-    return out_path
-
-
-def generate(gen_prompt, ref_paths, out_path, c):
-    _count("gen_calls")
-    if c["gen_backend"] == "offline":
-        offline_generate(gen_prompt, ref_paths).save(out_path)
-        return out_path
-    if c["gen_backend"] == "server":
-        return generate_server(gen_prompt, ref_paths, out_path, c)
-    if c["gen_backend"] == "openai":
-        return generate_openai(gen_prompt, ref_paths, out_path, c)
-    if c["gen_backend"] == "gemini":
-        return generate_gemini(gen_prompt, ref_paths, out_path, c)
-    if c["gen_backend"] == "seedream":
-        return generate_seedream(gen_prompt, ref_paths, out_path, c)
-    raise ValueError(f"reward.py: unknown gen_backend {c['gen_backend']!r} (offline | server | openai | gemini | "
-                     "seedream)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -785,7 +542,7 @@ def _score_one(traj, item, c, judge_pool):
     try:
         if c["gen_backend"] == "offline" and not all(s and os.path.exists(s) for s in srcs):
             raise FileNotFoundError(f"reference image not found: {srcs}")
-        generate(answer["gen_prompt"], srcs, gen_path, c)
+        image_server.generate(answer["gen_prompt"], srcs, gen_path, c)
     except Exception as e:
         _count("gen_failures")
         log.warning("generator failed for %s sample %s: %s", traj.get("id"), traj.get("sample", 0), _redact(e, c)[:300])
@@ -852,4 +609,4 @@ if __name__ == "__main__":
         f.writelines(json.dumps({"id": t.get("id"), "sample": t.get("sample"), **r}) + "\n" for t, r in zip(trajs, res))
     n = max(1, len(res))
     print(f"scored {len(res)} in {time.time() - t0:.1f}s -> {out}: mean reward {sum(r['reward'] for r in res) / n:.3f}"
-          f", mean K {sum(r['k_score'] for r in res) / n:.3f}, stats {dict(STATS)}")
+          f", mean K {sum(r['k_score'] for r in res) / n:.3f}, stats {dict(STATS, **image_server.STATS)}")

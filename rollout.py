@@ -707,34 +707,11 @@ def _generate_vllm(eng, reqs, temp, top_p):
 
 def chat_messages(messages):
     """Record messages -> chat-completions messages: a turn's images first, as data-URL image parts, then its text."""
-    from reward import data_url
-    return [{"role": m["role"], "content": [{"type": "image_url", "image_url": {"url": data_url(p)}} for p in m["images"]]
+    import net
+    return [{"role": m["role"], "content": [{"type": "image_url", "image_url": {"url": net.data_url(p)}}
+                                            for p in m["images"]]
              + [{"type": "text", "text": m["content"]}]} if m.get("images") else
             {"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def chat_completion(client, model, messages, usage, retries=2, **kw):
-    """One chat completion -> (choice, usage) through net.retry: timeouts, connection errors, 408/409/429/5xx,
-    bodies that are not a chat completion and replies without text are asked again (jittered backoff, base 1 s,
-    cap 30 s), anything else is final; then net.HTTPFailure (a RuntimeError) with the client's key redacted (a
-    server that echoes it must not put it into a record). Counts requests, request_errors and tokens into usage."""
-    import net
-
-    def once():
-        usage["requests"] += 1
-        try:
-            r = client.chat.completions.create(model=model, messages=messages, **kw)
-            choice = net.chat_choice(r)
-            if not isinstance(choice.message.content, str):
-                raise net.Unparseable("the reply has no message content")
-        except Exception:
-            usage["request_errors"] += 1
-            raise
-        if r.usage is not None:
-            usage.update(prompt_tokens=r.usage.prompt_tokens or 0, completion_tokens=r.usage.completion_tokens or 0)
-        return choice, r.usage
-    key = client.api_key if client.api_key != "EMPTY" else ""  # "EMPTY": net.openai_client's no-key placeholder
-    return net.retry(once, retries, 1.0, 30.0, f"chat {model}", [key])
 
 
 def chat_round(eng, live, rooms, temp, top_p):
@@ -742,6 +719,8 @@ def chat_round(eng, live, rooms, temp, top_p):
     each, or None for a trajectory it ended as "error" (a fault after the retries). temp / top_p None (top_p 1)
     are not sent. Usage (requests, errors, tokens, images sent) goes into t.usage, and into the record."""
     from concurrent.futures import ThreadPoolExecutor
+
+    import net
     a = eng.api
     samp = {k: v for k, v in (("temperature", temp), ("top_p", top_p)) if v is not None and (k != "top_p" or v < 1)}
 
@@ -749,8 +728,8 @@ def chat_round(eng, live, rooms, temp, top_p):
         try:
             msgs = chat_messages(t.messages)
             t.usage["images_in"] += sum(len(m.get("images") or []) for m in t.messages)
-            choice, u = chat_completion(a["client"], a["model"], msgs, t.usage, a["retries"],
-                                        max_tokens=min(a["max_tokens"], room), **samp)
+            choice, u = net.chat_completion(a["client"], a["model"], msgs, t.usage, a["retries"],
+                                            max_tokens=min(a["max_tokens"], room), **samp)
         except Exception as e:  # never a crash: the trajectory ends as error
             return _end(t, "error", f"{type(e).__name__}: {e}")
         if u is not None:  # the server's count: our context length when there is no tokenizer

@@ -65,13 +65,14 @@ def _faulty(fn, kind, rng):
 
 def main():
     import grpo
+    import image_server
     import reward
     import rollout
     import tools
     from configurator import configure
     rng = random.Random(0)
     tools._local_image_hits = _faulty(tools._local_image_hits, "tool", rng)
-    reward.offline_generate = _faulty(reward.offline_generate, "generator", rng)
+    image_server.offline_generate = _faulty(image_server.offline_generate, "generator", rng)
     reward.judge_kscore_offline = _faulty(reward.judge_kscore_offline, "judge", rng)
     make_engine = rollout.make_engine
 

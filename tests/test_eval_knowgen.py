@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import eval_knowgen as ek
+import image_server
 import loopback
 import reward
 
@@ -169,7 +170,7 @@ def calls(monkeypatch):
             n[key] += 1
             return fn(*a, **k)
         return f
-    monkeypatch.setattr(reward, "generate", wrap(reward.generate, "gen"))
+    monkeypatch.setattr(image_server, "generate", wrap(image_server.generate, "gen"))
     monkeypatch.setattr(reward, "judge_kscore_offline", wrap(reward.judge_kscore_offline, "judge"))
     monkeypatch.setattr(reward, "judge_kscore", wrap(reward.judge_kscore, "judge"))
     return n
@@ -218,18 +219,18 @@ def test_stages_alone_and_failed_generation_counts_zero(world, tmp_path, calls, 
         ek.run(mini_cfg(world, out, mode="oracle", stage=st, limit=4))
     assert not os.path.exists(out / "judged.jsonl") and len(lines(out / "generated.jsonl")) == 4
     # a generator fault on one item: a counted zero, then retried (and re-judged) by the next run
-    real = reward.generate
+    real = image_server.generate
 
     def flaky(gen_prompt, refs, out_path, c):
         if "_0002_" in os.path.basename(out_path):
             raise RuntimeError("HTTP 503")
         return real(gen_prompt, refs, out_path, c)
     os.remove(out / "generated.jsonl")
-    monkeypatch.setattr(reward, "generate", flaky)
+    monkeypatch.setattr(image_server, "generate", flaky)
     s = ek.run(mini_cfg(world, out, mode="oracle", limit=4))
     bad = [json.loads(x) for x in lines(out / "judged.jsonl") if "0002" in x]
     assert bad[-1]["k_score"] == 0.0 and "503" in bad[-1]["error"]
-    monkeypatch.setattr(reward, "generate", real)
+    monkeypatch.setattr(image_server, "generate", real)
     s2 = ek.run(mini_cfg(world, out, mode="oracle", limit=4))
     assert s2["overall"] > s["overall"]
     assert s2 == ek.run(mini_cfg(world, tmp_path / "clean", mode="oracle", limit=4))
@@ -457,14 +458,14 @@ def test_every_judge_call_failing_stops_with_a_message_and_keeps_the_files(world
 def test_release_protocol_skip_failed_generation_raw_prompt_and_suffix(world, tmp_path, monkeypatch):
     """failed_generation=skip: no judged row (counted, reported), not a zero; an answer without references is
     generated from the raw prompt (no_refs_prompt=raw_prompt) with the text-only suffix appended."""
-    real, seen = reward.generate, []
+    real, seen = image_server.generate, []
 
     def flaky(gen_prompt, refs, out_path, c):
         seen.append((gen_prompt, list(refs)))
         if "_0002_" in os.path.basename(out_path):
             raise RuntimeError("HTTP 503")
         return real(gen_prompt, refs, out_path, c)
-    monkeypatch.setattr(reward, "generate", flaky)
+    monkeypatch.setattr(image_server, "generate", flaky)
     out = tmp_path / "run"
     items = [json.loads(x) for x in lines(os.path.join(world, "bench.jsonl"))[:4]]
     s = ek.run(mini_cfg(world, out, mode="direct", limit=4, failed_generation="skip", no_refs_prompt="raw_prompt",

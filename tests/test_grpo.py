@@ -160,3 +160,16 @@ def test_token_budget_batches(budget):
         assert len(mb) == 1 or max(lengths[i] for i in mb) * len(mb) <= budget
     if budget == 100:
         assert len(mbs) == 1
+
+
+def test_reward_counts_include_the_generator_clients(tmp_path):
+    """The step log's reward_stats: reward.py's counters and the generator clients' (image_server.STATS) in one."""
+    import image_server
+    import reward
+    from grpo import reward_counts
+    before = reward_counts()
+    image_server.generate('the "flag"', [], str(tmp_path / "g.png"), reward.make_config())
+    reward.score([{"id": "x", "end_reason": "overlong"}], [], out_dir=str(tmp_path / "gen"))
+    after = reward_counts()
+    assert after["gen_calls"] - before["gen_calls"] == 1
+    assert after["invalid:overlong"] - before["invalid:overlong"] == 1

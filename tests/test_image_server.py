@@ -1,6 +1,7 @@
 # image_server.py: two real server processes (uvicorn on free loopback ports) with the tiny random
 # QwenImage pipelines from config; the release's /generate + /health contract, validation, concurrency,
-# and reward.py's client fanning a batch out over both servers. 503/504 in-process (fault injection).
+# and the server client (generate_server, under reward.score) fanning a batch out over both servers.
+# 503/504 in-process (fault injection).
 import base64
 import concurrent.futures as cf
 import io
@@ -16,6 +17,7 @@ from PIL import Image
 
 import image_server
 import loopback
+import net
 import reward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,7 +90,7 @@ def test_health_text_only_and_edit(servers, ref_png):
     h = requests.get(servers[0] + "/health", timeout=10).json()
     assert h["status"] == "ok" and h["tiny"] is True and h["device"] == "cpu"
     t2i = _image(requests.post(servers[0] + "/generate", json=_body([]), timeout=120))
-    edit = _image(requests.post(servers[0] + "/generate", json=_body([reward.data_url(ref_png)] * 2), timeout=120))
+    edit = _image(requests.post(servers[0] + "/generate", json=_body([net.data_url(ref_png)] * 2), timeout=120))
     assert t2i.size == edit.size == (64, 64) and t2i.format == "PNG"
     assert t2i.tobytes() != edit.tobytes()  # the references reach the (random) edit model
     again = _image(requests.post(servers[0] + "/generate", json=_body([]), timeout=120))
@@ -97,7 +99,7 @@ def test_health_text_only_and_edit(servers, ref_png):
 
 
 def test_concurrent_requests(servers, ref_png):
-    url = reward.data_url(ref_png)
+    url = net.data_url(ref_png)
     with cf.ThreadPoolExecutor(4) as ex:
         futs = [ex.submit(requests.post, servers[1] + "/generate", json=_body([url] if i % 2 else [], seed=i),
                           timeout=120) for i in range(4)]
@@ -111,7 +113,7 @@ def test_bad_requests_rejected(servers, ref_png):
            _body(["data:image/png;base64," + base64.b64encode(b"hello, not an image").decode()]),
            _body(["data:text/plain;base64," + base64.b64encode(png).decode()]),
            _body(["ftp://example.com/a.png"]),
-           _body([reward.data_url(ref_png)] * 6),          # more than max_images
+           _body([net.data_url(ref_png)] * 6),          # more than max_images
            _body([], prompt=""), _body([], prompt="x" * 9000), _body([], num_inference_steps=0),
            _body([], num_images_per_prompt=2), _body([], seed="zero"), _body("not a list"), [1, 2]]
     for b in bad:
@@ -155,7 +157,7 @@ def test_503_and_504_in_process(ref_png):
     client = TestClient(image_server.make_app({"edit": pipes["edit"], "t2i": broken}, cfg))
     r = client.post("/generate", json=_body([]))
     assert r.status_code == 503 and "out of memory" in r.json()["error"]
-    assert client.post("/generate", json=_body([reward.data_url(ref_png)])).status_code == 200
+    assert client.post("/generate", json=_body([net.data_url(ref_png)])).status_code == 200
     client = TestClient(image_server.make_app(pipes, dict(cfg, generate_timeout=0.001)))
     r = client.post("/generate", json=_body([], num_inference_steps=20))
     assert r.status_code == 504 and r.json()["success"] is False
@@ -276,7 +278,7 @@ def test_hung_image_url_does_not_stall_health():
         hung.close()
 
 
-def test_bearer_token_and_reward_client(tiny_pipes, ref_png, tmp_path, monkeypatch):
+def test_bearer_token_and_server_client(tiny_pipes, ref_png, tmp_path, monkeypatch):
     srv = _Uvicorn(image_server.make_app(tiny_pipes, _cfg(), token="tok-s3cret-42"))
     try:
         assert requests.post(srv.url + "/generate", json=_body([]), timeout=30).status_code == 401
@@ -286,12 +288,19 @@ def test_bearer_token_and_reward_client(tiny_pipes, ref_png, tmp_path, monkeypat
         c.update(generator_urls=[srv.url], gen_steps=2, gen_text_only_steps=2, gen_retries=0, gen_backoff=0.01)
         monkeypatch.delenv("IMAGE_SERVER_TOKEN", raising=False)
         with pytest.raises(RuntimeError, match="401"):
-            reward.generate_server("a red flag", [ref_png], str(tmp_path / "a.png"), c)
+            image_server.generate_server("a red flag", [ref_png], str(tmp_path / "a.png"), c)
         monkeypatch.setenv("IMAGE_SERVER_TOKEN", "tok-s3cret-42")
-        out = reward.generate_server("a red flag", [ref_png], str(tmp_path / "b.png"), c)
+        out = image_server.generate_server("a red flag", [ref_png], str(tmp_path / "b.png"), c)
         assert Image.open(out).size == (64, 64)
     finally:
         srv.close()
+
+
+def test_clients_import_without_torch():
+    """The generator clients run in the scoring process: importing image_server (and reward, which imports it)
+    loads no torch / diffusers; the pipelines import them inside build_pipelines / run."""
+    code = "import sys, image_server, reward; bad = {'torch', 'diffusers'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
 def test_non_loopback_bind_requires_a_token(monkeypatch):

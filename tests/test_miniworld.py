@@ -91,7 +91,7 @@ def test_splits_disjoint_in_items_entities_and_countries(worlds):
 
 def test_items_format_categories_and_gt(worlds):
     d = worlds[0]
-    from reward import offline_generate
+    from image_server import offline_generate
     allowed = {"science_and_knowledge": {"astronomy", "biology", "chemistry", "physics", "engineering", "medicine",
                                          "industry", "architecture", "history", "geography", "religion", "politics",
                                          "culture", "art", "sports"},
@@ -139,7 +139,7 @@ def test_references_and_image_collection(worlds):
 
 def test_hops_facts_and_required_text(worlds):
     d = worlds[0]
-    from reward import quoted_text
+    from image_server import quoted_text
     pages = {p["url"]: p for p in _jsonl(os.path.join(d, "pages.jsonl"))}
     world_text = " ".join(p["title"] + " " + p["text"] for p in pages.values() if p["source"] == "miniworld")
     images = {r["image_id"]: r for r in _jsonl(os.path.join(d, "images.jsonl"))}

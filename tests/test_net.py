@@ -64,20 +64,21 @@ def test_request_retries_503_then_200_and_not_400():
 
 
 def test_generator_client_retries_counts_and_redacts(monkeypatch):
-    """reward.py's generator POST (requests): 503, 503, 200 -> three counted requests; 400 -> one; an error
+    """image_server.py's generator POST (requests): 503, 503, 200 -> three counted requests; 400 -> one; an error
     body that echoes the key (on a retried status and on a final one) -> the key is in no exception text."""
+    import image_server
     import reward
     srv = _server([_err(503), _err(503, "busy {auth}")], ok_body='{"candidates": []}')
     c = dict(reward.make_config(), gen_retries=3, gen_backoff=0.01, gen_timeout=5.0)
     headers = {"x-goog-api-key": SECRET}
-    n0 = reward.STATS["gen_requests"]
-    assert reward._post_json_retrying(srv.url + "/gen", {}, headers, c, "gemini") == {"candidates": []}
-    assert len(srv.hits) == 3 and reward.STATS["gen_requests"] - n0 == 3
+    n0 = image_server.STATS["gen_requests"]
+    assert image_server.post_json_retrying(srv.url + "/gen", {}, headers, c, "gemini") == {"candidates": []}
+    assert len(srv.hits) == 3 and image_server.STATS["gen_requests"] - n0 == 3
     for plan, attempts in (([_err(400, "bad key {auth}")], 1), ([_err(503, "down, key {auth}")] * 4, 4)):
         srv.plan.extend(plan)
         hits = len(srv.hits)
         with pytest.raises(RuntimeError) as e:
-            reward._post_json_retrying(srv.url + "/gen", {}, headers, c, "gemini")
+            image_server.post_json_retrying(srv.url + "/gen", {}, headers, c, "gemini")
         assert len(srv.hits) - hits == attempts and f"after {attempts} attempt" in str(e.value)
         assert SECRET not in str(e.value) and "key ***" in str(e.value), str(e.value)
         assert e.value.__cause__ is None and e.value.__suppress_context__  # the raw body is not chained
@@ -142,22 +143,21 @@ def _chat_reply(text):
 
 
 def test_chat_completion_and_judge_over_the_openai_client(monkeypatch):
-    """rollout.chat_completion (agent, teacher, make_data's calls) and reward's judge: the same rules through the
+    """net.chat_completion (agent, teacher, make_data's calls) and reward's judge: the same rules through the
     real openai client; counters per attempt; an echoed key in neither the error nor the record."""
     pytest.importorskip("openai")
     import reward
-    import rollout
     monkeypatch.setenv("NET_TEST_KEY", SECRET)
     srv = _server([_err(503), _err(503)], ok_body=_chat_reply('{"score": 1}'))
     client = net.openai_client(srv.url + "/v1", "NET_TEST_KEY", 5.0)
     usage = collections.Counter()
-    choice, _ = rollout.chat_completion(client, "m", [{"role": "user", "content": "hi"}], usage, retries=3)
+    choice, _ = net.chat_completion(client, "m", [{"role": "user", "content": "hi"}], usage, retries=3)
     assert choice.message.content == '{"score": 1}' and len(srv.hits) == 3
     assert usage["requests"] == 3 and usage["request_errors"] == 2 and usage["prompt_tokens"] == 5
     srv.plan.append(_err(400, "bad request from {auth}"))
     usage.clear()
     with pytest.raises(RuntimeError) as e:
-        rollout.chat_completion(client, "m", [{"role": "user", "content": "hi"}], usage, retries=3)
+        net.chat_completion(client, "m", [{"role": "user", "content": "hi"}], usage, retries=3)
     assert usage["requests"] == usage["request_errors"] == 1 and "400" in str(e.value)
     assert SECRET not in str(e.value) and "Bearer ***" in str(e.value)
     # the judge: 503, 503, 200 -> three counted judge requests; a 401 echoing the key -> one, redacted

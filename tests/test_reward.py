@@ -1,6 +1,7 @@
 # reward.py: formulas, invalid answers, the OpenAI-compatible judges against a loopback server that speaks
 # /v1/chat/completions (good, malformed, slow, failing replies), the judge cache, key hygiene, the batch API,
-# and the offline generator + judges on a freshly built mini world.
+# and the offline generator + judges on a freshly built mini world; also image_server.py's image-API clients
+# (openai, gemini, seedream) against loopback servers.
 import base64
 import collections
 import hashlib
@@ -17,6 +18,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 from PIL import Image
 
+import image_server
 import loopback
 import reward
 
@@ -277,8 +279,8 @@ def test_openai_image_backend(images, tmp_path):
     try:
         c = reward.make_config(gen_backend="openai", gen_openai_base_url=srv.url + "/v1",
                                gen_retries=0)
-        reward.generate("a flag", [images["ref"]], str(tmp_path / "a.png"), c)
-        reward.generate("a flag", [], str(tmp_path / "b.png"), c)
+        image_server.generate("a flag", [images["ref"]], str(tmp_path / "a.png"), c)
+        image_server.generate("a flag", [], str(tmp_path / "b.png"), c)
         assert srv.paths == ["/v1/images/edits", "/v1/images/generations"]
         assert Image.open(tmp_path / "a.png").getpixel((0, 0)) == (1, 2, 3)
     finally:
@@ -312,7 +314,7 @@ def test_offline_oracle_beats_wrong_and_no_search(world, tmp_path):
 
     def K(gen_prompt, refs, it, tag):
         p = str(tmp_path / f"{it['id']}_{tag}.png")
-        reward.offline_generate(gen_prompt, refs).save(p)
+        image_server.offline_generate(gen_prompt, refs).save(p)
         j = reward.judge_kscore_offline(p, os.path.join(world, it["gt_image"]), it["solution"], c)
         return reward.k_score(j["faithfulness"], j["visual_correctness"], j["text_accuracy"], j["aesthetics"],
                               j["text_accuracy_na"])
@@ -424,7 +426,8 @@ def test_gemini_and_seedream_clients_send_the_original_references(tmp_path, monk
         c = reward.make_config(gen_gemini_base_url=base + "/v1beta", gen_seedream_base_url=base + "/api/v3",
                                gen_retries=0)
         for backend in ("gemini", "seedream"):
-            out = reward.generate("a green flag", refs, str(tmp_path / f"{backend}.png"), dict(c, gen_backend=backend))
+            out = image_server.generate("a green flag", refs, str(tmp_path / f"{backend}.png"),
+                                        dict(c, gen_backend=backend))
             assert Image.open(out).size == (40, 30)
         (gp, gh, gb), (sp, sh, sb) = _ImageAPI.requests
         assert gp == "/v1beta/models/gemini-3-pro-image-preview:generateContent" and gh["x-goog-api-key"] == "gem-key-123"
@@ -441,6 +444,6 @@ def test_gemini_and_seedream_clients_send_the_original_references(tmp_path, monk
         assert [hashlib.sha256(b).hexdigest() for b in sent] == digests
         monkeypatch.delenv("ARK_API_KEY")
         with pytest.raises(RuntimeError, match="ARK_API_KEY"):
-            reward.generate("x", [], str(tmp_path / "n.png"), dict(c, gen_backend="seedream"))
+            image_server.generate("x", [], str(tmp_path / "n.png"), dict(c, gen_backend="seedream"))
     finally:
         loopback.close(srv)

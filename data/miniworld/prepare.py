@@ -11,7 +11,7 @@ What it writes into out_dir (formats: README "Data formats", "Mini world"):
   images/*.png       plus look-alike distractors: former flags, fan-made posters), 64x64, drawn with PIL
   sft/rl/bench.jsonl  KnowGen items with the hidden oracle "solution"; splits share no country cluster, so
                    no answer entity, and bench measures generalisation to unseen names
-  gt/<id>.png      ground truths: reward.offline_generate(oracle gen_prompt, oracle references), the way the
+  gt/<id>.png      ground truths: image_server.offline_generate(oracle gen_prompt, oracle references), the way the
                    paper's ground truths were rendered by a strong generator from the evidence prompt + refs
   tokenizer/       byte-level BPE (Qwen2 regex, vocab ~2k) trained on a world from ANOTHER seed + Wikipedia
                    text, so world names split into generic pieces that must be copied, not memorised.
@@ -610,7 +610,7 @@ def build_world(out_dir, seed=1337, n_countries=None, bench_countries=None, rl_c
                 ("tokenizer_seed_offset", tokenizer_seed_offset), ("tokenizer_wiki_pages", tokenizer_wiki_pages)))
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
-    from reward import offline_generate  # the mini world's generator: ground truths are its oracle renders
+    from image_server import offline_generate  # the mini world's generator: ground truths are its oracle renders
     if bench_countries + rl_countries >= n_countries:
         raise ValueError(f"prepare.py: bench_countries + rl_countries ({bench_countries}+{rl_countries}) must be "
                          f"< n_countries ({n_countries}), the rest trains sft")
