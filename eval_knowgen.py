@@ -422,8 +422,8 @@ def judge_wise(item, gen_path, cfg):
     user = [{"type": "text", "text": f"PROMPT: {item['prompt']}\nEXPLANATION: {item.get('explanation') or '-'}"},
             {"type": "image_url", "image_url": {"url": gen}}]
     messages = [{"role": "system", "content": WISE_SYSTEM}, {"role": "user", "content": user}]
-    out, err = reward.ask_judge("wise", messages, parse_wise, [reward._sha(WISE_SYSTEM), reward._sha(user[0]["text"]),
-                                                               reward._sha(gen)], reward_config(cfg))
+    out, err = reward.ask_judge("wise", messages, parse_wise, [reward.sha(WISE_SYSTEM), reward.sha(user[0]["text"]),
+                                                               reward.sha(gen)], reward_config(cfg))
     if out is None:
         raise EvalError(f"WISE judge: {err}")
     out["wiscore"] = round((0.7 * out["consistency"] + 0.2 * out["realism"] + 0.1 * out["aesthetic"]) / 2, 4)

@@ -394,7 +394,8 @@ def answer_text(answer):
     return "\n".join(lines)
 
 
-def _sha(b):
+def sha(b):
+    """Hex sha256 of bytes or a str: the parts of a judge cache key (reward's judges and eval's WISE judge)."""
     return hashlib.sha256(b if isinstance(b, bytes) else b.encode()).hexdigest()
 
 
@@ -434,7 +435,7 @@ def _cache(path, key, value=None):
 def ask_judge(kind, messages, parse, cache_inputs, c):
     """One judge question -> (parsed dict, None) or (None, error). Cache, bounded concurrency, net.retry (timeouts,
     connection errors, 408/409/429/5xx, unparseable replies; jittered backoff); never raises."""
-    key = _sha(json.dumps([kind, c["judge_model"], PROMPT_VERSION, cache_inputs]))
+    key = sha(json.dumps([kind, c["judge_model"], PROMPT_VERSION, cache_inputs]))
     hit = _cache(c["judge_cache"], key)
     if hit is not None:
         _count("judge_cache_hits")
@@ -477,7 +478,7 @@ def judge_kscore(prompt, gen_path, gt_path, c):
                     {"type": "text", "text": "Image 2 (ground truth):"},
                     {"type": "image_url", "image_url": {"url": gt}},
                     {"type": "text", "text": "Grade Image 1. Reply with the JSON object only."}]}]
-    return ask_judge("kscore", messages, parse_kscore, [_sha(prompt), _sha(gen), _sha(gt)], c)
+    return ask_judge("kscore", messages, parse_kscore, [sha(prompt), sha(gen), sha(gt)], c)
 
 
 def judge_text(prompt, answer, gt_path, c):
@@ -488,7 +489,7 @@ def judge_text(prompt, answer, gt_path, c):
                     {"type": "text", "text": f"ORIGINAL prompt:\n{prompt}\n\nGround-truth image:"},
                     {"type": "image_url", "image_url": {"url": gt}},
                     {"type": "text", "text": f"Agent's answer:\n{text}\n\nReply with the JSON object only."}]}]
-    return ask_judge("text", messages, parse_text_score, [_sha(prompt), _sha(text), _sha(gt)], c)
+    return ask_judge("text", messages, parse_text_score, [sha(prompt), sha(text), sha(gt)], c)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,7 +537,7 @@ def _score_one(traj, item, c, judge_pool):
     answer = traj["answer"]
     refs = valid_refs(answer)
     srcs = [reference_file(r) for r in refs]
-    tag = _sha(json.dumps([answer["gen_prompt"], srcs]))[:10]
+    tag = sha(json.dumps([answer["gen_prompt"], srcs]))[:10]
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{traj.get('id')}_s{traj.get('sample', 0)}_{tag}.png")
     gen_path = os.path.join(c["out_dir"], name)
     try:
