@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~27 min measured on 2 busy cores).
+# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~40 min of stage time measured on 2 busy cores).
 # A procedural mini world -> oracle agent trajectories -> SFT of a tiny Qwen3-VL from scratch -> GRPO with the dual
 # reward (λ = 0.5, plus the λ = 0 / λ = 1 ablations) -> every Table 1 / Table 3 row evaluated on the same bench split
 # with the offline generator and judge -> out/<run>/results.md + plots.
@@ -31,10 +31,10 @@ else
   WORLD_ARGS=${WORLD_ARGS:-}; SFT_ARGS=${SFT_ARGS:-}; GRPO_ARGS=${GRPO_ARGS:-}; EVAL_ARGS=${EVAL_ARGS:-}
   EXTRA_WORLD_ARGS=${EXTRA_WORLD_ARGS:---bench_countries=1 --rl_countries=1 --n_rl=1 --n_bench=1 --n_distractors=1000}
   BASE_ARGS=${BASE_ARGS:-}; FIRST_ARGS=${FIRST_ARGS:-}
-  # SECOND_STEPS=1800: the second-turn curriculum stage (README, "A second-turn curriculum": later hops start to copy
-  # from tool responses; measured as 600 + 400 + 400 + 400 steps with cosine restarts, one 1,800-step schedule not yet
-  # measured; SFT 21.12 vs 6.59) -- ~45 more minutes here, so off (0) in the 45-minute default
-  SECOND_STEPS=${SECOND_STEPS:-0}; SECOND_ARGS=${SECOND_ARGS:-}
+  # SECOND_STEPS: the second-turn curriculum stage sft_second (first TWO turns: the first tool response -> the
+  # second call), between the two SFT stages. From the base-initialised stage 1 it teaches copying a name from a
+  # tool response in ~600 steps x 16 (README, "The main job on CPU"); 0 skips it (the main job of 2026-12-02)
+  SECOND_STEPS=${SECOND_STEPS:-600}; SECOND_ARGS=${SECOND_ARGS:-}
 fi
 mkdir -p "$OUT"
 # Re-runs on the same OUT skip every stage whose finished output exists (the DONE path each stage names below:
@@ -79,9 +79,10 @@ done
 SFT_DATA="$OUT/data/sft.jsonl,$OUT/data_1/sft.jsonl,$OUT/data_2/sft.jsonl,$OUT/data_3/sft.jsonl"
 
 # 3. base -> SFT. base: a tiny Qwen3-VL from scratch pretrained on the extra worlds' text (loss on every token,
-#    packed blocks); it is the "workflow" row's policy (language, no agent training). SFT from it in two stages, loss
-#    on assistant tokens only: first turns (prompt -> first tool call: copying the prompt's names), then whole
-#    trajectories (copying from tool results, choosing image ids, answering)
+#    packed blocks); it is the "workflow" row's policy (language, no agent training). SFT from it in three stages, loss
+#    on assistant tokens only: first turns (prompt -> first tool call: copying the prompt's names), first two turns
+#    (the first tool response -> the second call: copying a name from a tool response), then whole trajectories
+#    (later hops, choosing image ids, answering)
 stage base "$OUT/base/final" python sft.py config/base_runcpu.py \
     --train_data="$OUT/world_1/pages.jsonl,$OUT/world_2/pages.jsonl,$OUT/world_3/pages.jsonl" \
     --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/base" $BASE_ARGS
@@ -89,7 +90,7 @@ stage sft_first "$OUT/sft_first/final" python sft.py config/sft_runcpu.py --trai
     --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/base/final" --out_dir="$OUT/sft_first" \
     --max_assistant_turns=1 --batch_size=16 --max_steps=1200 --learning_rate=2e-3 --eval_interval=300 $FIRST_ARGS
 SFT_FROM="$OUT/sft_first/final"
-if [ "$SECOND_STEPS" != 0 ]; then  # optional: first TWO turns (the first tool response -> the second call)
+if [ "$SECOND_STEPS" != 0 ]; then  # first TWO turns (the first tool response -> the second call)
   stage sft_second "$OUT/sft_second/final" python sft.py config/sft_runcpu.py --train_data="$SFT_DATA" \
       --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/sft_first/final" --out_dir="$OUT/sft_second" \
       --max_assistant_turns=2 --batch_size=16 --max_steps="$SECOND_STEPS" --learning_rate=1e-3 --eval_interval=300 \
@@ -131,15 +132,23 @@ stage eval_oracle "$OUT/eval/oracle/summary.json" $EVAL --mode=oracle --out_dir=
 # 5b. the teacher-forced copy probe of each checkpoint on the held-out bench items' oracle trajectories: given the
 #     prompt or a tool response with names it has never seen, does the policy's next call reproduce them?
 PROBE="python eval_knowgen.py --forced_probe=$OUT/data/trajectories.jsonl"
-for ck in base sft_first sft grpo_lam0.5; do
+CKS="base sft_first"
+if [ "$SECOND_STEPS" != 0 ]; then CKS="$CKS sft_second"; fi
+for ck in $CKS sft grpo_lam0.5; do
   stage probe_$ck "$OUT/probe/$ck/forced_probe.json" $PROBE --policy_path="$OUT/$ck/final" --out_dir="$OUT/probe/$ck"
 done
 
 # 6. the mini world's Table 1 / Table 3: results.md (+ GRPO curves, an item grid, stage times)
 E=$OUT/eval
+PROBES="base/final=$OUT/probe/base,sft_first/final=$OUT/probe/sft_first"
+TRAIN="base (packed text)=$OUT/base,SFT stage 1 (first turns)=$OUT/sft_first"
+if [ "$SECOND_STEPS" != 0 ]; then
+  PROBES="$PROBES,sft_second/final=$OUT/probe/sft_second"; TRAIN="$TRAIN,SFT stage 1b (first two turns)=$OUT/sft_second"
+fi
+PROBES="$PROBES,sft/final=$OUT/probe/sft,grpo_lam0.5/final=$OUT/probe/grpo_lam0.5"
+TRAIN="$TRAIN,SFT stage 2 (whole trajectories)=$OUT/sft"
 python eval_knowgen.py --table_out="$OUT/results.md" --stage_times="$OUT/stage_times.tsv" \
     --table="direct (no search)=$E/direct,workflow (base policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
     --table_logs="λ = 0.5=$OUT/grpo_lam0.5/log.jsonl,λ = 0=$OUT/grpo_lam0.0/log.jsonl,λ = 1=$OUT/grpo_lam1.0/log.jsonl" \
-    --table_probes="base/final=$OUT/probe/base,sft_first/final=$OUT/probe/sft_first,sft/final=$OUT/probe/sft,grpo_lam0.5/final=$OUT/probe/grpo_lam0.5" \
-    --table_train="base (packed text)=$OUT/base,SFT stage 1 (first turns)=$OUT/sft_first,SFT stage 2 (whole trajectories)=$OUT/sft"
+    --table_probes="$PROBES" --table_train="$TRAIN"
 echo "=== $(date +%T) all done: $OUT/results.md"

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["direct", "workflow", "sft", "grpo_lam0.5", "grpo_lam0.0", "grpo_lam1.0", "oracle"]
 STAGES = ["prepare", "prepare_1", "prepare_2", "prepare_3", "make_data", "make_data_1", "make_data_2", "make_data_3",
           "base", "sft_first", "sft_second", "sft", "grpo"] + [f"eval_{r}" for r in ROWS if r != "oracle"] + [
-    "eval_oracle"] + [f"probe_{c}" for c in ("base", "sft_first", "sft", "grpo_lam0.5")]
+    "eval_oracle"] + [f"probe_{c}" for c in ("base", "sft_first", "sft_second", "sft", "grpo_lam0.5")]
 
 
 def jsonl(path):
@@ -84,9 +84,9 @@ def test_runcpu_smoke(tmp_path):
     assert f"**{summary['oracle']:.2f}**" in md and "## Stage times" in md
     # the teacher-forced copy probe: one row per checkpoint, turn 1 (from the prompt) measured on every bench item
     probe = [line for line in table if line.split("|")[1].strip().endswith("/final")]
-    assert [line.split("|")[1].strip() for line in probe] == ["base/final", "sft_first/final", "sft/final",
-                                                               "grpo_lam0.5/final"]
+    assert [line.split("|")[1].strip() for line in probe] == ["base/final", "sft_first/final", "sft_second/final",
+                                                               "sft/final", "grpo_lam0.5/final"]
     p = json.loads((out / "probe" / "sft" / "forced_probe.json").read_text())
-    assert p["turn_1"]["n"] >= 1 and 0 <= p["turn_1"]["rate"] <= 1 and f"({p['turn_1']['copied']}/" in probe[2]
+    assert p["turn_1"]["n"] >= 1 and 0 <= p["turn_1"]["rate"] <= 1 and f"({p['turn_1']['copied']}/" in probe[3]
     for png in ("grpo_curves.png", "items.png"):
         assert Image.open(out / png).format == "PNG"
