@@ -39,7 +39,7 @@ def test_runcpu_configs_chain():
     # base (extra worlds' pages) -> SFT stage 1 (runcpu.sh: first turns) -> SFT stage 2 (this config) -> GRPO
     assert base["objective"] == "pretrain" and base["tokenizer_dir"] == sft["tokenizer_dir"]
     assert all(p.endswith("pages.jsonl") and "/world_" in p for p in base["train_data"].split(","))
-    assert sft["init_from"] == os.path.join(os.path.dirname(sft["out_dir"]), "sft_first", "final")
+    assert sft["init_from"] == os.path.join(os.path.dirname(sft["out_dir"]), "sft_second", "final")
     assert base["model_sizes"] == sft["model_sizes"]
     assert sft["tokenizer_dir"] == md["tokenizer_dir"] == os.path.join(md["world_dir"], "tokenizer")
     assert grpo["init_from"] == os.path.join(sft["out_dir"], "final")
@@ -55,7 +55,9 @@ def test_runcpu_configs_chain():
     sh = (ROOT / "runcpu.sh").read_text()  # runcpu.sh passes the same chain under its $OUT
     for arg in ('--init_from="$OUT/sft/final"', '--data_path="$OUT/data/rl.jsonl"', '--policy_path="$OUT/sft/final"',
                 'SFT_DATA="$OUT/data/sft.jsonl,', '--train_data="$SFT_DATA"', '--out_dir="$OUT/data"',
-                '--init_from="$OUT/base/final" --out_dir="$OUT/sft_first"', '--init_from="$OUT/sft_first/final"',
+                '--init_from="$OUT/base/final" --out_dir="$OUT/sft_first"',
+                '--init_from="$OUT/sft_first/final" --out_dir="$OUT/sft_second"', 'SFT_FROM="$OUT/sft_second/final"',
+                '--init_from="$SFT_FROM" --out_dir="$OUT/sft"',
                 '--policy_path="$OUT/base/final"'):
         assert arg in sh, arg
 
