@@ -80,6 +80,8 @@ overlong = "truncate"  # 'truncate' (keep the first cutoff_len tokens, as LLaMA-
 learning_rate = 1e-5
 min_lr = 0.0  # cosine decays to 0 (HF cosine schedule)
 warmup_ratio = 0.02
+warmdown_ratio = 0.0  # 0: cosine over the whole run (release). > 0: warmup-stable-decay (nanochat's base_train):
+                      # the peak lr held, then a linear decay to min_lr over this last share of the steps
 weight_decay = 1e-6
 beta1 = 0.9  # HF AdamW defaults
 beta2 = 0.999
@@ -276,13 +278,20 @@ def make_optimizer(model):
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), eps=adam_eps)
 
 
-def lr_lambda(total, warmup_frac, floor=0.0):
-    """HF's cosine-with-warmup: linear from 0 over ceil(warmup_ratio * total) steps, then cosine to floor."""
+def lr_lambda(total, warmup_frac, floor=0.0, warmdown_frac=0.0):
+    """The lr multiplier at a step: linear from 0 over ceil(warmup_ratio * total) steps, then HF's cosine to floor
+    (warmdown_frac = 0, the release's schedule), or the peak held until the last ceil(warmdown_frac * total) steps
+    and a linear decay to floor over them (warmup-stable-decay, nanochat's base_train). Why the CPU main job's first
+    SFT stage holds its peak: the copy mechanism forms in a sudden drop of the eval loss, and under cosine the lr
+    can fall too far before it happens (README, "The main job on CPU": one seed of two never got there)."""
     warm = math.ceil(total * warmup_frac)
+    down = math.ceil(total * warmdown_frac)
 
     def f(step):
         if step < warm:
             return step / max(1, warm)
+        if down:
+            return floor + (1 - floor) * min(1.0, max(0.0, (total - step) / down))
         progress = (step - warm) / max(1, total - warm)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return f
@@ -391,7 +400,8 @@ def main():
 
     model = prepare_model(policy, dev, compute_dtype, ddp, world)
     optimizer = make_optimizer(model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup_ratio, min_lr / learning_rate))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup_ratio, min_lr / learning_rate,
+                                                                                  warmdown_ratio))
     step = 0
     meta = {"model_sizes": model_sizes, "seed": seed}  # recorded in every checkpoint, compared on resume
     if init_from == "resume":

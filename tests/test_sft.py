@@ -243,6 +243,15 @@ def test_lr_schedule_warmup_cosine():
     assert abs(f(51) - 0.5) < 1e-12 and f(100) == 0.0 and f(75) < 0.5
 
 
+def test_lr_schedule_warmup_stable_decay():
+    """warmdown_ratio > 0: the same warmup, the peak held, then a linear decay to the floor over the last share."""
+    f = sft.lr_lambda(100, 0.02, floor=0.1, warmdown_frac=0.2)
+    assert f(0) == 0.0 and f(1) == 0.5 and f(2) == 1.0
+    assert f(50) == 1.0 and f(80) == 1.0 and abs(f(90) - 0.55) < 1e-12 and abs(f(100) - 0.1) < 1e-12
+    assert all(f(s) >= f(s + 1) for s in range(2, 100))
+    assert sft.lr_lambda(100, 0.02, warmdown_frac=0.0)(75) < 0.5 < f(75)  # 0 keeps the release's cosine
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # training
 
