@@ -83,14 +83,14 @@ SFT_DATA="$OUT/data/sft.jsonl,$OUT/data_1/sft.jsonl,$OUT/data_2/sft.jsonl,$OUT/d
 #    on assistant tokens only: first turns (prompt -> first tool call: copying the prompt's names), first two turns
 #    (the first tool response -> the second call: copying a name from a tool response), then whole trajectories
 #    (later hops, choosing image ids, answering). Stage 1 holds its peak lr until its last 20% of steps
-#    (--warmdown_ratio=0.2): the copy mechanism forms in a sudden eval-loss drop that the cosine schedule let one seed
-#    of two miss (README, "A second seed")
+#    (--warmdown_ratio=0.2) for 2,400 steps: the copy mechanism forms in a sudden eval-loss drop at a step that varies
+#    by seed (600-900, 800-1,000, 1,200-1,600 for seeds 1337, 2, 3), and a decaying lr can miss it (README, "Seeds")
 stage base "$OUT/base/final" python sft.py config/base_runcpu.py \
     --train_data="$OUT/world_1/pages.jsonl,$OUT/world_2/pages.jsonl,$OUT/world_3/pages.jsonl" \
     --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/base" $BASE_ARGS
 stage sft_first "$OUT/sft_first/final" python sft.py config/sft_runcpu.py --train_data="$SFT_DATA" \
     --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/base/final" --out_dir="$OUT/sft_first" \
-    --max_assistant_turns=1 --batch_size=16 --max_steps=1600 --learning_rate=2e-3 --warmdown_ratio=0.2 \
+    --max_assistant_turns=1 --batch_size=16 --max_steps=2400 --learning_rate=2e-3 --warmdown_ratio=0.2 \
     --eval_interval=300 $FIRST_ARGS
 SFT_FROM="$OUT/sft_first/final"
 if [ "$SECOND_STEPS" != 0 ]; then  # first TWO turns (the first tool response -> the second call)
