@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~40 min of stage time measured on 2 busy cores).
+# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (44 min of stage time measured on 2 quiet cores).
 # A procedural mini world -> oracle agent trajectories -> SFT of a tiny Qwen3-VL from scratch -> GRPO with the dual
 # reward (λ = 0.5, plus the λ = 0 / λ = 1 ablations) -> every Table 1 / Table 3 row evaluated on the same bench split
 # with the offline generator and judge -> out/<run>/results.md + plots.
