@@ -602,8 +602,8 @@ def bench_stream():
         time.sleep(stream_tool_latency)
         return real_run_tool(*a, **k)
     judge, judge_url = serve(judge_latency)
-    old = R.max_new_tokens, R.max_rounds, R.context_cap
-    tools.run_tool, R.max_new_tokens, R.max_rounds, R.context_cap = slow_run_tool, 48, 6, 8192
+    s = R.settings(max_new_tokens=48, max_rounds=6, context_cap=8192)
+    tools.run_tool = slow_run_tool
     res = {}
     try:
         for G in stream_gen_latencies:
@@ -616,7 +616,7 @@ def bench_stream():
             def run(hook):
                 torch.manual_seed(0)
                 return R.rollout(items, pol, eng, tb, samples=stream_samples, temperature=0.7, top_p=0.95,
-                                 on_group=hook)
+                                 on_group=hook, s=s)
 
             def rollout_alone():
                 t0 = time.perf_counter()
@@ -645,7 +645,7 @@ def bench_stream():
                       "ratio": ratios, "sequential_ratio": seq, "load": f"{la0} -> {load()}",
                       "end_reasons": R.summarize(last["records"])["end_reasons"]}
     finally:
-        tools.run_tool, (R.max_new_tokens, R.max_rounds, R.context_cap) = real_run_tool, old
+        tools.run_tool = real_run_tool
         tools.close_toolbox(tb)
         stop(judge)
     print(f"GRPO steps 1-2, {stream_items} groups x {stream_samples}, tools {stream_tool_latency} s, "
