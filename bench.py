@@ -543,12 +543,15 @@ def rollout_size(sz):
 # stream: GRPO steps 1-2 with the reward streamed behind the sampling
 
 class StaggeredScript:
-    """HF logits processor: item k makes 1 + k % 4 image_search calls (sleeping T each), then answers citing
-    IMG_001, so the groups of a step end in different rounds, as the paper's do."""
+    """HF logits processor: a sample's first image_search query is the sampler's pick among four (wherever the
+    queries its turn still matches differ in their next token, each of those tokens stays allowed); with c that
+    pick, sample j of item k makes 1 + (k + c) % 4 calls (sleeping T each; query (c + r) % 4 in round r), then
+    answers citing IMG_001. A logits processor cannot see j, so the sample's own draw c stands in for it: the
+    members of a group end in different rounds, as real samples do, and so do the groups."""
 
     def __init__(self, tok, items):
         self.tok, self.head = tok, tok.encode("<|im_start|>assistant\n")
-        self.n_tools, self.cache = {it["prompt"]: 1 + k % 4 for k, it in enumerate(items)}, {}
+        self.index, self.cache = {it["prompt"]: k for k, it in enumerate(items)}, {}
         self.tools = [tok.encode(f'<tool_call>{{"name": "image_search", "arguments": {{"query": "flag {q}"}}}}'
                                  '</tool_call><|im_end|>') for q in ("a", "b", "c", "d")]
         self.answer = tok.encode('<answer>{"gen_prompt": "the flag", "reference_images": [{"img_id": "IMG_001"}]}'
@@ -562,23 +565,31 @@ class StaggeredScript:
             hits &= input_ids[:, j:input_ids.shape[1] - n + 1 + j] == self.head[j]
         for b in range(input_ids.shape[0]):
             starts = hits[b].nonzero().flatten().tolist()
+            r, step = len(starts) - 1, input_ids.shape[1] - starts[-1] - n
+            scores[b] = float("-inf")
+            if r == 0:  # the first query: the next token of every query this turn still matches
+                turn = input_ids[b, starts[0] + n:].tolist()
+                nxt = {q[step] for q in self.tools if step < len(q) and q[:step] == turn}
+                scores[b, sorted(nxt) or [self.tools[0][-1]]] = 0.0  # none: this row has stopped (HF pads it)
+                continue
             key = tuple(input_ids[b, :starts[0]].tolist())
             if key not in self.cache:
                 prompt = self.tok.decode(list(key)).split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
-                self.cache[key] = self.n_tools[prompt]
-            r = len(starts) - 1
-            target = self.tools[r] if r < self.cache[key] else self.answer
-            scores[b] = float("-inf")
-            scores[b, target[min(input_ids.shape[1] - starts[-1] - n, len(target) - 1)]] = 0.0
+                self.cache[key] = self.index[prompt]
+            first = input_ids[b, starts[0] + n:starts[1]].tolist()
+            c = next(i for i, q in enumerate(self.tools) if first[:len(q)] == q)
+            target = self.tools[(c + r) % 4] if r < 1 + (self.cache[key] + c) % 4 else self.answer
+            scores[b, target[min(step, len(target) - 1)]] = 0.0
         return scores
 
 
 def bench_stream():
-    """grpo.rollout_and_score on one step (stream_items groups x stream_samples, HF engine, scripted tool use,
-    tools sleeping T, a loopback image server per "GPU" sleeping G per generation, a loopback judge), three
-    contenders interleaved for `rounds` rounds: the rollout alone, the reward alone (reward.score on that
-    rollout's records), the streamed step. ratio = streamed step / max(rollout alone, reward alone): 1.0 is a
-    perfect overlap, ~(rollout + reward) / max(...) is what the sequential path costs."""
+    """grpo.rollout_and_score on one step (stream_items groups x stream_samples, HF engine, scripted tool use whose
+    number of calls depends on the item and the sample (StaggeredScript), tools sleeping T, a loopback image server
+    per "GPU" sleeping G per generation, a loopback judge), three contenders interleaved for `rounds` rounds: the
+    rollout alone, the reward alone (reward.score on that rollout's records, one batch call), the streamed step
+    (each trajectory's reward starts as soon as it ends). ratio = streamed step / max(rollout alone, reward
+    alone): 1.0 is a perfect overlap, ~(rollout + reward) / max(...) is what the sequential path costs."""
     import torch
     from transformers import AutoTokenizer
     import grpo
@@ -616,7 +627,7 @@ def bench_stream():
             def run(hook):
                 torch.manual_seed(0)
                 return R.rollout(items, pol, eng, tb, samples=stream_samples, temperature=0.7, top_p=0.95,
-                                 on_group=hook, s=s)
+                                 on_end=hook, s=s)
 
             def rollout_alone():
                 t0 = time.perf_counter()

@@ -16,6 +16,8 @@ One step (paper sec. RL + the release's verl config gen_image_deepresearch_8B_fs
  1. 8 prompts, each rank its share; rollout.py samples a group of 6 agent trajectories per prompt
     (temperature 0.7, top_p 0.95) on a vLLM engine (or HF generate for CPU/debug).
  2. reward.score: r = (1-λ)·K-Score + λ·r_text, λ = 0.5; invalid trajectories get 0 with no judge call.
+    Streamed (stream_rewards): each trajectory is scored as soon as it ends, while the others are still
+    sampling, as the release does; step 3 waits for all of the step's rewards.
  3. GRPO advantage (r - mean_group) / (std_group + 1e-6), torch.std (unbiased), on generated tokens.
  4. compact filtering AFTER the advantage: overlong / repeated / unparsed / no-answer / error / timeout
     trajectories leave the loss (their zeros still counted in the group stats); then, as the release's
@@ -90,7 +92,7 @@ check_sync = False           # after each weight push: vLLM greedy vs the traine
 lam = 0.5                    # paper: r = (1-λ)K + λ r_text, λ = 0.5
 reward_kwargs = {}           # extra keyword arguments for reward.score (judge/generator urls, ...)
 reward_fn = ""               # "" = reward.score (the dual reward); "module:function" with score()'s signature
-stream_rewards = True        # score each group as soon as its trajectories end, while the rest still sample
+stream_rewards = True        # score each trajectory as soon as it ends, while the rest still sample
                              # (release: a trajectory's reward starts when it ends); False = all rollouts, then all rewards
 # loss / optimizer
 clip_low = 0.2               # release: clip_ratio_low 0.2 (verl default)
@@ -447,17 +449,19 @@ def errored_rerun(eng, tb, step_seed, s, temperature, top_p):
 
 def rollout_and_score(run_rollout, score, items, kw, stream=True, after_rollout=None, rerun=None, retries=0,
                       stats=None):
-    """Steps 1-2 of a GRPO step: run_rollout(on_group) -> records (rollout.rollout with its hook), then
-    score_records. stream: each group goes to score() from the hook, in a thread, as soon as it ends, while the
-    others are still sampling; the generator/judge limits are reward.py's process-wide semaphores, so they hold
-    across groups. Errored records (engine exceptions) are then re-run, up to `retries` times each, by
-    rerun([(item, sample), ...]) -> records (rollout.with_error_retries; stats counts them), before
-    after_rollout (the engine's sleep); streamed, the re-run ones are then scored again. Returns (records, scores in record
-    order, time the rollout ended), after every group's reward is in: the advantage waits for this step's
-    groups only."""
-    with cf.ThreadPoolExecutor(max(1, len(items))) as pool:
+    """Steps 1-2 of a GRPO step: run_rollout(on_end) -> records (rollout.rollout with its hook), then
+    score_records. stream: each trajectory goes to score() on its own from the hook, in a thread, as soon as it
+    ends, while the others (its own group's too) are still sampling; the generator/judge limits are process-wide
+    semaphores (net.semaphore), so they hold across calls. Errored records (engine exceptions) are then re-run, up
+    to `retries` times each, by rerun([(item, sample), ...]) -> records (rollout.with_error_retries; stats counts
+    them), before after_rollout (the engine's sleep); streamed, the re-run ones are then scored again. Returns
+    (records, scores in record order, time the rollout ended), after every trajectory's reward is in: the
+    advantage waits for this step's trajectories only."""
+    # one score() call per trajectory: the pool bounds the trajectories scored at once as reward.score's own
+    # score_workers (default 64) bounds one batch call; its threads start only as calls come in
+    with cf.ThreadPoolExecutor(max(1, kw.get("score_workers", 64))) as pool:
         futs = {}
-        hook = (lambda g, recs: futs.__setitem__(g, pool.submit(score_records, score, recs, items, kw))) if stream \
+        hook = (lambda i, rec: futs.__setitem__(i, pool.submit(score_records, score, [rec], items, kw))) if stream \
             else None
         records = run_rollout(hook)
         redo = [j for j, r in enumerate(records) if r["end_reason"] == "error"] if rerun is not None else []
@@ -474,9 +478,9 @@ def rollout_and_score(run_rollout, score, items, kw, stream=True, after_rollout=
         if after_rollout is not None:
             after_rollout()
         t_end = time.time()
-        scores = [s for g in sorted(futs) for s in futs[g].result()] if stream else \
+        scores = [futs[i].result()[0] for i in range(len(records))] if stream else \
             score_records(score, records, items, kw)
-    if redo and stream:  # streamed: the groups were scored with the errored records; the re-runs' rewards replace
+    if redo and stream:  # streamed: the errored records were scored as they ended; the re-runs' rewards replace
         for j, s in zip(redo, score_records(score, [records[j] for j in redo], items, kw)):
             scores[j] = s
     return records, scores, t_end
@@ -590,8 +594,8 @@ def main():
         step_seed = seed_step(step, rank)
         # 1. rollouts: this rank's prompts x group_size trajectories (README "Data formats": trajectory record), and
         # 2. the dual reward (invalid -> 0 without a judge call; faults -> 0 with "error", counted), streamed
-        # group by group behind the sampling (stream_rewards; rollout_and_score). t_reward = the reward wait left
-        # after the rollout (streamed: the part not hidden behind sampling).
+        # trajectory by trajectory behind the sampling (stream_rewards; rollout_and_score). t_reward = the reward
+        # wait left after the rollout (streamed: the part not hidden behind sampling).
         mine = step_items(items, step, rank, world)
         model.eval()
         faults0 = reward_counts()
@@ -599,7 +603,7 @@ def main():
         retried = Counter()
         records, scores, t1 = rollout_and_score(  # (sleep: offload vLLM's weights, free its KV cache for training)
             lambda hook: rollout.rollout(mine, eng.policy, eng, tb, samples=group_size, temperature=temperature,
-                                         top_p=top_p, seed=step_seed, on_group=hook, s=rs),
+                                         top_p=top_p, seed=step_seed, on_end=hook, s=rs),
             score, mine, rkw, stream_rewards, after_rollout=sleep,
             rerun=errored_rerun(eng, tb, step_seed, rs, temperature, top_p), retries=rollout_error_retries,
             stats=retried)

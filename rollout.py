@@ -929,16 +929,17 @@ def request_seed(base, item_id, sample, rnd):
 
 
 def rollout(items, pol, eng, tb, samples=1, day=None, temperature="settings", top_p="settings", progress=None,
-            seed=None, on_group=None, s=None, sample_ids=None):
+            seed=None, on_end=None, s=None, sample_ids=None):
     """Roll out `samples` trajectories per item, all in one batch: each round every live trajectory generates
     together, then their tool calls run concurrently (tools.run_tools); finished ones wait. -> records.
     s: the protocol Settings (default Settings(): the paper's); temperature / top_p default to s's (None =
     the API's default). seed (vLLM): every call gets request_seed(seed, item id, sample, round); None = vLLM's
     engine RNG.
-    on_group(g, records): called (in this thread, between rounds) as soon as all `samples` trajectories of
-    items[g] have ended, with the very record dicts that are returned; grpo.py uses it to start the group's
-    reward while the other groups are still sampling (the release scores each trajectory as it ends).
-    It must return quickly (hand the work to a thread) and must not change the records.
+    on_end(i, record): called (in this thread, between rounds) as soon as trajectory i (its index in the returned
+    list) has ended, with the very record dict that is returned at i (a record is built when its trajectory ends
+    and never changes after); grpo.py uses it to start that trajectory's reward while the others are still
+    sampling, as the release scores each trajectory when it ends.
+    It must return quickly (hand the work to a thread) and must not change the record.
     sample_ids (with samples=1): the sample index of each item's one trajectory (a re-run of an errored sample
     keeps its index, and with it its own vLLM seeds; with_error_retries)."""
     import tools
@@ -956,21 +957,18 @@ def rollout(items, pol, eng, tb, samples=1, day=None, temperature="settings", to
     for t in trajs:
         t.api = api
     length = lambda t: max(len(t.tokens), t.ctx_tokens)  # ctx_tokens: an API engine without tokenizer
-    recs, flushed = [None] * len(trajs), [False] * len(items)
+    recs = [None] * len(trajs)
     while True:
         for t in trajs:
             if t.end is None and time.time() - t.t0 > s.traj_timeout:
                 _end(t, "timeout")
             if t.end is None and s.context_cap - length(t) - 1 <= 0:
                 _end(t, "overlong")
-        for g in range(len(items)):  # groups whose trajectories have all ended: their records are final
-            grp = range(g * samples, (g + 1) * samples)
-            if not flushed[g] and all(trajs[i].end is not None for i in grp):
-                for i in grp:
-                    recs[i] = to_record(trajs[i], pol, day)
-                flushed[g] = True
-                if on_group is not None:
-                    on_group(g, [recs[i] for i in grp])
+        for i, t in enumerate(trajs):  # an ended trajectory never changes again: its record is final
+            if recs[i] is None and t.end is not None:
+                recs[i] = to_record(t, pol, day)
+                if on_end is not None:
+                    on_end(i, recs[i])
         live = [t for t in trajs if t.end is None]
         if not live:
             break

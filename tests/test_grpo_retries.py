@@ -66,7 +66,7 @@ def scorer(log):
 def run_step(items, tb, eng, stream, retries, stats, log):
     s = rollout.settings({"max_rounds": 3, "date": "2025-06-01"})
     return grpo.rollout_and_score(
-        lambda hook: rollout.rollout(items, eng.policy, eng, tb, samples=G, seed=7, on_group=hook, s=s),
+        lambda hook: rollout.rollout(items, eng.policy, eng, tb, samples=G, seed=7, on_end=hook, s=s),
         scorer(log), items, {}, stream, rerun=grpo.errored_rerun(eng, tb, 7, s, 0.7, 0.95), retries=retries,
         stats=stats)
 
@@ -83,9 +83,9 @@ def test_an_errored_rollout_is_rerun_rescored_and_counted(setup, stream):
     assert records[0]["answer"]["reference_images"][0]["img_id"] == "IMG_001"
     assert [s["reward"] for s in scores] == [1.0] * (2 * G)  # and its reward replaced the errored one's 0
     assert dict(stats) == {"error_retries": 1, "errored": 0}
-    if stream:  # each group was scored as it ended (with the error), then the re-run alone
-        assert sorted(log[:-1]) == sorted([[(it["id"], k, "error" if (i, k) == (0, 0) else "answer")
-                                            for k in range(G)] for i, it in enumerate(items)])
+    if stream:  # each trajectory was scored on its own as it ended (with the error), then the re-run alone
+        assert sorted(log[:-1]) == sorted([[(it["id"], k, "error" if (i, k) == (0, 0) else "answer")]
+                                           for i, it in enumerate(items) for k in range(G)])
         assert log[-1] == [(items[0]["id"], 0, "answer")]
     else:  # sequential: one scoring, after the re-run
         assert log == [[(it["id"], k, "answer") for it in items for k in range(G)]]

@@ -1,12 +1,13 @@
-"""Streamed rewards (grpo.py stream_rewards): each group is scored as soon as its trajectories end, while the
-other groups are still sampling, and the numbers are the same as the sequential path (all rollouts, then all
+"""Streamed rewards (grpo.py stream_rewards): each trajectory is scored as soon as it ends, while the others (its
+own group's too) are still sampling, and the numbers are the same as the sequential path (all rollouts, then all
 rewards) for the same seed: rewards, advantages and every log line but the timings.
 
 `python -m test_stream <grpo.py arguments>` (run by the test) is grpo.main() with a scripted policy on the HF
-engine: item k's group makes 1 + (its prompt's token sum mod 3) image_search calls, then answers citing IMG_001,
-so groups end in different rounds and reach the real offline generator and judges of reward.score. It appends
-one JSON line per event to $STREAM_TRACE: when score() started and on which ids, when each rollout ended, and
-every group_advantages(rewards) -> advantages the loop computed.
+engine: each sample picks its first query, and its prompt and that pick set its number of image_search calls
+(VariedScript), then it answers citing IMG_001 or IMG_002, so the samples of a group, and the groups, end in
+different rounds and reach the real offline generator and judges of reward.score. It appends one JSON line per
+event to $STREAM_TRACE: when each trajectory ended (rollout.rollout's on_end), when score() started and on which
+(id, sample)s, when each rollout ended, and every group_advantages(rewards) -> advantages the loop computed.
 """
 import json
 import os
@@ -22,10 +23,13 @@ QUERIES = ["flag", "national flag", "flag of the country"]
 
 
 class VariedScript:
-    """Forces 1 + (sum of the prompt's token ids mod 3) image_search turns (a different query each, so no
-    "repeated" end), then an answer: the same for every sample of an item, different across items. Where the
-    two possible answers (citing IMG_001 or IMG_002) first differ, both tokens stay allowed: the sampler (the
-    seeded torch RNG) picks, so the samples of a group get different rewards and advantages."""
+    """Forces image_search turns, then an answer. In its first turn a sample writes one of the QUERIES: wherever
+    the queries the turn still matches differ in their next token, each of those tokens stays allowed and the
+    sampler (the seeded torch RNG) picks. With c the picked query's index, the sample makes 1 + (sum of the
+    prompt's token ids + c) mod 3 calls, QUERIES[(c + r) % 3] in round r (a different query each, so no
+    "repeated" end): the samples of one item can end in different rounds, as real samples do, and the items
+    differ too. Where the two possible answers (citing IMG_001 or IMG_002) first differ, both tokens stay allowed: the
+    sampler picks, so the samples of a group get different rewards and advantages."""
 
     def __init__(self, tok):
         self.head = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
@@ -43,11 +47,18 @@ class VariedScript:
         n = len(self.head)
         for b, row in enumerate(input_ids.tolist()):
             starts = [i for i in range(len(row) - n + 1) if row[i:i + n] == self.head]
-            n_tools = 1 + sum(row[:starts[0]]) % 3
-            r, step = len(starts) - 1, len(row) - (starts[-1] + n)
+            r, turn = len(starts) - 1, row[starts[-1] + n:]
+            step = len(turn)
             scores[b] = float("-inf")
+            if r == 0:  # the first query: the next token of every query this turn still matches
+                nxt = {q[step] for q in self.tools if step < len(q) and q[:step] == turn}
+                scores[b, sorted(nxt) or [self.tools[0][-1]]] = 0.0  # none: this row has stopped (HF pads it)
+                continue
+            first = row[starts[0] + n:]
+            c = next(k for k, q in enumerate(self.tools) if first[:len(q)] == q)
+            n_tools = 1 + (sum(row[:starts[0]]) + c) % 3  # (the left padding is <|endoftext|>, id 0)
             if r < n_tools:
-                target = self.tools[r]
+                target = self.tools[(c + r) % len(self.tools)]
             elif step == self.fork:  # the sampler chooses the reference
                 scores[b, [a[self.fork] for a in self.answers]] = 0.0
                 continue
@@ -76,8 +87,12 @@ def main():
         eng.logits_processors = [VariedScript(pol.tokenizer)]
         return eng
 
-    def traced_rollout(*a, **kw):
-        recs = real_rollout(*a, **kw)
+    def traced_rollout(*a, on_end=None, **kw):
+        def ended(i, rec):  # noted before grpo's hook hands the record to the score pool
+            note(event="traj_end", id=rec["id"], sample=rec["sample"])
+            if on_end is not None:
+                on_end(i, rec)
+        recs = real_rollout(*a, on_end=ended, **kw)
         note(event="rollout_end", rounds=[r["rounds"] for r in recs])
         return recs
 
@@ -86,7 +101,7 @@ def main():
         return real_generate(*a, **kw)
 
     def traced_score(trajs, items, **kw):
-        note(event="score_start", ids=[t["id"] for t in trajs])
+        note(event="score_start", ids=[t["id"] for t in trajs], samples=[t["sample"] for t in trajs])
         return real_score(trajs, items, **kw)
 
     def traced_adv(rewards, group_size, *a, **kw):
@@ -138,10 +153,12 @@ def test_streamed_rewards_equal_sequential_and_start_before_the_rollout_ends(wor
     assert all(r["grad_norm"] > 0 for r in seq_log)
     for r in seq_log:
         assert r["end_reasons"] == {"answer": 12} and r["reward_errors"] == 0
-    # the groups end in different rounds; sequential: one score() call per step, after the rollout ended;
-    # streamed: one call per group, and at least one of them started while the step was still sampling
+    # the groups end in different rounds, and so do the samples of some groups (3 a group, in record order);
+    # sequential: one score() call per step, after the rollout ended; streamed: one call per trajectory, at least
+    # one of them started while the step was still sampling, and one before another sample of its group ended
     ends = [e for e in str_ev if e["event"] == "rollout_end"]
     assert all(len(set(e["rounds"])) > 1 for e in ends), ends
+    assert all(any(len(set(e["rounds"][g:g + 3])) > 1 for g in range(0, 12, 3)) for e in ends), ends
     seq_calls = [e for e in seq_ev if e["event"] == "score_start"]
     assert len(seq_calls) == 2 and all(len(c["ids"]) == 12 for c in seq_calls)
     assert all(c["t"] > e["t"] for c, e in zip(seq_calls, [e for e in seq_ev if e["event"] == "rollout_end"]))
@@ -150,8 +167,16 @@ def test_streamed_rewards_equal_sequential_and_start_before_the_rollout_ends(wor
         within = [e for e in str_ev if bounds[step] < e["t"] < bounds[step + 1]]
         calls = [e for e in within if e["event"] == "score_start"]
         last_gen = max(e["t"] for e in within if e["event"] == "generate")
-        assert len(calls) == 4 and all(len(c["ids"]) == 3 for c in calls), (step, calls)
+        assert len(calls) == 12 and all(len(c["ids"]) == 1 for c in calls), (step, calls)
+        assert sorted((c["ids"][0], c["samples"][0]) for c in calls) == \
+            sorted((e["id"], e["sample"]) for e in within if e["event"] == "traj_end")  # each one scored once
         assert any(c["t"] < last_gen for c in calls), (step, calls, last_gen)
+        # a trajectory's score() started, then a generate ran, and only after it another sample of its group ended:
+        # that sample was still sampling (a generate between the two, so not the same hand-over between rounds)
+        traj_end = {(e["id"], e["sample"]): e["t"] for e in within if e["event"] == "traj_end"}
+        gens = [e["t"] for e in within if e["event"] == "generate"]
+        assert any(c["t"] < g < t for c in calls for (i, k), t in traj_end.items()
+                   if i == c["ids"][0] and k != c["samples"][0] for g in gens), (step, calls, traj_end, gens)
 
 if __name__ == "__main__":
     main()
