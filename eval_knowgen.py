@@ -106,6 +106,7 @@ compare = None               # "runA/judged.jsonl,runB/judged.jsonl": per-item w
 report_n = 24                # items in the thumbnail grid of report.md
 table = None                 # "name=eval_out_dir,...": the rows of a results table (Table 1 / 3) -> table_out
 table_logs = None            # "name=grpo out_dir/log.jsonl,...": GRPO reward / K-Score curves for the table
+table_control = None         # a frozen GRPO run's log.jsonl (learning_rate=0, same seed and items): paired_gain per run
 table_out = "results.md"     # the table's markdown; grpo_curves.png and items.png are written beside it
 stage_times = None           # a "stage<TAB>seconds" file (runcpu.sh) appended to the table
 table_train = None           # "name=sft.py out_dir,...": training throughput (tokens/s, share of the fp32 matmul peak)
@@ -553,6 +554,18 @@ def quarter_gain(values):
     return sum(b) / q - sum(a) / q, (var(a) / q + var(b) / q) ** 0.5
 
 
+def paired_gain(values, control):
+    """GRPO learning check against a frozen control: `control` is the same GRPO run (same seed, items and step order)
+    with learning_rate 0, so each step's items are the same on both sides and item difficulty cancels step by step.
+    Returns (mean over steps of values - control, its standard error over the steps), or None under 4 common steps.
+    Step 1 is left out: no update has happened before its rollout, so it is the same policy on both sides."""
+    d = [a - b for a, b in zip(values[1:], control[1:])]
+    if len(d) < 3:
+        return None
+    m = sum(d) / len(d)
+    return m, (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+
+
 def per_category(rows):
     by = {}
     for r in rows:
@@ -828,16 +841,24 @@ def results_table(cfg):
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
         md += ["", "## GRPO: mean reward and training K-Score per step", "", "![](grpo_curves.png)", "",
                "| run | steps | reward, first 5 steps | reward, last 5 steps | K, first 5 | K, last 5 | "
-               "reward: last quarter - first quarter (± s.e.) | groups with varying r_text | reward per step |",
-               "|---|---|---|---|---|---|---|---|---|"]
-        for name, path in pairs(cfg["table_logs"]):
+               "reward: last quarter - first quarter (± s.e.) | reward - frozen control, steps 2.. (± s.e.) | "
+               "groups with varying r_text | reward per step |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+        ctl = None
+        if cfg.get("table_control"):  # the same run with learning_rate 0: what the curve does without learning
+            ctl = [e["reward_mean"] for _, e in rollout.read_jsonl(cfg["table_control"])]
+            ax[0].plot(range(1, len(ctl) + 1), ctl, "k--", label="frozen control (lr 0)")
+        fmt = lambda g: "—" if g is None else "{:+.3f} ± {:.3f}".format(*g)
+        for name, path in pairs(cfg["table_logs"]) + ([("frozen control (λ = 0.5, lr 0)", cfg["table_control"])]
+                                                      if ctl else []):
             log = [e for _, e in rollout.read_jsonl(path)]
             x, r, k = [e["step"] for e in log], [e["reward_mean"] for e in log], [e["k_score"] or 0.0 for e in log]
-            ax[0].plot(x, r, label=name)
+            if path != cfg.get("table_control"):
+                ax[0].plot(x, r, label=name)
             ax[1].plot(x, k, label=name)
             avg = lambda v: f"{sum(v) / max(1, len(v)):.3f}"
             md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
-                      + ("—" if quarter_gain(r) is None else "{:+.3f} ± {:.3f}".format(*quarter_gain(r))) + " | "
+                      + fmt(quarter_gain(r)) + " | " + (fmt(paired_gain(r, ctl)) if ctl else "—") + " | "
                       + (lambda v: f"{100 * sum(v) / len(v):.0f}%" if v else "—")(
                           [e["r_text_varying_groups"] for e in log if "r_text_varying_groups" in e]) + " | "
                       + " ".join(f"{v:.2f}" for v in r) + " |")

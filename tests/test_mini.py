@@ -26,6 +26,14 @@ def test_quarter_gain():
     assert abs(d - (0.5667 - 0.0333)) < 1e-3 and 0 < se < 0.05
 
 
+def test_paired_gain():
+    ctl = [0.2, 0.5, 0.1, 0.4, 0.3, 0.6]  # item difficulty swings the frozen policy's curve ...
+    d, se = ek.paired_gain([0.2] + [c + 0.05 + 0.01 * (i % 2) for i, c in enumerate(ctl[1:])], ctl)
+    assert abs(d - 0.054) < 1e-9 and 0 < se < 0.01  # ... and cancels in the paired difference (step 1 left out)
+    assert ek.paired_gain([0.3, 0.2, 0.1], ctl) is None  # under 4 common steps
+    assert ek.paired_gain(ctl, ctl) == (0.0, 0.0)
+
+
 # ---- the copy probe, on hand-made trajectories (names the policy never saw) ----------------------------------
 ITEM = {"id": "q1", "prompt": "Paint the flag of the country whose capital is Zubrak.",
         "solution": {"hops": [{"name": "search", "arguments": {"queries": ["Zubrak"], "top_k": 3}},

@@ -1,8 +1,8 @@
 """The main job's plumbing, end to end: `OUT=tmp bash runcpu.sh smoke` (a tiny world, 12 SFT steps, 2 GRPO steps per
-λ, 4 bench items; ~2-3 min on 2 cores) must finish and leave every stage's files in their formats: the SFT loss
-went down, every GRPO step completed and logged, each Table row was judged, results.md / plots were written, and
-one system prompt (the configured compact one) runs through the data, the SFT records and the eval rollouts.
-The full run's numbers are a benchmark artefact (runcpu.sh without `smoke`), not asserted here."""
+λ and for the frozen control, 4 bench items; ~2-3 min on 2 cores) must finish and leave every stage's files in their
+formats: the SFT loss went down, every GRPO step completed and logged, each Table row was judged, results.md / plots
+were written, and one system prompt (the configured compact one) runs through the data, the SFT records and the eval
+rollouts. The full run's numbers are a benchmark artefact (runcpu.sh without `smoke`), not asserted here."""
 import json
 import os
 import subprocess
@@ -51,13 +51,19 @@ def test_runcpu_smoke(tmp_path):
         assert jsonl(out / f"data_{k}" / "sft.jsonl")
     assert (out / "sft" / "final" / "config.json").exists() and (out / "base" / "final" / "config.json").exists()
 
-    # GRPO: every step of every λ completed and logged, and the final policy was saved
-    for lam in ("0.5", "0.0", "1.0"):
-        steps = jsonl(out / f"grpo_lam{lam}" / "log.jsonl")
+    # GRPO (vLLM engine, the tiny Qwen3-VL): every step of every λ and of the frozen control completed and logged,
+    # and the final policy was saved; the control (λ = 0.5, lr 0) saw the same items with the same request seeds,
+    # so its first step -- before any update on either side -- is the λ = 0.5 run's, exactly
+    logs = {}
+    for run in ("lam0.5", "lam0.0", "lam1.0", "control"):
+        logs[run] = steps = jsonl(out / f"grpo_{run}" / "log.jsonl")
         assert [s["step"] for s in steps] == [1, 2]
         for s in steps:
             assert 0.0 <= s["reward_mean"] <= 1.0 and s["t_step"] > 0 and sum(s["end_reasons"].values()) == 4
-        assert (out / f"grpo_lam{lam}" / "final" / "config.json").exists()
+            assert s["logp_diff"] < 1e-3  # vLLM's sampled logprobs = the trainer's recompute, images included
+        assert (out / f"grpo_{run}" / "final" / "config.json").exists()
+    assert logs["control"][0]["reward_mean"] == logs["lam0.5"][0]["reward_mean"]
+    assert logs["control"][0]["end_reasons"] == logs["lam0.5"][0]["end_reasons"]
 
     # eval: each row judged on the same 4 bench items; agent rows rolled out with the same system prompt
     ids = None
@@ -88,5 +94,7 @@ def test_runcpu_smoke(tmp_path):
                                                                "sft/final", "grpo_lam0.5/final"]
     p = json.loads((out / "probe" / "sft" / "forced_probe.json").read_text())
     assert p["turn_1"]["n"] >= 1 and 0 <= p["turn_1"]["rate"] <= 1 and f"({p['turn_1']['copied']}/" in probe[3]
+    grpo_rows = [line.split("|")[1].strip() for line in table if line.split("|")[1].strip().startswith(("λ", "frozen"))]
+    assert grpo_rows == ["λ = 0.5", "λ = 0", "λ = 1", "frozen control (λ = 0.5, lr 0)"]
     for png in ("grpo_curves.png", "items.png"):
         assert Image.open(out / png).format == "PNG"
