@@ -48,6 +48,8 @@ gen_latency = 0.25         # s per generation (Qwen-Image-Edit, 40 steps on one 
 gen_servers = 2            # loopback generator servers (one per "GPU"; generations on one server are serial)
 # rollout
 new_tokens = 64            # per request in the generation throughput bench
+gen_context = 0            # > 0: each request's prompt is this many tokens (the item prompt after seeded filler
+                           # tokens), as a GRPO round's context (~900 in the CPU main job); 0 = the item prompt alone
 gen_batches = (8, 32)      # batch sizes timed (after a warm-up at the same shapes)
 tool_latency = 0.5         # s injected into every tool call of the agent rollout
 agent_items = 4            # items x samples in the agent rollout
@@ -462,6 +464,11 @@ def rollout_size(sz):
     for bs in gen_batches:
         reqs = [{"tokens": tok.encode(f"<|im_start|>user\n{items[i % len(items)]['prompt']} #{i}<|im_end|>\n"
                                       "<|im_start|>assistant\n"), "max_new": new_tokens} for i in range(bs)]
+        if gen_context:  # seeded filler ids (no special tokens) before the prompt, up to gen_context tokens
+            g = torch.Generator().manual_seed(0)
+            for r in reqs:
+                r["tokens"] = torch.randint(300, 1500, (max(0, gen_context - len(r["tokens"])),), generator=g).tolist() \
+                    + r["tokens"]
         n_tok = {k: [] for k in fixed}
 
         def timed(k):
@@ -480,6 +487,7 @@ def rollout_size(sz):
                    "ratio": [v / h for h, v in zip(tps["hf"], tps["vllm"])]}
     med = lambda xs: sorted(xs)[len(xs) // 2]
     print(f"generation tokens/s, size {sz} ({n_params / 1e6:.2f}M params), {new_tokens} new tokens per request "
+          f"after a {gen_context or 'short'}-token prompt "
           f"(no early stop), {threads} threads, {rounds} interleaved rounds after 1 warm-up, median (min-max)")
     print(f"  {'batch':>5s} {'hf':>9s} {'vllm':>9s} {'vllm/hf':>18s}")
     for bs, g in gen.items():
