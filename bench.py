@@ -178,8 +178,9 @@ def policy_dir(name):
         if name == "tiny":
             scratch_model(tok, vision=False, head_dim=32, max_positions=8192, seed=0).save_pretrained(d)
         else:  # the CPU main job's GRPO policy: config/sft_runcpu.py's model_sizes, vision tower included
-            scratch_model(tok, vision=True, n_embd=128, n_layer=4, n_head=4, n_kv_head=2, head_dim=32, mlp=384,
-                          max_positions=8192, seed=0).save_pretrained(d)
+            import runpy
+            sizes_vl = runpy.run_path(os.path.join(ROOT, "config", "sft_runcpu.py"))["model_sizes"]
+            scratch_model(tok, vision=True, max_positions=8192, seed=0, **sizes_vl).save_pretrained(d)
             R.make_image_processor().save_pretrained(d)
         tok.save_pretrained(d)
         return d
