@@ -669,8 +669,7 @@ def main():
                                     state={"seed": seed, "n_items": len(items), "n_prompts": n_prompts})
 
     trainer.save_final(os.path.join(out_dir, "final"), model, policy, getattr(torch, save_dtype))
-    if ddp:
-        dist.destroy_process_group()
+    trainer.finish(di)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer import (barrier, build_policy, collate, gguf_to_hf, init_distributed, latest_checkpoint,  # noqa: F401
+from trainer import (barrier, build_policy, collate, finish, gguf_to_hf, init_distributed, latest_checkpoint,  # noqa: F401
                      load_checkpoint, reshard, save_checkpoint, save_final, scratch_model, sequence_logprobs,
                      shard_model, trajectory_inputs)
 from rollout import read_jsonl, read_rows  # the one JSONL / row reader
@@ -472,8 +472,7 @@ def main():
     save_final(os.path.join(out_dir, "final"), model, policy, compute_dtype)
     if master:
         print(f"done: {step} steps, eval loss {ev:.4f}, model in {os.path.join(out_dir, 'final')}")
-    if ddp:
-        dist.destroy_process_group()
+    finish(di)
 
 
 if __name__ == "__main__":
