@@ -617,16 +617,19 @@ def main():
                                     [s.get("error") is not None for s in scores] if drop_reward_errors else None,
                                     mask_failed)
         # 5. trainer recompute + dual-clip PPO loss, micro-batches under a token budget
-        model.train()
-        with amp:
-            st = accumulate_grads(model, policy, records, adv, keep, dev, ref_model)
         # 6. AdamW step (skipped when no sequence counts: no signal, and Adam's momentum would still move)
-        gn = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
-        stepped = st["n_seqs"] > 0 and math.isfinite(gn)
-        if stepped:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        # A frozen control (learning_rate 0: runcpu.sh's reference curve) skips both: its weights cannot move.
+        st, gn, stepped = {}, 0.0, False
+        if learning_rate > 0:
+            model.train()
+            with amp:
+                st = accumulate_grads(model, policy, records, adv, keep, dev, ref_model)
+            gn = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+            stepped = st["n_seqs"] > 0 and math.isfinite(gn)
+            if stepped:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         t3 = time.time()
         sync = {}
         if check_sync and not (gpu and vllm_sleep) and engine == "vllm":

