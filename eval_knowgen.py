@@ -20,6 +20,9 @@ GPU node (agent in-process via vLLM; Qwen-Image(-Edit) servers: image_server.py;
     python eval_knowgen.py config/eval_knowgen.py --benchmark=wise --items_path=data/wise --mode=agent --out_dir=out/wise_agent
 Aggregate only (prints the Table-1-style table, writes the summary JSON beside the input):
     python eval_knowgen.py --judged=out/kg_agent/judged.jsonl [--summary_out=FILE.json] [--benchmark=wise]
+Several finished runs side by side (a markdown table + items.png; the mini world's results.md adds its own sections
+to these rows: data/miniworld/report.py):
+    python eval_knowgen.py --table="Qwen-Image=out/kg_direct,Gen-Searcher=out/kg_agent" --table_out=out/kg_results.md
 
 Stages, each one append-only JSONL under out_dir so a run resumes where it stopped (finished (id, sample) keys
 are skipped; for a key the LAST row wins) and any stage can be re-run alone with --stage=NAME:
@@ -33,7 +36,6 @@ the baseline; on_no_answer="zero" scores it 0 instead). A failed generation is a
 "error"); a failed JUDGE call writes nothing, so a re-run retries it. An empty group is null in the summary and
 the overall is the mean over the non-empty groups, flagged with a warning (not comparable to the paper's).
 """
-import glob
 import json
 import os
 import random
@@ -105,16 +107,8 @@ summary_out = None           # where --judged writes its JSON (default: beside t
 compare = None               # "runA/judged.jsonl,runB/judged.jsonl": per-item wins/losses/ties and per-group deltas
 report_n = 24                # items in the thumbnail grid of report.md
 table = None                 # "name=eval_out_dir,...": the rows of a results table (Table 1 / 3) -> table_out
-table_logs = None            # "name=grpo out_dir/log.jsonl,...": GRPO reward / K-Score curves for the table
-table_control = None         # a frozen GRPO run's log.jsonl (learning_rate=0, same seed and items): paired_gain per run
-table_out = "results.md"     # the table's markdown; grpo_curves.png and items.png are written beside it
-stage_times = None           # a "stage<TAB>seconds" file (runcpu.sh) appended to the table
-table_train = None           # "name=sft.py out_dir,...": training throughput (tokens/s, share of the fp32 matmul peak)
-table_probes = None          # "name=dir holding forced_probe.json,...": the teacher-forced copy probe per checkpoint
+table_out = "results.md"     # the table's markdown; items.png is written beside it
 seed = 0                     # the report's sample of items
-forced_probe = None          # FILE.jsonl of ORACLE trajectories (make_data's trajectories.jsonl): the teacher-forced
-                             # copy probe of policy_path on them (forced_probe_ids), written to out_dir/forced_probe.json
-forced_probe_ids = "mw_bench"  # id prefix of the probed trajectories (the held-out bench items)
 
 _CONFIG_KEYS = config_keys(globals())
 
@@ -543,29 +537,6 @@ def bootstrap_ci(rows, n_boot=1000, alpha=0.05, seed=0):
     return round(lo, 2), round(hi, 2)
 
 
-def quarter_gain(values):
-    """GRPO learning check: mean of the last quarter of steps minus the first quarter's, and that difference's
-    standard error (the two quarters' SEs in quadrature). Returns (diff, se), or None under 8 steps."""
-    q = len(values) // 4
-    if q < 2:
-        return None
-    a, b = values[:q], values[-q:]
-    var = lambda v: sum((x - sum(v) / len(v)) ** 2 for x in v) / (len(v) - 1)
-    return sum(b) / q - sum(a) / q, (var(a) / q + var(b) / q) ** 0.5
-
-
-def paired_gain(values, control):
-    """GRPO learning check against a frozen control: `control` is the same GRPO run (same seed, items and step order)
-    with learning_rate 0, so each step's items are the same on both sides and item difficulty cancels step by step.
-    Returns (mean over steps of values - control, its standard error over the steps), or None under 4 common steps.
-    Step 1 is left out: no update has happened before its rollout, so it is the same policy on both sides."""
-    d = [a - b for a, b in zip(values[1:], control[1:])]
-    if len(d) < 3:
-        return None
-    m = sum(d) / len(d)
-    return m, (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
-
-
 def per_category(rows):
     by = {}
     for r in rows:
@@ -619,116 +590,6 @@ def tool_stats(trajs):
             "refs_per_answer": round(sum(len(r["answer"].get("reference_images") or []) for r in answered)
                                      / max(1, len(answered)), 3),
             "end_reasons": dict(ends.most_common())}
-
-
-def _queries(text):
-    """The query words of an assistant turn's tool call ('' if it made none): search's queries, image_search's query."""
-    import rollout
-    m = re.search(r"<tool_call>(.*?)</tool_call>", text, re.S)
-    try:
-        args = (rollout.loads_lenient(m.group(1)) or {}).get("arguments") or {} if m else {}
-    except Exception:  # an unparseable call copies nothing
-        return ""
-    q = args.get("queries", args.get("query", "")) if isinstance(args, dict) else ""
-    return " ".join(q) if isinstance(q, list) else str(q)
-
-
-def copy_probe(rec, item):
-    """Does the agent copy an unseen name into its next query? For hop i, the names to copy are the capitalised words
-    of the ORACLE's hop-i query (the item's hidden solution) that stand in what the agent itself has read by then:
-    the prompt for hop 0, its latest tool response after that. A hop counts as copied when every such name is in the
-    agent's own i-th query. Returns {"first": bool|None, "later": [bool, ...]} (None / [] where nothing applies:
-    no solution, the agent made fewer calls, or the oracle's query holds no name from that source)."""
-    hops = ((item or {}).get("solution") or {}).get("hops") or []
-    msgs = rec.get("messages") or []
-    out = {"first": None, "later": []}
-    source = next((m["content"] for m in msgs if m["role"] == "user"), "")
-    i = 0
-    for j, m in enumerate(msgs):
-        if m["role"] != "assistant" or "<tool_call>" not in m["content"] or i >= len(hops):
-            continue
-        a = hops[i]["arguments"]
-        want = {w for w in re.findall(r"[A-Z][a-z]+", " ".join(a.get("queries", [])) + " " + a.get("query", ""))
-                if re.search(rf"\b{w}\b", source)}
-        if want:
-            got = _queries(m["content"])
-            ok = all(re.search(rf"\b{w}\b", got) for w in want)
-            out["first"] = ok if i == 0 else out["first"]
-            if i > 0:
-                out["later"].append(ok)
-        nxt = msgs[j + 1] if j + 1 < len(msgs) else None
-        source = nxt["content"] if nxt and nxt["role"] == "user" else ""
-        i += 1
-    return out
-
-
-def forced_probe_cases(rec, hops=3):
-    """Teacher-forced copy probe cases of one ORACLE trajectory record: for its k-th tool call (k = 1..hops), the
-    token prefix up to where that assistant turn starts (the oracle's own history: prompt, earlier calls and their
-    tool responses) and the names the policy's next query must hold (capitalised words of the oracle's k-th query
-    that stand in the source it has just read: the prompt for k = 1, the latest tool response after). Only prefixes
-    without images (simple and exact to re-feed); a call whose query holds no name from its source is no case.
-    -> [(k, prefix_tokens, names)]"""
-    starts, prev = [], 0
-    for i, m in enumerate(rec.get("loss_mask") or []):
-        if m and not prev:
-            starts.append(i)
-        prev = m
-    msgs, out, k = rec.get("messages") or [], [], 0
-    for j, m in enumerate(msgs):
-        if m["role"] != "assistant":
-            continue
-        k += 1
-        if k > min(hops, len(starts)) or "<tool_call>" not in m["content"]:
-            break
-        cut, src = starts[k - 1], msgs[j - 1]["content"] if j else ""
-        if any(im["token_start"] < cut for im in rec.get("images") or []):
-            break  # an image in the history: later turns are not probed either
-        names = sorted({w for w in re.findall(r"[A-Z][a-z]+", _queries(m["content"])) if re.search(rf"\b{w}\b", src)})
-        if names:
-            out.append((k, rec["tokens"][:cut], names))
-    return out
-
-
-def forced_copy_probe(policy_path, traj_path, id_prefix, hops=3, batch=16, max_new=96):
-    """Given a prompt or a tool response holding names the policy has never seen, does it reproduce them? The
-    policy (greedy) continues each forced_probe_cases prefix of the oracle trajectories whose id starts with
-    id_prefix; a case is copied when its query holds every name. -> {"turn_k": {"copied", "n", "rate"}}; turn 1 =
-    from the prompt, turns 2..hops = from the preceding tool response. Ours (the paper has no such probe)."""
-    import rollout
-    recs = [r for _, r in rollout.read_jsonl(traj_path) if str(r.get("id", "")).startswith(id_prefix)
-            and not r.get("error")]
-    cases = [c for r in recs for c in forced_probe_cases(r, hops)]
-    if not cases:
-        raise EvalError(f"{traj_path}: no trajectory with id prefix {id_prefix!r} and a text-only probe prefix")
-    pol = rollout.load_policy(policy_path)
-    eng = rollout.make_engine("hf", pol)
-    outs = []
-    for i in range(0, len(cases), batch):
-        outs += rollout.generate(eng, [{"tokens": p, "max_new": max_new} for _, p, _ in cases[i:i + batch]],
-                                 temperature=0.0)
-    res = {}
-    for (k, _, names), (ids, _) in zip(cases, outs):
-        got = _queries(pol.tokenizer.decode(ids))
-        r = res.setdefault(f"turn_{k}", {"copied": 0, "n": 0})
-        r["copied"] += all(re.search(rf"\b{w}\b", got) for w in names)
-        r["n"] += 1
-    for r in res.values():
-        r["rate"] = round(r["copied"] / r["n"], 3)
-    return dict(sorted(res.items()))
-
-
-def copy_rates(trajs, items_by_id):
-    """copy_probe over a run: the share of trajectories whose first query copies the prompt's names, and of later
-    hops that copy a name from the preceding tool response (README, "The main job on CPU")."""
-    first, later = [], []
-    for r in trajs:
-        p = copy_probe(r, items_by_id.get(r.get("id")))
-        first += [p["first"]] if p["first"] is not None else []
-        later += p["later"]
-    rate = lambda xs: round(sum(xs) / len(xs), 3) if xs else None
-    return {"copy_first_query": rate(first), "copy_first_n": len(first), "copy_from_tool": rate(later),
-            "copy_from_tool_n": len(later)}
 
 
 def compare_runs(path_a, path_b):
@@ -804,112 +665,66 @@ def write_report(items, cfg, summary_text):
     return path
 
 
-def results_table(cfg):
-    """Several eval runs side by side (runcpu.sh's results.md): per group V/T/F/A/K (x100), overall, answers,
-    tool calls and end reasons per row; GRPO's reward and training K-Score per step (grpo_curves.png); a grid of
-    the same few items across rows + ground truth (items.png); stage times. Returns the markdown path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import rollout
-    pairs = lambda s: [tuple(x.strip() for x in p.rsplit("=", 1)) for p in (s or "").split(",") if p.strip()]
-    runs, out = pairs(cfg["table"]), os.path.dirname(os.path.abspath(cfg["table_out"]))
+def named_paths(s):
+    """A command-line list of labelled runs, "name=path,name=path" -> [(name, path)] (a name may hold "=": the last
+    one splits)."""
+    return [tuple(x.strip() for x in p.rsplit("=", 1)) for p in (s or "").split(",") if p.strip()]
+
+
+def table_lines(runs, out, seed=0, columns=()):
+    """Several eval runs side by side, one row per (name, out_dir) of runs: per group V/T/F/A/K (x100), overall, its
+    95% bootstrap interval, answers, tool calls and end reasons; then links to each run's report.md relative to out
+    (the table's folder). columns: [(header, fn(out_dir) -> cell)], extra cells after "answered" for what only some
+    benchmarks have (the mini world's copy rates: data/miniworld/report.py). Returns the markdown lines."""
     head = " | ".join(f"{g[:3]} {d}" for g in GROUPS for d in ("V", "T", "F", "A", "**K**"))
-    md = ["# Gen-Searcher on the mini world: Table 1 / Table 3 rows", "", "K-Score x100 on the same bench items, offline "
-          "generator and judge. Agents decode greedily; an agent with no parsed answer is scored on the raw prompt "
-          "(eval_knowgen's on_no_answer=raw_prompt), see *answered*.", "",
-          f"| row | n | {head} | overall | 95% CI | answered | copy: 1st query / from tool | "
-          f"calls/traj ({', '.join(tools.tool_names())}) | end reasons |",
-          "|---" * 18 + "|"]
+    md = [f"| row | n | {head} | overall | 95% CI | answered | " + "".join(f"{h} | " for h, _ in columns)
+          + f"calls/traj ({', '.join(tools.tool_names())}) | end reasons |",
+          "|---" * (17 + len(columns)) + "|"]
     for name, d in runs:
         judged = check_judged(os.path.join(d, "judged.jsonl"))
-        s, ci = aggregate(judged), bootstrap_ci(judged, seed=cfg["seed"])
+        s, ci = aggregate(judged), bootstrap_ci(judged, seed=seed)
         st = tool_stats(list(latest(os.path.join(d, "trajectories.jsonl")).values()))
         cells = [f"{s[g][k]:.2f}" if s[g] else "—" for g in GROUPS for k in DIMS + ("k_score",)]
         c = st.get("calls_per_trajectory", {})
-        ts = os.path.join(d, "tool_stats.json")
-        cp = json.load(open(ts)) if os.path.exists(ts) else {}
-        pct = lambda v: "—" if v is None else f"{100 * v:.0f}%"
-        copy = f"{pct(cp.get('copy_first_query'))} / {pct(cp.get('copy_from_tool'))}"
         md.append(f"| {name} | {sum(s['counts'].values())} | " + " | ".join(cells) + f" | **{s['overall']:.2f}** | "
-                  f"[{ci[0]:.2f}, {ci[1]:.2f}] | {st.get('answered', 0)}/{st.get('trajectories', 0)} | {copy} | " + ", ".join(f"{c.get(t, 0):.2f}" for t in
+                  f"[{ci[0]:.2f}, {ci[1]:.2f}] | {st.get('answered', 0)}/{st.get('trajectories', 0)} | "
+                  + "".join(f"{fn(d)} | " for _, fn in columns) + ", ".join(f"{c.get(t, 0):.2f}" for t in
                   tools.tool_names()) + " | " + ", ".join(f"{k} {v}" for k, v in
-                                                                           st.get("end_reasons", {}).items()) + " |")
+                                                           st.get("end_reasons", {}).items()) + " |")
     md += ["", "Per-item reports with thumbnails: " + ", ".join(f"[{n}]({os.path.relpath(d, out)}/report.md)"
                                                                  for n, d in runs)]
-    if cfg["table_logs"]:
-        fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-        md += ["", "## GRPO: mean reward and training K-Score per step", "", "![](grpo_curves.png)", "",
-               "| run | steps | reward, first 5 steps | reward, last 5 steps | K, first 5 | K, last 5 | "
-               "reward: last quarter - first quarter (± s.e.) | reward - frozen control, steps 2.. (± s.e.) | "
-               "groups with varying r_text | reward per step |",
-               "|---|---|---|---|---|---|---|---|---|---|"]
-        ctl = None
-        if cfg.get("table_control"):  # the same run with learning_rate 0: what the curve does without learning
-            ctl = [e["reward_mean"] for _, e in rollout.read_jsonl(cfg["table_control"])]
-            ax[0].plot(range(1, len(ctl) + 1), ctl, "k--", label="frozen control (lr 0)")
-        fmt = lambda g: "—" if g is None else "{:+.3f} ± {:.3f}".format(*g)
-        for name, path in pairs(cfg["table_logs"]) + ([("frozen control (λ = 0.5, lr 0)", cfg["table_control"])]
-                                                      if ctl else []):
-            log = [e for _, e in rollout.read_jsonl(path)]
-            x, r, k = [e["step"] for e in log], [e["reward_mean"] for e in log], [e["k_score"] or 0.0 for e in log]
-            if path != cfg.get("table_control"):
-                ax[0].plot(x, r, label=name)
-            ax[1].plot(x, k, label=name)
-            avg = lambda v: f"{sum(v) / max(1, len(v)):.3f}"
-            md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
-                      + fmt(quarter_gain(r)) + " | " + (fmt(paired_gain(r, ctl)) if ctl else "—") + " | "
-                      + (lambda v: f"{100 * sum(v) / len(v):.0f}%" if v else "—")(
-                          [e["r_text_varying_groups"] for e in log if "r_text_varying_groups" in e]) + " | "
-                      + " ".join(f"{v:.2f}" for v in r) + " |")
-        for a, t in zip(ax, ("mean reward (λ-weighted)", "mean K-Score of the samples")):
-            a.set(xlabel="GRPO step", title=t)
-            a.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "grpo_curves.png"), dpi=100)
+    return md
+
+
+def items_grid(runs, out):
+    """The same few items (the first 6 with an image in every run) across the rows, ground truth last ->
+    out/items.png. Returns the markdown lines of its section ([] when no item has an image in every run)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     gens = [latest(os.path.join(d, "generated.jsonl")) for _, d in runs]
     keys = sorted(set.intersection(*({k for k, g in G.items() if g.get("image")} for G in gens)))[:6]
-    if keys:  # the same items across rows, ground truth last
-        items = {it["id"]: it for it in load_knowgen(json.load(open(os.path.join(runs[0][1], "config.json")))["items_path"])}
-        fig, axs = plt.subplots(len(keys), len(runs) + 1, figsize=(1.7 * (len(runs) + 1), 1.8 * len(keys)), squeeze=False)
-        for i, key in enumerate(keys):
-            paths = [os.path.join(d, G[key]["image"]) for (_, d), G in zip(runs, gens)] + [items[key[0]]["gt_image"]]
-            for j, (a, p) in enumerate(zip(axs[i], paths)):
-                a.imshow(Image.open(p).convert("RGB"))
-                a.set_xticks([]), a.set_yticks([])
-                a.set_title(([n[:18] for n, _ in runs] + ["ground truth"])[j] if i == 0 else "", fontsize=7)
-            axs[i][0].set_ylabel(key[0], fontsize=7)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "items.png"), dpi=100)
-        md += ["", "## A few bench items across the rows (ground truth last)", "", "![](items.png)"]
-    if cfg["table_train"]:
-        from trainer import matmul_peak  # shared with bench.py's GRPO train-step FLOP/s
-        peak = matmul_peak()
-        md += ["", "## Training throughput", "", f"Measured fp32 matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s "
-               "(a timed 512x512 matmul, this process's torch threads). Achieved = 6 x parameters x tokens/s (the dense "
-               "forward + backward estimate; attention's T^2 term and the vision tower are not counted).", "",
-               "| stage | steps | tokens/s (median step) | parameters | achieved GFLOP/s | share of peak |", "|---|---|---|---|---|---|"]
-        for name, d in pairs(cfg["table_train"]):
-            log = [e for _, e in rollout.read_jsonl(os.path.join(d, "log.jsonl"))]
-            rates = sorted(e["tokens"] / e["seconds"] for e in log if e.get("seconds"))
-            n = sum(os.path.getsize(p) for p in glob.glob(os.path.join(d, "final", "*.safetensors"))) / 4  # fp32
-            if rates:
-                r = rates[len(rates) // 2]
-                md.append(f"| {name} | {len(rates)} | {r:,.0f} | {n / 1e6:.2f}M | {6 * n * r / 1e9:.2f} | "
-                          f"{100 * 6 * n * r / peak:.1f}% |")
-    if cfg["table_probes"]:
-        P = [(name, json.load(open(os.path.join(d, "forced_probe.json")))) for name, d in pairs(cfg["table_probes"])]
-        turns = sorted({t for _, p in P for t in p})
-        md += ["", "## Teacher-forced copy probe (held-out bench items, the oracle's history, greedy next call)", "",
-               "turn 1 copies the prompt's names, later turns a name from the tool response just read (copied / cases).",
-               "", "| checkpoint | " + " | ".join(t.replace("_", " ") for t in turns) + " |", "|---|" + "---|" * len(turns)]
-        md += [f"| {name} | " + " | ".join(f"{100 * p[t]['rate']:.0f}% ({p[t]['copied']}/{p[t]['n']})" if t in p else "—"
-                                            for t in turns) + " |" for name, p in P]
-    if cfg["stage_times"]:
-        times = [line.rstrip("\n").split("\t") for line in open(cfg["stage_times"]) if line.strip()]
-        md += ["", "## Stage times", "", "| stage | seconds |", "|---|---|"] + [f"| {n} | {t} |" for n, t in times]
-        # "NAME (in GROUP)": a stage of a group run side by side; the group's own wall-time row is what counts
-        md.append(f"| **total** | **{sum(int(t) for n, t in times if ' (in ' not in n)}** |")
+    if not keys:
+        return []
+    items = {it["id"]: it for it in load_knowgen(json.load(open(os.path.join(runs[0][1], "config.json")))["items_path"])}
+    fig, axs = plt.subplots(len(keys), len(runs) + 1, figsize=(1.7 * (len(runs) + 1), 1.8 * len(keys)), squeeze=False)
+    for i, key in enumerate(keys):
+        paths = [os.path.join(d, G[key]["image"]) for (_, d), G in zip(runs, gens)] + [items[key[0]]["gt_image"]]
+        for j, (a, p) in enumerate(zip(axs[i], paths)):
+            a.imshow(Image.open(p).convert("RGB"))
+            a.set_xticks([]), a.set_yticks([])
+            a.set_title(([n[:18] for n, _ in runs] + ["ground truth"])[j] if i == 0 else "", fontsize=7)
+        axs[i][0].set_ylabel(key[0], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "items.png"), dpi=100)
+    return ["", "## A few bench items across the rows (ground truth last)", "", "![](items.png)"]
+
+
+def results_table(cfg):
+    """--table: table_lines + items_grid of the runs -> table_out (items.png beside it). Returns the markdown path."""
+    runs, out = named_paths(cfg["table"]), os.path.dirname(os.path.abspath(cfg["table_out"]))
+    md = ["# Table 1 / Table 3 rows", "", "K-Score x100 per row (eval_knowgen.py); each row's settings are in its "
+          "out_dir/config.json.", ""] + table_lines(runs, out, cfg["seed"]) + items_grid(runs, out)
     open(cfg["table_out"], "w", encoding="utf-8").write("\n".join(md) + "\n")
     return cfg["table_out"]
 
@@ -920,9 +735,9 @@ def summarize(items, cfg):
     """Stage report: summary.json, categories.json, tool_stats.json, report.md; returns the summary."""
     out, ids = cfg["out_dir"], {it["id"] for it in items}
     trajs = [r for k, r in latest(os.path.join(out, "trajectories.jsonl")).items() if k[0] in ids]
+    # the mini world's copy rates (they need its hidden solutions) are not computed here but from this run's files by
+    # data/miniworld/report.py's copy_column: the benchmark's eval imports nothing from one of its worlds
     stats = tool_stats(trajs)
-    if stats and any(it.get("solution") for it in items):  # the mini world's hidden solutions: the copy probe
-        stats |= copy_rates(trajs, {it["id"]: it for it in items})
     if cfg["benchmark"] == "wise":
         rows = [r for k, r in latest(os.path.join(out, "judged.jsonl")).items() if k[0] in ids]
     else:
@@ -1001,14 +816,7 @@ if __name__ == "__main__":
             print("delta (B - A):", json.dumps(c["delta"]))
         if cfg["table"]:
             print(open(results_table(cfg)).read())
-        if cfg["forced_probe"]:
-            if not cfg["policy_path"]:
-                raise EvalError("--forced_probe needs --policy_path=DIR (a save_pretrained checkpoint)")
-            p = forced_copy_probe(cfg["policy_path"], cfg["forced_probe"], cfg["forced_probe_ids"])
-            os.makedirs(cfg["out_dir"], exist_ok=True)
-            json.dump(p, open(os.path.join(cfg["out_dir"], "forced_probe.json"), "w"), indent=2)
-            print("forced copy probe:", json.dumps(p), "->", os.path.join(cfg["out_dir"], "forced_probe.json"))
-        if not cfg["judged"] and not cfg["compare"] and not cfg["table"] and not cfg["forced_probe"]:
+        if not cfg["judged"] and not cfg["compare"] and not cfg["table"]:
             run(cfg)
     except (EvalError, rollout.ItemsError) as e:
         sys.exit(f"eval_knowgen: error: {e}")

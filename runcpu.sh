@@ -155,14 +155,15 @@ stage eval_oracle "$OUT/eval/oracle/summary.json" $EVAL --mode=oracle --out_dir=
 
 # 5b. the teacher-forced copy probe of each checkpoint on the held-out bench items' oracle trajectories: given the
 #     prompt or a tool response with names it has never seen, does the policy's next call reproduce them?
-PROBE="python eval_knowgen.py --forced_probe=$OUT/data/trajectories.jsonl"
+PROBE="python data/miniworld/report.py --forced_probe=$OUT/data/trajectories.jsonl"
 CKS="base sft_first"
 if [ "$SECOND_STEPS" != 0 ]; then CKS="$CKS sft_second"; fi
 for ck in $CKS sft grpo_lam0.5; do
   stage probe_$ck "$OUT/probe/$ck/forced_probe.json" $PROBE --policy_path="$OUT/$ck/final" --out_dir="$OUT/probe/$ck"
 done
 
-# 6. the mini world's Table 1 / Table 3: results.md (+ GRPO curves, an item grid, stage times)
+# 6. the mini world's Table 1 / Table 3: results.md (+ GRPO curves, an item grid, stage times): eval_knowgen's
+#    table of the eval rows + the miniature's own sections (data/miniworld/report.py)
 E=$OUT/eval
 PROBES="base/final=$OUT/probe/base,sft_first/final=$OUT/probe/sft_first"
 TRAIN="base (packed text)=$OUT/base,SFT stage 1 (first turns)=$OUT/sft_first"
@@ -171,7 +172,7 @@ if [ "$SECOND_STEPS" != 0 ]; then
 fi
 PROBES="$PROBES,sft/final=$OUT/probe/sft,grpo_lam0.5/final=$OUT/probe/grpo_lam0.5"
 TRAIN="$TRAIN,SFT stage 2 (whole trajectories)=$OUT/sft"
-python eval_knowgen.py --table_out="$OUT/results.md" --stage_times="$OUT/stage_times.tsv" \
+python data/miniworld/report.py --table_out="$OUT/results.md" --stage_times="$OUT/stage_times.tsv" \
     --table="direct (no search)=$E/direct,workflow (base policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
     --table_logs="λ = 0.5=$OUT/grpo_lam0.5/log.jsonl,λ = 0=$OUT/grpo_lam0.0/log.jsonl,λ = 1=$OUT/grpo_lam1.0/log.jsonl" \
     --table_control="$OUT/grpo_control/log.jsonl" \

@@ -213,6 +213,21 @@ def test_mini_world_direct_below_oracle_and_resume(world, tmp_path, calls):
     assert len(lines(out / "trajectories.jsonl")) == 10
 
 
+def test_results_table_rows_and_an_extra_column(world, tmp_path):
+    runs = [(m, str(tmp_path / m)) for m in ("direct", "oracle")]
+    for m, d in runs:
+        ek.run(mini_cfg(world, d, mode=m, limit=3))
+    path = ek.results_table(ek.default_config(table=",".join(f"{m}={d}" for m, d in runs),
+                                              table_out=str(tmp_path / "t.md")))
+    table = [x for x in open(path).read().splitlines() if x.startswith("|")]
+    assert [x.split("|")[1].strip() for x in table[2:]] == ["direct", "oracle"]
+    assert len({x.count("|") for x in table}) == 1 and os.path.exists(tmp_path / "items.png")
+    # a benchmark's own per-row cell (data/miniworld/report.py: the copy rates) goes after "answered"
+    md = ek.table_lines(runs, str(tmp_path), columns=[("dir", os.path.basename)])
+    assert "| answered | dir | calls/traj" in md[0] and "| 3/3 | direct | 0.00, " in md[2]
+    assert len({x.count("|") for x in md[:4]}) == 1
+
+
 def test_stages_alone_and_failed_generation_counts_zero(world, tmp_path, calls, monkeypatch):
     out = tmp_path / "run"
     for st in ("agent", "generate"):

@@ -1,5 +1,16 @@
-"""The main job's statistics: the bootstrap interval of the overall K-Score and GRPO's quarter-gain check."""
+"""The main job's statistics: the bootstrap interval of the overall K-Score (eval_knowgen.py), GRPO's quarter-gain
+and paired-gain checks and the copy probes (data/miniworld/report.py)."""
+import importlib.util
+import json
+import os
+
 import eval_knowgen as ek
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# data/miniworld/report.py as a module (by path, as conftest loads data/miniworld/prepare.py)
+_spec = importlib.util.spec_from_file_location("miniworld_report", os.path.join(ROOT, "data", "miniworld", "report.py"))
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
 
 
 def row(i, cat, v=0.0, t=0.0, f=0.0, a=0.0, na=False):
@@ -21,17 +32,17 @@ def test_bootstrap_ci_brackets_overall_and_collapses_when_constant():
 
 
 def test_quarter_gain():
-    assert ek.quarter_gain([0.1] * 7) is None
-    d, se = ek.quarter_gain([0.0, 0.1, 0.0, 0.1, 0.5, 0.5, 0.6, 0.5, 0.6, 0.6, 0.5, 0.6])
+    assert report.quarter_gain([0.1] * 7) is None
+    d, se = report.quarter_gain([0.0, 0.1, 0.0, 0.1, 0.5, 0.5, 0.6, 0.5, 0.6, 0.6, 0.5, 0.6])
     assert abs(d - (0.5667 - 0.0333)) < 1e-3 and 0 < se < 0.05
 
 
 def test_paired_gain():
     ctl = [0.2, 0.5, 0.1, 0.4, 0.3, 0.6]  # item difficulty swings the frozen policy's curve ...
-    d, se = ek.paired_gain([0.2] + [c + 0.05 + 0.01 * (i % 2) for i, c in enumerate(ctl[1:])], ctl)
+    d, se = report.paired_gain([0.2] + [c + 0.05 + 0.01 * (i % 2) for i, c in enumerate(ctl[1:])], ctl)
     assert abs(d - 0.054) < 1e-9 and 0 < se < 0.01  # ... and cancels in the paired difference (step 1 left out)
-    assert ek.paired_gain([0.3, 0.2, 0.1], ctl) is None  # under 4 common steps
-    assert ek.paired_gain(ctl, ctl) == (0.0, 0.0)
+    assert report.paired_gain([0.3, 0.2, 0.1], ctl) is None  # under 4 common steps
+    assert report.paired_gain(ctl, ctl) == (0.0, 0.0)
 
 
 # ---- the copy probe, on hand-made trajectories (names the policy never saw) ----------------------------------
@@ -51,14 +62,26 @@ def traj(first_query, second_query, tool_text="Zubrak is the capital city of Vel
 
 
 def test_copy_probe_reads_prompt_and_tool_response_names():
-    assert ek.copy_probe(traj("Zubrak capital", "flag of Velmora"), ITEM) == {"first": True, "later": [True]}
+    assert report.copy_probe(traj("Zubrak capital", "flag of Velmora"), ITEM) == {"first": True, "later": [True]}
     # an invented name in place of the prompt's, and one in place of the tool response's
-    assert ek.copy_probe(traj("Zubak capital", "flag of Velmora"), ITEM)["first"] is False
-    assert ek.copy_probe(traj("Zubrak", "flag of Velmara"), ITEM)["later"] == [False]
+    assert report.copy_probe(traj("Zubak capital", "flag of Velmora"), ITEM)["first"] is False
+    assert report.copy_probe(traj("Zubrak", "flag of Velmara"), ITEM)["later"] == [False]
     # the tool response never named Velmora: nothing to copy from it, so that hop does not count either way
-    assert ek.copy_probe(traj("Zubrak", "flag", tool_text="No page matches."), ITEM)["later"] == []
-    rates = ek.copy_rates([traj("Zubrak", "flag of Velmora"), traj("Zubak", "Velmara flag")], {"q1": ITEM})
+    assert report.copy_probe(traj("Zubrak", "flag", tool_text="No page matches."), ITEM)["later"] == []
+    rates = report.copy_rates([traj("Zubrak", "flag of Velmora"), traj("Zubak", "Velmara flag")], {"q1": ITEM})
     assert rates["copy_first_query"] == 0.5 and rates["copy_from_tool"] == 0.5 and rates["copy_first_n"] == 2
+
+
+def test_copy_column_reads_the_eval_runs_files(tmp_path):
+    # the results table's copy cell: copy_rates over the run's trajectories of the items its config.json evaluated
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(dict(ITEM, id=i, meta={"category": "geography"}))
+                                                    for i in ("q1", "q2")) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({"items_path": str(tmp_path / "items.jsonl"), "limit": 1}))
+    trajs = [dict(traj("Zubrak", "flag of Velmora"), sample=0), dict(traj("Zubak", "flag"), id="q2", sample=0)]
+    (tmp_path / "trajectories.jsonl").write_text("\n".join(json.dumps(t) for t in trajs) + "\n")
+    assert report.copy_column(str(tmp_path)) == "100% / 100%"  # limit=1: q2 was not evaluated by this run
+    (tmp_path / "trajectories.jsonl").write_text(json.dumps({"id": "q1", "sample": 0, "messages": []}) + "\n")
+    assert report.copy_column(str(tmp_path)) == "— / —"  # no tool call (the direct / oracle rows)
 
 
 def test_forced_probe_cases_cut_before_each_call_and_name_its_source():
@@ -67,15 +90,15 @@ def test_forced_probe_cases_cut_before_each_call_and_name_its_source():
                loss_mask=[0] * 4 + [1] * 3 + [0] * 4 + [1] * 3 + [0] * 3 + [1] * 3, images=[])
     rec["messages"].append({"role": "user", "content": "<tool_response>\nIMG_001: title: Flag of Velmora\n</tool_response>"})
     rec["messages"].append({"role": "assistant", "content": "<answer>{}</answer>"})
-    cases = ek.forced_probe_cases(rec)
+    cases = report.forced_probe_cases(rec)
     assert [(k, p, n) for k, p, n in cases] == [(1, list(range(4)), ["Zubrak"]), (2, list(range(11)), ["Velmora"])]
-    assert ek.forced_probe_cases(rec, hops=1) == cases[:1]
+    assert report.forced_probe_cases(rec, hops=1) == cases[:1]
     # an image before the second call: only the first is probed (prefixes stay text-only)
-    assert ek.forced_probe_cases(dict(rec, images=[{"token_start": 8, "num_tokens": 4}])) == cases[:1]
+    assert report.forced_probe_cases(dict(rec, images=[{"token_start": 8, "num_tokens": 4}])) == cases[:1]
     # the oracle's second query names nothing the tool response said: no case for it
     rec2 = traj("Zubrak", "flag of Velmora", tool_text="No page matches.")
     rec2.update(tokens=rec["tokens"], loss_mask=rec["loss_mask"], images=[])
-    assert [k for k, _, _ in ek.forced_probe_cases(rec2)] == [1]
+    assert [k for k, _, _ in report.forced_probe_cases(rec2)] == [1]
 
 
 # ---- sft.py's base stage and first-turn curriculum ---------------------------------------------------------------
