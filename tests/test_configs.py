@@ -53,12 +53,12 @@ def test_runcpu_configs_chain():
                                                                              "list_local_path": False}
     assert (md["date"], md["system_style"]) == (grpo["rollout_kwargs"]["date"], grpo["rollout_kwargs"]["system_style"])
     sh = (ROOT / "runcpu.sh").read_text()  # runcpu.sh passes the same chain under its $OUT
-    for arg in ('--init_from="$OUT/sft/final"', '--data_path="$OUT/data/rl.jsonl"', '--policy_path="$OUT/sft/final"',
+    for arg in ('--init_from="$OUT/sft/final"', '--data_path="$OUT/data/rl.jsonl"', '--policy_path="$OUT/$3/final"',
                 'SFT_DATA="$OUT/data/sft.jsonl,', '--train_data="$SFT_DATA"', '--out_dir="$OUT/data"',
                 '--init_from="$OUT/base/final" --out_dir="$OUT/sft_first"',
                 '--init_from="$OUT/sft_first/final" --out_dir="$OUT/sft_second"', 'SFT_FROM="$OUT/sft_second/final"',
                 '--init_from="$SFT_FROM" --out_dir="$OUT/sft"',
-                '--policy_path="$OUT/base/final"'):
+                'eval_row sft agent sft\n', 'eval_row workflow workflow base;'):  # eval_row ROW MODE CHECKPOINT
         assert arg in sh, arg
 
 
