@@ -657,6 +657,42 @@ def generate(eng, reqs, temperature=Settings.temperature, top_p=Settings.top_p):
     return (_generate_hf if eng.kind == "hf" else _generate_vllm)(eng, reqs, temperature, top_p)
 
 
+def nucleus_sample(scores, temperature, top_p, k=256):
+    """One token per row of scores [B, V], drawn from softmax(scores / temperature) cut to the top-p nucleus: a
+    token is kept iff the tokens more likely than it hold less than top_p of the mass (HF's TopPLogitsWarper and
+    vLLM's sampler, the release's top_p 0.95). The same distribution as HF generate's sampler, cheaper: HF sorts
+    the whole vocabulary of every row at every token (a third of a SmolLM2 rollout on CPU, README "Benchmarks");
+    here the nucleus is cut from the k most likely tokens (torch.topk); a row whose k best hold less than top_p
+    looks among the 16k best, then the whole sorted vocabulary. Draws from the global torch RNG (the caller seeds it), as HF generate does."""
+    probs = (scores.float() / temperature).softmax(-1)
+    if top_p >= 1:
+        return torch.multinomial(probs, 1)[:, 0]
+
+    def draw(p, idx):  # p sorted descending: keep while the mass before a token is < top_p (always the first)
+        keep = (p.cumsum(-1) - p) < top_p
+        keep[:, 0] = True
+        return idx.gather(1, torch.multinomial(p * keep, 1))[:, 0]
+    out = torch.empty(len(probs), dtype=torch.long, device=probs.device)
+    rows = torch.arange(len(probs), device=probs.device)
+    for kk in (k, 16 * k, probs.shape[-1]):  # widen for the rows whose kk best hold less than top_p
+        p, idx = probs[rows].topk(min(kk, probs.shape[-1]), -1)
+        ok = (p.sum(-1) >= top_p) | (kk >= probs.shape[-1])
+        out[rows[ok]] = draw(p[ok], idx[ok])
+        rows = rows[~ok]
+        if not len(rows):
+            return out
+    return out
+
+
+def _nucleus_sampler(temperature, top_p):
+    """nucleus_sample as generate's last logits processor: every score but the drawn token's becomes -inf, so
+    generate, run greedy, emits the draw (HF's own warpers would sort the vocabulary again)."""
+    def sampler(input_ids, scores):
+        tok = nucleus_sample(scores, temperature, top_p)
+        return torch.full_like(scores, float("-inf")).scatter_(1, tok[:, None], 0.0)
+    return sampler
+
+
 def _raw_logprob_recorder():
     from transformers import LogitsProcessor
 
@@ -697,11 +733,13 @@ def _generate_hf(eng, reqs, temp, top_p):
         kw["image_grid_thw"] = torch.tensor([g for r in reqs for g in r["grids"]], dtype=torch.long, device=dev)
         kw["mm_token_type_ids"] = ((inp == ids["pad_img"]) & att.bool()).long().to(dev)
     rec = _raw_logprob_recorder()
-    # top_k=0: no top-k cut (vLLM's default -1); no repetition penalty: plain temperature + top-p sampling
-    samp = dict(do_sample=True, temperature=temp, top_p=top_p, top_k=0) if temp > 0 else dict(do_sample=False)
+    # plain temperature + top-p sampling, no top-k cut (vLLM's default -1), no repetition penalty: our
+    # nucleus_sample draws the token as the last processor and generate runs greedy (temperature 0: plain greedy)
+    sampler = [_nucleus_sampler(temp, top_p)] if temp > 0 else []
     seq = pol.model.generate(
-        **kw, **samp, repetition_penalty=1.0, max_new_tokens=max(r["max_new"] for r in reqs), eos_token_id=stops,
-        pad_token_id=ids["pad"], logits_processor=LogitsProcessorList([rec, *eng.logits_processors]))
+        **kw, do_sample=False, repetition_penalty=1.0, max_new_tokens=max(r["max_new"] for r in reqs),
+        eos_token_id=stops, pad_token_id=ids["pad"],
+        logits_processor=LogitsProcessorList([rec, *eng.logits_processors, *sampler]))
     new = seq[:, L:].cpu()
     lps = rec.finish(seq[:, -1]).cpu()
     return [_cut_at_stop(new[i].tolist(), lps[i].tolist(), stops, r["max_new"]) for i, r in enumerate(reqs)]

@@ -364,6 +364,26 @@ def test_sampled_rollout_logprobs_match_recompute(agent):
     assert len({tuple(r["tokens"]) for r in recs}) == 3  # samples differ
 
 
+@pytest.mark.parametrize("temp,top_p,k", [(0.7, 0.95, 256), (0.7, 0.95, 1), (1.3, 0.5, 2), (0.7, 1.0, 256)])
+def test_nucleus_sample_draws_hf_top_p_distribution(temp, top_p, k):
+    """rollout.nucleus_sample (HF engine's sampler) draws from exactly HF's temperature + TopPLogitsWarper
+    distribution: no token outside HF's nucleus, frequencies within 4.5 sigma of HF's renormalised probabilities.
+    k = 1 / 2 force the widening (k -> 16k -> the sorted vocabulary) for the flat row; the peaked row stops at k."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+    g = torch.Generator().manual_seed(0)
+    peaked, flat = torch.randn(60, generator=g) * 4, torch.randn(60, generator=g) * 0.5
+    n = 20000
+    torch.manual_seed(1)
+    draws = R.nucleus_sample(torch.stack([peaked] * n + [flat] * n), temp, top_p, k=k)
+    for row, got in ((peaked, draws[:n]), (flat, draws[n:])):
+        ref = TemperatureLogitsWarper(temp)(None, row[None].clone())
+        ref = (TopPLogitsWarper(top_p)(None, ref) if top_p < 1 else ref).softmax(-1)[0]
+        freq = torch.bincount(got, minlength=60).double() / n
+        assert (freq[ref == 0] == 0).all(), "drew a token outside HF's nucleus"
+        assert (ref > 0).sum() > 1  # a real nucleus, not one token
+        assert ((freq - ref).abs() <= 4.5 * (ref * (1 - ref) / n).sqrt() + 1e-9).all()
+
+
 def test_released_system_prompt_file_is_byte_identical_and_tokenizes_like_sft(agent, tmp_path):
     """A sharegpt row's system message (the release's prompt + the date, appended directly) -> extracted file ->
     rollout's system message is byte-identical, and SFT's tokens of the row start with the rollout's prompt tokens."""
