@@ -657,30 +657,26 @@ def generate(eng, reqs, temperature=Settings.temperature, top_p=Settings.top_p):
     return (_generate_hf if eng.kind == "hf" else _generate_vllm)(eng, reqs, temperature, top_p)
 
 
-def nucleus_sample(scores, temperature, top_p, k=256):
+def nucleus_sample(scores, temperature, top_p):
     """One token per row of scores [B, V], drawn from softmax(scores / temperature) cut to the top-p nucleus: a
     token is kept iff the tokens more likely than it hold less than top_p of the mass (HF's TopPLogitsWarper and
-    vLLM's sampler, the release's top_p 0.95). The same distribution as HF generate's sampler, cheaper: HF sorts
-    the whole vocabulary of every row at every token (a third of a SmolLM2 rollout on CPU, README "Benchmarks");
-    here the nucleus is cut from the k most likely tokens (torch.topk); a row whose k best hold less than top_p
-    looks among the 16k best, then the whole sorted vocabulary. Draws from the global torch RNG (the caller seeds it), as HF generate does."""
+    vLLM's sampler, the release's top_p 0.95). The same distribution as HF generate's sampler, without its
+    full-vocabulary sort of every row at every token (a third of a SmolLM2 rollout on CPU, README "Benchmarks"):
+    rejection sampling. Draw from the whole distribution by vLLM's exponential race (argmax of p / Exp(1) noise,
+    P(i) = p_i), keep the draw if it is in the nucleus (one pass: the mass of the tokens more likely than it), redraw
+    the rows that missed. A kept draw has P(i) proportional to p_i on the nucleus: exact; the nucleus holds >= top_p
+    of the mass, so a row needs 1 / top_p draws on average. Uses the global torch RNG (the caller seeds it)."""
     probs = (scores.float() / temperature).softmax(-1)
-    if top_p >= 1:
-        return torch.multinomial(probs, 1)[:, 0]
-
-    def draw(p, idx):  # p sorted descending: keep while the mass before a token is < top_p (always the first)
-        keep = (p.cumsum(-1) - p) < top_p
-        keep[:, 0] = True
-        return idx.gather(1, torch.multinomial(p * keep, 1))[:, 0]
     out = torch.empty(len(probs), dtype=torch.long, device=probs.device)
     rows = torch.arange(len(probs), device=probs.device)
-    for kk in (k, 16 * k, probs.shape[-1]):  # widen for the rows whose kk best hold less than top_p
-        p, idx = probs[rows].topk(min(kk, probs.shape[-1]), -1)
-        ok = (p.sum(-1) >= top_p) | (kk >= probs.shape[-1])
-        out[rows[ok]] = draw(p[ok], idx[ok])
+    while len(rows):
+        p = probs[rows]
+        tok = p.div(torch.empty_like(p).exponential_()).argmax(-1)
+        ok = torch.ones_like(tok, dtype=torch.bool)
+        if top_p < 1:  # in the nucleus: the tokens more likely than the draw hold < top_p
+            ok = (p * (p > p.gather(1, tok[:, None]))).sum(-1) < top_p
+        out[rows[ok]] = tok[ok]
         rows = rows[~ok]
-        if not len(rows):
-            return out
     return out
 
 
