@@ -672,9 +672,13 @@ def nucleus_sample(scores, temperature, top_p):
     while len(rows):
         p = probs[rows]
         tok = p.div(torch.empty_like(p).exponential_()).argmax(-1)
+        pt = p.gather(1, tok[:, None])
+        if not (pt > 0).all():  # NaN or all -inf scores: fail loudly, as HF's multinomial does, never loop
+            bad = rows[~(pt[:, 0] > 0)].tolist()
+            raise ValueError(f"nucleus_sample: row(s) {bad} of the scores have no finite value")
         ok = torch.ones_like(tok, dtype=torch.bool)
         if top_p < 1:  # in the nucleus: the tokens more likely than the draw hold < top_p
-            ok = (p * (p > p.gather(1, tok[:, None]))).sum(-1) < top_p
+            ok = (p * (p > pt)).sum(-1) < top_p
         out[rows[ok]] = tok[ok]
         rows = rows[~ok]
     return out

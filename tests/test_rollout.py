@@ -382,6 +382,9 @@ def test_nucleus_sample_draws_hf_top_p_distribution(temp, top_p):
         assert (freq[ref == 0] == 0).all(), "drew a token outside HF's nucleus"
         assert (ref > 0).sum() > 1  # a real nucleus, not one token
         assert ((freq - ref).abs() <= 4.5 * (ref * (1 - ref) / n).sqrt() + 1e-9).all()
+    bad = torch.stack([peaked, torch.full((60,), float("-inf"))])
+    with pytest.raises(ValueError, match=r"row\(s\) \[1\] of the scores have no finite value"):
+        R.nucleus_sample(bad, temp, top_p)
 
 
 def test_released_system_prompt_file_is_byte_identical_and_tokenizes_like_sft(agent, tmp_path):
