@@ -215,7 +215,7 @@ def fixed_length(eng):
     import rollout as R
     if eng.kind == "vllm":
         return dataclasses.replace(eng, llm=MinTokensLLM(eng.llm))
-    stops = R._stop_ids(R.special_ids(eng.policy.tokenizer), eng.policy.tokenizer)
+    stops = R.stop_ids(R.special_ids(eng.policy.tokenizer), eng.policy.tokenizer)
 
     def no_stop(input_ids, scores):
         scores = scores.clone()

@@ -635,8 +635,9 @@ def cpu_vl_check():
                            f"run with PYTHONPATH={CPU_TORCHVISION} (setup_cpu.sh installs it)")
 
 
-def _stop_ids(ids, tok):
-    # stop at <|im_end|>, and at a self-written <tool_response> (everything after it would be cut anyway)
+def stop_ids(ids, tok):
+    """The ids generation stops at (ids = special_ids(tok)): <|im_end|>, and a self-written <tool_response>
+    (everything after it would be cut anyway)."""
     tr = ids["tool_resp"]
     return [ids["im_end"]] + ([tr] if tr is not None and tr != tok.unk_token_id else [])
 
@@ -718,7 +719,7 @@ def _generate_hf(eng, reqs, temp, top_p):
     from transformers import LogitsProcessorList
     pol = eng.policy
     ids = special_ids(pol.tokenizer)
-    stops = _stop_ids(ids, pol.tokenizer)
+    stops = stop_ids(ids, pol.tokenizer)
     dev = next(pol.model.parameters()).device
     L = max(len(r["tokens"]) for r in reqs)
     inp = torch.full((len(reqs), L), ids["pad"], dtype=torch.long)
@@ -751,7 +752,7 @@ def _generate_vllm(eng, reqs, temp, top_p):
     from vllm.inputs import TokensPrompt
     pol = eng.policy
     ids = special_ids(pol.tokenizer)
-    stops = _stop_ids(ids, pol.tokenizer)
+    stops = stop_ids(ids, pol.tokenizer)
     prompts, params = [], []
     for r in reqs:
         toks = r["tokens"]
