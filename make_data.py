@@ -97,6 +97,9 @@ rl_frac = 0.375               # of the rest: paper RL-6k vs SFT-10k
 split_by = "auto"             # "auto": our splitter; "source": keep a mini world's sft/rl/bench where legal
 near_dup_jaccard = 0.5        # word-shingle (and name) Jaccard >= this = near-duplicates, kept in one split
 shingle_words = 3
+# instruct (ours, mini world only; --stages=instruct): generic lookup chats for the main job's instruct policy
+instruct_chats = 2000         # chats per world (entities drawn without replacement, seeded)
+instruct_top_k = 1            # hits per lookup: the top one (short chats; the looked-up name ranks first)
 candidate_df = 200            # near-duplicate candidates come from shingles in <= max(this, 1% of) prompts
 
 GROUPS = {  # KnowGen's 24 reporting categories (release eval code): the prompt writer's categories. The paper
@@ -109,7 +112,7 @@ GROUPS = {  # KnowGen's 24 reporting categories (release eval code): the prompt 
                              "multi-subject-celebrities", "multi-subject-game", "news"]}
 CATEGORIES = [c for cs in GROUPS.values() for c in cs]
 JUDGE_KEYS = ["needs_search", "correct", "faithful", "aesthetics", "text_clarity", "safe"]
-STAGES = ["prompts", "traj", "gt", "judge", "curate"]
+STAGES = ["prompts", "traj", "gt", "judge", "curate", "instruct"]  # instruct: only when listed (the mini world's)
 
 # ----------------------------------------------------------------------------------------------
 # append-only JSONL: the unit of resumability
@@ -347,8 +350,8 @@ THINK = {  # templates for the oracle's <think> text; picked by a hash of (item 
                "The search resolved everything ({x}). Writing the final prompt with {n} reference image(s)."]}
 
 
-def pick(kind, key, **kw):
-    opts = THINK[kind]
+def pick(kind, key, table=THINK, **kw):
+    opts = table[kind]
     return opts[int(hashlib.sha1(key.encode()).hexdigest(), 16) % len(opts)].format(**kw)
 
 
@@ -365,23 +368,24 @@ def teacher_settings(c):
                                  system_style=c.system_style, date=c.date), where="make_data.py")
 
 
-def oracle_trajectory(c, item, tb, world_images, pol):
+def oracle_trajectory(c, item, tb, world_images, pol, sys_text=None, think=THINK):
     """The correct multi-hop trajectory from item["solution"], built by rollout.py's own turn handling (so its
     record, tokens included, is what a policy writing these turns would get): each hop is a tool-call turn run
-    through tools.run_tool; the answer names the IMG ids the registry assigned to the solution's references."""
+    through tools.run_tool; the answer names the IMG ids the registry assigned to the solution's references.
+    sys_text / think: another system prompt and <think> templates (the instruct stage's generic chats)."""
     import rollout
     import tools
     if not isinstance(item.get("solution"), dict):
         raise ValueError(f"item {item['id']}: the oracle needs a mini-world solution (set --teacher_base_url)")
     sol = item["solution"]
     rs = teacher_settings(c)
-    t = rollout.new_traj(item, 0, pol, rollout.system_prompt(c.date, rs), rs)
+    t = rollout.new_traj(item, 0, pol, sys_text or rollout.system_prompt(c.date, rs), rs)
     t.api = True  # text turns (re-tokenized), every image attached
     for i, hop in enumerate(sol["hops"]):
         a = hop["arguments"]
         x = "; ".join(a["queries"]) if hop["name"] == "search" else a.get("query", "")
-        think = pick(hop["name"], f"{item['id']}/{i}", x=x, u=a.get("url", ""))
-        if (rollout.take_text_turn(t, turn(think, "tool_call", hop), False, pol, False) or [None])[0] != "tool":
+        think_i = pick(hop["name"], f"{item['id']}/{i}", think, x=x, u=a.get("url", ""))
+        if (rollout.take_text_turn(t, turn(think_i, "tool_call", hop), False, pol, False) or [None])[0] != "tool":
             raise ValueError(f"oracle hop {i} of {item['id']} is not a runnable tool call ({t.end}: {t.error})")
         t.tool_calls[hop["name"]] += 1
         res = tools.run_tool(tb, hop["name"], a, t.registry)
@@ -394,10 +398,10 @@ def oracle_trajectory(c, item, tb, world_images, pol):
     if missing:  # the hops never surfaced a reference: kept, with the reason, and filtered in curate
         return dict(rollout.to_record(t, pol, c.date), teacher="oracle", end_reason="error",
                     error=f"oracle: hops never showed reference images {missing}")
-    think = pick("answer", item["id"], x=", ".join(sol["facts"]) or sol["answer_entity"], n=len(refs))
+    think_a = pick("answer", item["id"], think, x=", ".join(sol["facts"]) or sol["answer_entity"], n=len(refs))
     body = {"gen_prompt": sol["gen_prompt"], "reference_images": [
         {"img_id": r["img_id"], "note": f"{r['title']}: use its exact appearance"} for r in refs]}
-    rollout.take_text_turn(t, turn(think, "answer", body), False, pol, False)  # parsed as the policy's would be
+    rollout.take_text_turn(t, turn(think_a, "answer", body), False, pol, False)  # parsed as the policy's would be
     rec = dict(rollout.to_record(t, pol, c.date), teacher="oracle")
     if t.end != "answer" or [r["img_id"] for r in rec["answer"]["reference_images"]] != [r["img_id"] for r in refs]:
         raise ValueError(f"oracle answer of {item['id']} does not parse back: {t.end}: {t.error}")
@@ -805,6 +809,98 @@ def stage_curate(c):
     if any(summary["overlap"].values()):
         raise RuntimeError(f"make_data.py: split overlap {summary['overlap']} (a bug: components() should prevent it)")
     return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# instruct (mini world only, not one of the paper's stages; run with --stages=instruct): generic tool-use chats, the
+# tiny model's stand-in for the post-training that made Qwen3-VL-8B-Instruct follow a system prompt and call tools.
+# The CPU main job trains its "instruct" policy on these (runcpu.sh): the "workflow" row, i.e. the paper's untrained
+# Qwen3-VL-8B prompted to search, and what SFT starts from. One lookup per world entity: "tell me about X" (search
+# X -> answer with its page), "find a picture of X" (image_search -> answer with the image), or both. Never seen
+# by it: our system prompt, an image-generation request, a multi-hop search, a composed evidence prompt. Shared
+# with the agent, because a 1M-parameter model cannot read a format off a system prompt as an 8B one does: the
+# tool-call syntax and the answer's JSON keys. Written to out_dir/instruct.jsonl (trajectory records).
+
+INSTRUCT_SYSTEM = [  # picked per chat by a hash of its id, so the policy does not depend on one wording
+    "You are a helpful assistant with tools: {tools}. Reply <think>...</think> then <tool_call>{{\"name\": ..., "
+    "\"arguments\": {{...}}}}</tool_call> or <answer>{{\"gen_prompt\": ..., \"reference_images\": [...]}}</answer>. "
+    "Date: {date}",
+    "Assistant. Tools: {tools}. Think in <think></think>, call one tool in <tool_call></tool_call>, and finish "
+    "with <answer></answer> holding gen_prompt and reference_images. Date: {date}",
+    "Answer the user's question. You may use {tools}. Date: {date}"]
+INSTRUCT_THINK = {
+    "search": ["The user asks about {x}. Let me search.", "I should look up {x}."],
+    "image_search": ["I will search for an image: {x}.", "Let me find a picture of {x}."],
+    "browse": ["Let me open {u}: {x}"],
+    "answer": ["I found {x}. Replying with {n} image(s).", "The search found {x}; {n} image(s) to show."]}
+INSTRUCT_ASK = {  # prompt templates: the name at the start, the end, or inside a longer sentence
+    "fact": ["Tell me about {n}.", "What is known about {n}?", "Look up {n} and summarise it.",
+             "I am writing a report. Find the facts on {n}.", "Give me a short summary of {n}, please.",
+             "{n}: who or what is it?", "For a school project about {n}, I need the key facts in a sentence or two.",
+             "Please check what {n} is, where it is, and anything notable about it.",
+             "My friend mentioned {n} yesterday, but I have no idea what it is. Can you find out?"],
+    "picture": ["Find a picture of {t}.", "Show me an image: {t}.", "I need a reference image of {t}.",
+                "{t}: what does it look like? Find an image.",
+                "I am making a slide about {t}, so I need an image of it for the background.",
+                "Could you look for {t}, as an image I can show to my class tomorrow?"],
+    "both": ["Tell me about {n} and find a picture of it.", "Find facts and an image of {n}.",
+             "{n}: summarise it and show me what it looks like.",
+             "I keep hearing about {n}, so please find out what it is and show me a picture of it."]}
+
+
+def instruct_items(c):
+    """The world's lookup chats as items with an oracle solution (the form oracle_trajectory replays)."""
+    import random
+    with open(os.path.join(c.world_dir, "world.json"), encoding="utf-8") as f:
+        ents = json.load(f)["entities"]
+    titles = {i: r["title"] for i, r in by_image_id(c).items()}
+    top_k = c.instruct_top_k
+    rng = random.Random(c.seed)
+    out = []
+    for k, e in enumerate(rng.sample(ents, min(c.instruct_chats, len(ents)))):
+        kind = rng.choice(["fact", "picture", "both"] if e.get("image") in titles else ["fact"])
+        n, t = e["name"], titles.get(e.get("image"))
+        hops = ([{"name": "search", "arguments": {"queries": [n], "top_k": top_k}}] if kind != "picture" else []) + \
+               ([{"name": "image_search", "arguments": {"query": t, "top_k": top_k}}] if kind != "fact" else [])
+        out.append({"id": f"instruct_{k:05d}", "prompt": rng.choice(INSTRUCT_ASK[kind]).format(n=n, t=t),
+                    "meta": {"category": "lookup", "difficulty": "easy"},
+                    "solution": {"answer_entity": n, "facts": [], "hops": hops,
+                                 "ref_image_ids": [e["image"]] if kind != "fact" else [],
+                                 "gen_prompt": None if kind != "picture" else t}})  # None: the top hit's
+    return out                                                                           # snippet (stage_instruct)
+
+
+def stage_instruct(c):
+    import rollout
+    import tools
+    if not c.world_dir:
+        raise ValueError("make_data.py: stage instruct needs --world_dir (its chats are the mini world's lookups)")
+    path = os.path.join(c.out_dir, "instruct.jsonl")
+    done = set(by_id(stage_rows(path)))
+    items = [it for it in instruct_items(c) if it["id"] not in done]
+    tb = tools.make_toolbox("local", world_dir=c.world_dir, image_dir=os.path.abspath(os.path.join(c.out_dir, "tool_images")),
+                            **c.tool_kwargs)
+    world_images, pol = by_image_id(c), load_tokenizing_policy(c, "oracle")
+    sigs, day = rollout.tool_signatures(), c.date
+
+    def one(item, usage):
+        sol = item["solution"]
+        if sol["gen_prompt"] is None:  # a fact lookup answers with the top hit's snippet exactly as the search shows
+            hop = sol["hops"][0]       # it (a page's text beyond the snippet was never read: not in the answer)
+            hit = re.search(r"^\[[^\]]*\]\([^)]*\) (.+)$", tools.run_tool(tb, hop["name"], hop["arguments"], {}).text, re.M)
+            if not hit:
+                raise ValueError(f"{item['id']}: no search hit for {hop['arguments']}")
+            item = dict(item, solution=dict(sol, gen_prompt=hit.group(1).strip()))
+        sys_text = pick("system", item["id"], {"system": INSTRUCT_SYSTEM}, tools=sigs, date=day)
+        rec = oracle_trajectory(c, item, tb, world_images, pol, sys_text, INSTRUCT_THINK)
+        if rec["end_reason"] != "answer":  # a lookup whose target did not surface: not a chat worth training on
+            raise ValueError(f"{item['id']}: {rec['end_reason']} ({rec.get('error')})")
+        return rec
+
+    try:
+        run_stage(c, "instruct", items, one, path)
+    finally:
+        tools.close_toolbox(tb)
 
 
 # ----------------------------------------------------------------------------------------------

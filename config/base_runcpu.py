@@ -1,8 +1,7 @@
 # sft.py --objective=pretrain for runcpu.sh: the BASE model. The tiny Qwen3-VL from scratch learns language on plain
 # text with loss on every token: the pages of the three extra worlds (fresh names, never the bench world's) and their
-# Wikipedia distractors, packed into 512-token blocks. It is the "workflow" row (a policy with language but no agent
-# training, prompted to search, as the paper's prompted Qwen3-VL-8B) and what SFT starts from (the paper starts from
-# a pretrained model). File order keeps a country's pages together, so names recur within a block: the cheapest way
+# Wikipedia distractors, packed into 512-token blocks. The instruct stage starts from it (runcpu.sh), and SFT through
+# that (the paper starts from a pretrained, instruction-tuned model). File order keeps a country's pages together, so names recur within a block: the cheapest way
 # to lower this loss is to copy a name read earlier, which is the skill every later hop needs. runcpu.sh passes
 # --train_data (the extra worlds' pages.jsonl), --tokenizer_dir, --out_dir.
 objective = "pretrain"

@@ -214,3 +214,38 @@ def test_splitter_groups_near_duplicates_and_entities():
         assert where["p0"] == where["t07"] and where["e0"] == where["t09"]
         assert len(splits["bench"]) > 5 and len(splits["rl"]) > 5 and len(splits["sft"]) > 5
         assert md.overlap_report(splits, c) == {"prompt": 0, "entity": 0, "near_dup": 0}
+
+
+def test_instruct_chats_are_generic_lookups_through_the_real_tools(world, tmp_path):
+    """--stages=instruct: the instruct policy's chats. Each asks about one world entity in a generic wording under a
+    generic system prompt (never the agent's, never an image-generation request); its tool call copies the name
+    from the prompt, the tool response is the real local search's, and the answer copies the page or the image id
+    the response showed. A re-run adds nothing; without a world the stage refuses with a message."""
+    md.main(**offline_cfg(world, tmp_path, stages="instruct", instruct_chats=40))
+    recs = rows(tmp_path / "instruct.jsonl")
+    assert len(recs) == 40 and len({r["id"] for r in recs}) == 40
+    import rollout
+    generic = [t.format(tools=rollout.tool_signatures(), date="2025-06-01") for t in md.INSTRUCT_SYSTEM]
+    agent = {rollout.system_prompt("2025-06-01", rollout.settings(dict(system_style=st))) for st in ("paper", "compact")}
+    for r in recs:
+        m = r["messages"]
+        assert r["end_reason"] == "answer" and len(r["tokens"]) == len(r["loss_mask"]) > 0
+        assert m[0]["content"] in generic and m[0]["content"] not in agent
+        assert not any(w in m[1]["content"].lower() for w in ("generat", "draw", "design", "create"))
+        calls = [json.loads(x["content"].split("<tool_call>")[1].split("</tool_call>")[0]) for x in m
+                 if x["role"] == "assistant" and "<tool_call>" in x["content"]]
+        assert 1 <= len(calls) <= 2 and sum(r["tool_calls"].values()) == len(calls)
+        for c in calls:
+            q = c["arguments"]["queries"][0] if c["name"] == "search" else c["arguments"]["query"]
+            # the name is copied from the prompt (an image query may prefix it: "Flag of <name>")
+            assert q in m[1]["content"] or q.rsplit(" of ", 1)[-1] in m[1]["content"], (q, m[1]["content"])
+        responses = "\n".join(x["content"] for x in m if x["role"] == "user" and "<tool_response>" in x["content"])
+        ans = r["answer"]
+        assert ans["gen_prompt"] in responses  # the page or the image title, copied from what the tool returned
+        assert all(ref["img_id"] in responses for ref in ans["reference_images"])
+    assert {sum(r["tool_calls"].values()) for r in recs} == {1, 2}  # lookups of a fact, an image, or both
+    md.main(**offline_cfg(world, tmp_path, stages="instruct", instruct_chats=40))  # resumes: nothing new
+    assert len(rows(tmp_path / "instruct.jsonl")) == 40
+    with pytest.raises(ValueError, match="instruct needs --world_dir"):
+        md.main(**offline_cfg("", tmp_path / "x", stages="instruct"))
+

@@ -13,11 +13,11 @@ from PIL import Image
 pytestmark = pytest.mark.timeout(900)  # a whole runcpu.sh smoke run: ~80 s quiet, several minutes loaded
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["direct", "workflow", "sft", "grpo_lam0.5", "grpo_lam0.0", "grpo_lam1.0", "oracle"]
-STAGES = ["prepare", "data (side by side, wall)", "base", "sft_first", "sft_second", "sft", "grpo",
+STAGES = ["prepare", "data (side by side, wall)", "base", "instruct", "sft_first", "sft_second", "sft", "grpo",
           "eval (side by side, wall)"]
-IN_GROUP = [f"{s} (in data)" for s in ("make_data", "prepare_1", "make_data_1", "prepare_2", "make_data_2",
-                                       "prepare_3", "make_data_3")] + [f"eval_{r} (in eval)" for r in ROWS] + [
-    f"probe_{c} (in eval)" for c in ("base", "sft_first", "sft_second", "sft", "grpo_lam0.5")]
+IN_GROUP = [f"{s}_{k} (in data)" for k in (1, 2, 3) for s in ("prepare", "make_data", "instruct_data")] + [
+    "make_data (in data)"] + [f"eval_{r} (in eval)" for r in ROWS] + [
+    f"probe_{c} (in eval)" for c in ("base", "instruct", "sft_first", "sft_second", "sft", "grpo_lam0.5")]
 
 
 def jsonl(path):
@@ -45,10 +45,20 @@ def test_runcpu_smoke(tmp_path):
     assert system.startswith("Research agent for image generation") and "<tools>" not in system
     assert all(r["messages"][0]["content"] == system for r in recs)
 
-    # base (the workflow row's policy): packed text of the extra worlds, loss on every token, lowered
+    # base: packed text of the extra worlds, loss on every token, lowered
     ev = [e["eval_loss"] for e in jsonl(out / "base" / "log.jsonl") if "eval_loss" in e]
     assert len(ev) >= 2 and ev[-1] < ev[0], ev
-    # SFT stage 1 (first turns) starts from the base, stage 2 (whole trajectories) from stage 1, on four worlds'
+    # instruct (smoke runs it; the full run with INSTRUCT_STEPS > 0): the extra worlds' lookup chats -- a generic
+    # system prompt, never the agent's, one or two tool calls, then an answer -- trained from the base; it is the
+    # workflow row's policy
+    chats = [r for k in (1, 2, 3) for r in jsonl(out / f"data_{k}" / "instruct.jsonl")]
+    assert chats and all(r["end_reason"] == "answer" and len(r["tokens"]) == len(r["loss_mask"]) for r in chats)
+    assert all(r["messages"][0]["content"] != system and "image generation" not in r["messages"][0]["content"]
+               and 1 <= sum(r["tool_calls"].values()) <= 2 for r in chats)
+    assert (out / "instruct" / "final" / "config.json").exists()
+    assert json.loads((out / "eval" / "workflow" / "config.json").read_text())["policy_path"] == str(
+        out / "instruct" / "final")
+    # SFT stage 1 (first turns) starts from the instruct policy, stage 2 (whole trajectories) from stage 1, on four worlds'
     # trajectories; each lowered its held-out loss, and stage 2 starts lower than stage 1 did (it continues it)
     first = [e["eval_loss"] for e in jsonl(out / "sft_first" / "log.jsonl") if "eval_loss" in e]
     ev = [e["eval_loss"] for e in jsonl(out / "sft" / "log.jsonl") if "eval_loss" in e]
@@ -92,17 +102,17 @@ def test_runcpu_smoke(tmp_path):
     table = [line for line in md.splitlines() if line.startswith("| ")]
     header = table[0]
     body = [line for line in table if line.split("|")[1].strip() in (
-        "direct (no search)", "workflow (base policy prompted to search)", "SFT", "SFT + GRPO (λ = 0.5)",
+        "direct (no search)", "workflow (instruct policy prompted to search)", "SFT", "SFT + GRPO (λ = 0.5)",
         "SFT + GRPO λ = 0 (image reward only)", "SFT + GRPO λ = 1 (text reward only)", "oracle answer (upper bound)")]
     assert len(body) == 7 and all(line.count("|") == header.count("|") for line in body)
     assert f"**{summary['oracle']:.2f}**" in md and "## Stage times" in md
     assert f"| **total** | **{sum(int(t) for n, t in times if n in STAGES)}** |" in md  # a group counts once
     # the teacher-forced copy probe: one row per checkpoint, turn 1 (from the prompt) measured on every bench item
     probe = [line for line in table if line.split("|")[1].strip().endswith("/final")]
-    assert [line.split("|")[1].strip() for line in probe] == ["base/final", "sft_first/final", "sft_second/final",
-                                                               "sft/final", "grpo_lam0.5/final"]
+    assert [line.split("|")[1].strip() for line in probe] == ["base/final", "instruct/final", "sft_first/final",
+                                                               "sft_second/final", "sft/final", "grpo_lam0.5/final"]
     p = json.loads((out / "probe" / "sft" / "forced_probe.json").read_text())
-    assert p["turn_1"]["n"] >= 1 and 0 <= p["turn_1"]["rate"] <= 1 and f"({p['turn_1']['copied']}/" in probe[3]
+    assert p["turn_1"]["n"] >= 1 and 0 <= p["turn_1"]["rate"] <= 1 and f"({p['turn_1']['copied']}/" in probe[4]
     grpo_rows = [line.split("|")[1].strip() for line in table if line.split("|")[1].strip().startswith(("λ", "frozen"))]
     assert grpo_rows == ["λ = 0.5", "λ = 0", "λ = 1", "frozen control (λ = 0.5, lr 0)"]
     for png in ("grpo_curves.png", "items.png"):
