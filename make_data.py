@@ -816,10 +816,11 @@ def stage_curate(c):
 # tiny model's stand-in for the post-training that made Qwen3-VL-8B-Instruct follow a system prompt and call tools.
 # The CPU main job trains its "instruct" policy on these (runcpu.sh): the "workflow" row, i.e. the paper's untrained
 # Qwen3-VL-8B prompted to search, and what SFT starts from. One lookup per world entity: "tell me about X" (search
-# X -> answer with its page), "find a picture of X" (image_search -> answer with the image), or both. Never seen
-# by it: our system prompt, an image-generation request, a multi-hop search, a composed evidence prompt. Shared
-# with the agent, because a 1M-parameter model cannot read a format off a system prompt as an 8B one does: the
-# tool-call syntax and the answer's JSON keys. Written to out_dir/instruct.jsonl (trajectory records).
+# X -> answer with the top hit's snippet), "find a picture of X" (image_search -> answer with the image), or both,
+# under one of three generic system prompts. Never seen by it: our system prompt, an image-generation request, a
+# multi-hop search, a composed evidence prompt. Shared with the agent, because a 1M-parameter model cannot read a
+# format off a system prompt as an 8B one does: the tool-call syntax and the answer's JSON keys. Written to
+# out_dir/instruct.jsonl (trajectory records).
 
 INSTRUCT_SYSTEM = [  # picked per chat by a hash of its id, so the policy does not depend on one wording
     "You are a helpful assistant with tools: {tools}. Reply <think>...</think> then <tool_call>{{\"name\": ..., "
