@@ -65,8 +65,8 @@ objective = "sft"  # 'sft': loss on the assistant tokens of trajectories (the pa
                    # every token of plain text rows ({"text"}: the mini world's pages.jsonl), packed into block_size
                    # sequences -- the base model SFT starts from (the paper starts from pretrained Qwen3-VL-8B)
 block_size = 512  # pretrain: tokens per packed sequence (no padding: documents run across block boundaries)
-max_assistant_turns = 0  # sft: keep each example up to the end of its N-th assistant turn; 1 = the first turn only
-                         # (system + prompt -> first think + tool call: the copy curriculum of the CPU main job); 0 = all
+max_assistant_turns = 0  # sft: keep each example up to the end of its N-th assistant turn; 0 = all. The CPU main job's
+                         # stage 1b uses 2 (system + prompt -> first call -> its tool response -> the second call)
 # model
 init_from = "scratch"  # 'scratch' (scratch_model around tokenizer_dir) | save_pretrained dir | .gguf file | 'resume'
 tokenizer_dir = "data/miniworld/tokenizer"  # scratch only
