@@ -879,8 +879,8 @@ def stage_instruct(c):
     path = os.path.join(c.out_dir, "instruct.jsonl")
     done = set(by_id(stage_rows(path)))
     items = [it for it in instruct_items(c) if it["id"] not in done]
-    tb = tools.make_toolbox("local", world_dir=c.world_dir, image_dir=os.path.abspath(os.path.join(c.out_dir, "tool_images")),
-                            **c.tool_kwargs)
+    tb = tools.make_toolbox("local", world_dir=c.world_dir,
+                            image_dir=os.path.abspath(os.path.join(c.out_dir, "tool_images")), **c.tool_kwargs)
     world_images, pol = by_image_id(c), load_tokenizing_policy(c, "oracle")
     sigs, day = rollout.tool_signatures(), c.date
 
@@ -888,7 +888,8 @@ def stage_instruct(c):
         sol = item["solution"]
         if sol["gen_prompt"] is None:  # a fact lookup answers with the top hit's snippet exactly as the search shows
             hop = sol["hops"][0]       # it (a page's text beyond the snippet was never read: not in the answer)
-            hit = re.search(r"^\[[^\]]*\]\([^)]*\) (.+)$", tools.run_tool(tb, hop["name"], hop["arguments"], {}).text, re.M)
+            shown = tools.run_tool(tb, hop["name"], hop["arguments"], {}).text
+            hit = re.search(r"^\[[^\]]*\]\([^)]*\) (.+)$", shown, re.M)  # "[title](url) snippet"
             if not hit:
                 raise ValueError(f"{item['id']}: no search hit for {hop['arguments']}")
             item = dict(item, solution=dict(sol, gen_prompt=hit.group(1).strip()))

@@ -36,7 +36,8 @@ def test_paper_configs_chain():
 def test_runcpu_configs_chain():
     md, base, sft, grpo, ev = (cfg(f"{s}_runcpu.py") for s in ("make_data", "base", "sft", "grpo", "eval"))
     assert sft["train_data"].split(",")[0] == os.path.join(md["out_dir"], "sft.jsonl")
-    # base (extra worlds' pages) -> SFT stage 1 (runcpu.sh: first turns) -> SFT stage 2 (this config) -> GRPO
+    # base (extra worlds' pages) -> instruct (runcpu.sh: lookup chats) -> SFT stage 1b (first two turns) -> SFT
+    # stage 2 (this config) -> GRPO
     assert base["objective"] == "pretrain" and base["tokenizer_dir"] == sft["tokenizer_dir"]
     assert all(p.endswith("pages.jsonl") and "/world_" in p for p in base["train_data"].split(","))
     assert sft["init_from"] == os.path.join(os.path.dirname(sft["out_dir"]), "sft_second", "final")
@@ -55,10 +56,11 @@ def test_runcpu_configs_chain():
     sh = (ROOT / "runcpu.sh").read_text()  # runcpu.sh passes the same chain under its $OUT
     for arg in ('--init_from="$OUT/sft/final"', '--data_path="$OUT/data/rl.jsonl"', '--policy_path="$OUT/$3/final"',
                 'SFT_DATA="$OUT/data/sft.jsonl,', '--train_data="$SFT_DATA"', '--out_dir="$OUT/data"',
-                '--init_from="$OUT/base/final" --out_dir="$OUT/sft_first"',
-                '--init_from="$OUT/sft_first/final" --out_dir="$OUT/sft_second"', 'SFT_FROM="$OUT/sft_second/final"',
-                '--init_from="$SFT_FROM" --out_dir="$OUT/sft"',
-                'eval_row sft agent sft\n', 'eval_row workflow workflow base;'):  # eval_row ROW MODE CHECKPOINT
+                '--stages=instruct', '--train_data="$OUT/data_1/instruct.jsonl,',
+                '--init_from="$OUT/base/final" --out_dir="$OUT/instruct"', 'SFT_FROM="$OUT/instruct/final"; WORKFLOW=instruct',
+                '--init_from="$SFT_FROM" --out_dir="$OUT/sft_first"', '--init_from="$SFT_FROM" --out_dir="$OUT/sft_second"',
+                'SFT_FROM="$OUT/sft_second/final"', '--init_from="$SFT_FROM" --out_dir="$OUT/sft"',
+                'eval_row sft agent sft\n', 'eval_row workflow workflow $WORKFLOW;'):  # eval_row ROW MODE CHECKPOINT
         assert arg in sh, arg
 
 

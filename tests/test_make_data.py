@@ -226,7 +226,8 @@ def test_instruct_chats_are_generic_lookups_through_the_real_tools(world, tmp_pa
     assert len(recs) == 40 and len({r["id"] for r in recs}) == 40
     import rollout
     generic = [t.format(tools=rollout.tool_signatures(), date="2025-06-01") for t in md.INSTRUCT_SYSTEM]
-    agent = {rollout.system_prompt("2025-06-01", rollout.settings(dict(system_style=st))) for st in ("paper", "compact")}
+    agent = {rollout.system_prompt("2025-06-01", rollout.settings(dict(system_style=st)))
+             for st in ("paper", "compact")}
     for r in recs:
         m = r["messages"]
         assert r["end_reason"] == "answer" and len(r["tokens"]) == len(r["loss_mask"]) > 0

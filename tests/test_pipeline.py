@@ -59,8 +59,8 @@ def test_runcpu_smoke(tmp_path):
     assert (out / "instruct" / "final" / "config.json").exists()
     assert json.loads((out / "eval" / "workflow" / "config.json").read_text())["policy_path"] == str(
         out / "instruct" / "final")
-    # SFT stage 1 (first turns) starts from the instruct policy, stage 2 (whole trajectories) from stage 1, on four worlds'
-    # trajectories; each lowered its held-out loss, and stage 2 starts lower than stage 1 did (it continues it)
+    # SFT stage 1 (first turns; the smoke runs it) starts from the instruct policy, stage 2 (whole trajectories) from
+    # stage 1b, on four worlds' trajectories; each lowered its held-out loss
     first = [e["eval_loss"] for e in jsonl(out / "sft_first" / "log.jsonl") if "eval_loss" in e]
     ev = [e["eval_loss"] for e in jsonl(out / "sft" / "log.jsonl") if "eval_loss" in e]
     assert len(first) >= 2 and first[-1] < first[0] and len(ev) >= 2 and ev[-1] < ev[0], (first, ev)
