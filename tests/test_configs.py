@@ -1,8 +1,11 @@
 """The two config families chain, every config key is configurator's, and an override of each key reaches the
 code that uses it (a default argument bound to a config global at import time would not see it)."""
 import ast
+import json
 import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +65,30 @@ def test_runcpu_configs_chain():
                 'SFT_FROM="$OUT/sft_second/final"', '--init_from="$SFT_FROM" --out_dir="$OUT/sft"',
                 'eval_row sft agent sft\n', 'eval_row workflow workflow $WORKFLOW;'):  # eval_row ROW MODE CHECKPOINT
         assert arg in sh, arg
+
+
+@pytest.mark.parametrize("last, ran", [(0.053, False), (0.373, True)])  # seeds 1337 and 3 (README, "Seeds")
+def test_runcpu_falls_back_to_stage_1_only_when_the_instruct_stage_did_not_form_copying(tmp_path, last, ran):
+    # runcpu.sh's own FIRST_STEPS=auto block, run against an instruct log whose last held-out loss is `last`
+    sh = (ROOT / "runcpu.sh").read_text()
+    block = sh[sh.index('if [ "$FIRST_STEPS" = auto ]'):sh.index('if [ "$FIRST_STEPS" != 0 ]; then  # first turns')]
+    (tmp_path / "instruct").mkdir()
+    (tmp_path / "instruct" / "log.jsonl").write_text(json.dumps({"step": 0, "eval_loss": 7.1}) + "\n" +
+                                                     json.dumps({"step": 1500, "eval_loss": last}) + "\n")
+    env = dict(os.environ, OUT=str(tmp_path), FIRST_STEPS="auto", FIRST_AUTO_STEPS="2400", SECOND_AUTO_STEPS="600",
+               SECOND_STEPS="300", COPY_LOSS="0.15", INSTRUCT_STEPS="1500", SFT_FROM=f"{tmp_path}/instruct/final",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    show = 'echo "$FIRST_STEPS $SECOND_STEPS $SFT_FROM"'
+    p = subprocess.run(["bash", "-c", block + show], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    # copying formed: SFT starts from the instruct policy, no stage 1; not formed: the previous recipe's chain
+    want = f"2400 600 {tmp_path}/base/final" if ran else f"0 300 {tmp_path}/instruct/final"
+    assert p.stdout.splitlines()[-1] == want, p.stdout
+    assert (f"held-out loss {last} > COPY_LOSS=0.15" in p.stdout) == ran
+    # a re-run that already fell back keeps that chain, whatever the log says
+    (tmp_path / "sft_first" / "final").mkdir(parents=True)
+    p = subprocess.run(["bash", "-c", block + show], env=env, capture_output=True, text=True)
+    assert p.stdout.splitlines()[-1] == f"2400 600 {tmp_path}/base/final", p.stdout
 
 
 def _module(path):

@@ -57,9 +57,12 @@ def test_runcpu_smoke(tmp_path):
     assert all(r["messages"][0]["content"] != system and "image generation" not in r["messages"][0]["content"]
                and 1 <= sum(r["tool_calls"].values()) <= 2 for r in chats)
     assert (out / "instruct" / "final" / "config.json").exists()
+    # 6 instruct steps cannot form copying: FIRST_STEPS=auto saw the instruct stage's held-out loss and fell back to
+    # the previous recipe's chain (stage 1 from the base)
+    assert "copying did not form there" in p.stdout and "stage 1 from the base (6 steps)" in p.stdout, p.stdout[-3000:]
     assert json.loads((out / "eval" / "workflow" / "config.json").read_text())["policy_path"] == str(
         out / "instruct" / "final")
-    # SFT stage 1 (first turns; the smoke runs it) starts from the instruct policy, stage 2 (whole trajectories) from
+    # SFT stage 1 (first turns; the fallback above) starts from the base, stage 2 (whole trajectories) from
     # stage 1b, on four worlds' trajectories; each lowered its held-out loss
     first = [e["eval_loss"] for e in jsonl(out / "sft_first" / "log.jsonl") if "eval_loss" in e]
     ev = [e["eval_loss"] for e in jsonl(out / "sft" / "log.jsonl") if "eval_loss" in e]
