@@ -389,11 +389,11 @@ def seed_step(step, rank):
     return s
 
 
-def traj_summary(rec, sc):
-    """The per-trajectory numbers the log aggregates (small: gathered from every rank)."""
+def traj_summary(rec, sc, category=None):
+    """The per-trajectory numbers the log aggregates (small: gathered from every rank); rollouts.jsonl's rows."""
     tool_errors = sum(m["content"].startswith("<tool_response>\n[Tool Error]") for m in rec["messages"]
                       if m["role"] == "user")
-    return {"id": rec["id"], "sample": rec["sample"], "answer": rec["answer"],
+    return {"id": rec["id"], "sample": rec["sample"], "category": category, "answer": rec["answer"],
             "reward": float(sc.get("reward") or 0.0), "end": rec["end_reason"], "gen": rec["num_gen_tokens"],
             "calls": rec["tool_calls"], "tool_errors": tool_errors, "reward_error": sc.get("error") is not None,
             **{k: sc.get(k) for k in ("k_score", "r_text", "faithfulness", "visual_correctness",
@@ -646,7 +646,8 @@ def main():
         t4 = time.time()
         # 7. log (rank 0 aggregates every rank's trajectories)
         faults = {k: v - faults0.get(k, 0) for k, v in reward_counts().items() if v - faults0.get(k, 0)}
-        mine_rows = ([traj_summary(r, s) for r, s in zip(records, scores)], filt, faults, retried)
+        cat = {it["id"]: it["meta"].get("category") for it in mine}
+        mine_rows = ([traj_summary(r, s, cat[r["id"]]) for r, s in zip(records, scores)], filt, faults, retried)
         gathered = [None] * world
         dist.all_gather_object(gathered, mine_rows) if ddp else gathered.__setitem__(0, mine_rows)
         if master:

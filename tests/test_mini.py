@@ -45,6 +45,21 @@ def test_paired_gain():
     assert report.paired_gain(ctl, ctl) == (0.0, 0.0)
 
 
+def test_category_gain():
+    row = lambda step, i, s, cat, r: {"step": step, "id": i, "sample": s, "category": cat, "reward": r}
+    # the control: the same items at the same steps; step 1 is left out (the same policy on both sides)
+    ctl = [row(1, "a", s, "film", 0.9) for s in (0, 1)] + [row(2, "a", s, "film", 0.5) for s in (0, 1)] + \
+          [row(2, "b", s, "game", 0.8) for s in (0, 1)] + [row(3, "c", s, "film", 0.2) for s in (0, 1)]
+    run = [row(1, "a", s, "film", 0.1) for s in (0, 1)] + [row(2, "a", 0, "film", 1.0), row(2, "a", 1, "film", 0.6)] + \
+          [row(2, "b", s, "game", 0.4) for s in (0, 1)] + [row(3, "c", s, "film", 0.3) for s in (0, 1)] + \
+          [row(4, "d", 0, "film", 1.0)]  # a step the control never reached: unpaired, left out
+    g = report.category_gain(run, ctl)
+    assert set(g) == {"film", "game"}
+    n, cm, d, se = g["film"]  # units: (2, a) 0.8 - 0.5 = 0.3 and (3, c) 0.3 - 0.2 = 0.1
+    assert (n, round(cm, 9), round(d, 9), round(se, 9)) == (2, 0.35, 0.2, 0.1)
+    assert g["game"][0] == 1 and abs(g["game"][2] + 0.4) < 1e-9 and g["game"][3] is None
+
+
 # ---- the copy probe, on hand-made trajectories (names the policy never saw) ----------------------------------
 ITEM = {"id": "q1", "prompt": "Paint the flag of the country whose capital is Zubrak.",
         "solution": {"hops": [{"name": "search", "arguments": {"queries": ["Zubrak"], "top_k": 3}},

@@ -120,5 +120,11 @@ def test_runcpu_smoke(tmp_path):
     assert p["turn_1"]["n"] >= 1 and 0 <= p["turn_1"]["rate"] <= 1 and f"({p['turn_1']['copied']}/" in probe[4]
     grpo_rows = [line.split("|")[1].strip() for line in table if line.split("|")[1].strip().startswith(("λ", "frozen"))]
     assert grpo_rows == ["λ = 0.5", "λ = 0", "λ = 1", "frozen control (λ = 0.5, lr 0)"]
+    # every sampled trajectory of each GRPO run in its rollouts.jsonl, which the by-category section pairs with the
+    # control's
+    for run in ("lam0.5", "lam0.0", "lam1.0", "control"):
+        rows, log = jsonl(out / f"grpo_{run}" / "rollouts.jsonl"), jsonl(out / f"grpo_{run}" / "log.jsonl")
+        assert len(rows) == sum(sum(e["end_reasons"].values()) for e in log) and all(r["category"] for r in rows)
+    assert "## GRPO by category" in md
     for png in ("grpo_curves.png", "items.png"):
         assert Image.open(out / png).format == "PNG"

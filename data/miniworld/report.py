@@ -207,6 +207,33 @@ def paired_gain(values, control):
     m = sum(d) / len(d)
     return m, (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
 
+
+def category_gain(run, control):
+    """Where GRPO's gain over the frozen control comes from, by item category. run, control: rollouts.jsonl rows
+    (grpo.py) of a run and of its frozen control, which draws the same items at every step (same seed), so
+    (step, item id) pairs the two sides. Steps 2.. only (step 1 is the same policy on both sides). The unit is one
+    item at one step: the run's mean reward over its group minus the control's. -> {category: (units, the
+    control's mean reward, mean difference, its standard error over the units or None for one unit)}."""
+    ctl = {}
+    for r in control:
+        if r["step"] >= 2:
+            ctl.setdefault((r["step"], r["id"]), []).append(r["reward"])
+    units = {}
+    for r in run:
+        if r["step"] >= 2 and (r["step"], r["id"]) in ctl:
+            units.setdefault((r["step"], r["id"]), (r.get("category"), []))[1].append(r["reward"])
+    by_cat = {}
+    for key, (cat, mine) in units.items():
+        c = ctl[key]
+        by_cat.setdefault(cat, []).append((sum(mine) / len(mine) - sum(c) / len(c), sum(c) / len(c)))
+    out = {}
+    for cat, v in by_cat.items():
+        d = [x for x, _ in v]
+        m = sum(d) / len(d)
+        se = (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5 if len(d) > 1 else None
+        out[cat] = (len(d), sum(y for _, y in v) / len(v), m, se)
+    return out
+
 # -----------------------------------------------------------------------------
 # results.md: eval_knowgen's rows, then the miniature's sections (each returns its markdown lines)
 
@@ -247,6 +274,31 @@ def grpo_section(logs, control, out):
         a.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "grpo_curves.png"), dpi=100)
+    return md
+
+
+def category_section(logs, control):
+    """category_gain of every GRPO run against the frozen control, from the rollouts.jsonl beside each log.jsonl
+    (logs: [(name, log.jsonl)], control: the control's log.jsonl). [] when the control or every run lacks one."""
+    import rollout
+    rows = lambda log: [e for _, e in rollout.read_jsonl(os.path.join(os.path.dirname(log), "rollouts.jsonl"),
+                                                          missing_ok=True)]
+    ctl = rows(control) if control else []
+    gains = [(name, category_gain(rows(path), ctl)) for name, path in logs] if ctl else []
+    gains = [(name, g) for name, g in gains if g]
+    if not gains:
+        return []
+    cats = sorted({c for _, g in gains for c in g}, key=str)
+    fmt = lambda v: "—" if v is None else f"{v[2]:+.3f}" + ("" if v[3] is None else f" ± {v[3]:.3f}")
+    first = gains[0][1]
+    md = ["", "## GRPO by category: reward minus the frozen control's, steps 2.. (± s.e.)", "",
+          "Each unit is one RL item at one step (the group's mean reward, run minus control: the same items at the "
+          "same steps); from each run's rollouts.jsonl. Where the reward's lesson lands, and where it costs.", "",
+          "| category | items drawn | control's mean reward | " + " | ".join(n for n, _ in gains) + " |",
+          "|---|---|---|" + "---|" * len(gains)]
+    for c in cats:
+        n, cm = (first[c][0], f"{first[c][1]:.3f}") if c in first else ("—", "—")
+        md.append(f"| {c} | {n} | {cm} | " + " | ".join(fmt(g.get(c)) for _, g in gains) + " |")
     return md
 
 
@@ -300,6 +352,7 @@ def write_results(path, runs, logs=(), control=None, train=(), probes=(), times=
           "prompt (eval_knowgen's on_no_answer=raw_prompt), see *answered*.", ""]
     md += eval_knowgen.table_lines(runs, out, seed, columns=[("copy: 1st query / from tool", copy_column)])
     md += grpo_section(list(logs), control, out) if logs else []
+    md += category_section(list(logs), control) if logs else []
     md += eval_knowgen.items_grid(runs, out)
     md += train_section(train) if train else []
     md += probe_section(probes) if probes else []
