@@ -196,16 +196,19 @@ def quarter_gain(values):
     return sum(b) / q - sum(a) / q, (var(a) / q + var(b) / q) ** 0.5
 
 
+def _mean_se(d):
+    """Mean of d and its standard error (sample std / sqrt(n)); the error is None for one value."""
+    m = sum(d) / len(d)
+    return m, (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5 if len(d) > 1 else None
+
+
 def paired_gain(values, control):
     """GRPO learning check against a frozen control: `control` is the same GRPO run (same seed, items and step order)
     with learning_rate 0, so each step's items are the same on both sides and item difficulty cancels step by step.
     Returns (mean over steps of values - control, its standard error over the steps), or None under 4 common steps.
     Step 1 is left out: no update has happened before its rollout, so it is the same policy on both sides."""
     d = [a - b for a, b in zip(values[1:], control[1:])]
-    if len(d) < 3:
-        return None
-    m = sum(d) / len(d)
-    return m, (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+    return _mean_se(d) if len(d) >= 3 else None
 
 
 def category_gain(run, control):
@@ -228,10 +231,7 @@ def category_gain(run, control):
         by_cat.setdefault(cat, []).append((sum(mine) / len(mine) - sum(c) / len(c), sum(c) / len(c)))
     out = {}
     for cat, v in by_cat.items():
-        d = [x for x, _ in v]
-        m = sum(d) / len(d)
-        se = (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5 if len(d) > 1 else None
-        out[cat] = (len(d), sum(y for _, y in v) / len(v), m, se)
+        out[cat] = (len(v), sum(y for _, y in v) / len(v), *_mean_se([x for x, _ in v]))
     return out
 
 # -----------------------------------------------------------------------------
