@@ -49,7 +49,7 @@ else
   # the instruct policy). Whether copying forms in the instruct stage depends on the base's initialisation (README,
   # "Seeds under the instruct recipe"): seed 1337's base forms it (held-out loss 0.053), seed 3's does not (0.373).
   # INSTRUCT_STEPS=0 is the previous recipe itself (the main job until 2026-12-06)
-  INSTRUCT_STEPS=${INSTRUCT_STEPS:-1500}; INSTRUCT_ARGS=${INSTRUCT_ARGS:-}; FIRST_STEPS=${FIRST_STEPS:-auto}
+  INSTRUCT_STEPS=${INSTRUCT_STEPS:-1300}; INSTRUCT_ARGS=${INSTRUCT_ARGS:-}; FIRST_STEPS=${FIRST_STEPS:-auto}
   FIRST_AUTO_STEPS=2400; SECOND_AUTO_STEPS=600; COPY_LOSS=${COPY_LOSS:-0.15}
 fi
 mkdir -p "$OUT"
