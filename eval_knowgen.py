@@ -108,6 +108,7 @@ compare = None               # "runA/judged.jsonl,runB/judged.jsonl": per-item w
 report_n = 24                # items in the thumbnail grid of report.md
 table = None                 # "name=eval_out_dir,...": the rows of a results table (Table 1 / 3) -> table_out
 table_out = "results.md"     # the table's markdown; items.png is written beside it
+table_pairs = None           # "B vs A,...": rows (name or out_dir folder); each B minus A, paired bootstrap interval
 seed = 0                     # the report's sample of items
 
 _CONFIG_KEYS = config_keys(globals())
@@ -537,6 +538,41 @@ def bootstrap_ci(rows, n_boot=1000, alpha=0.05, seed=0):
     return round(lo, 2), round(hi, 2)
 
 
+def paired_bootstrap_diff(rows_a, rows_b, n_boot=1000, alpha=0.05, seed=0):
+    """Overall K-Score (x100) of run b minus run a on the same items, with a 95% percentile-bootstrap interval whose
+    every resample draws the SAME items for both runs (within each group, as bootstrap_ci; an item's samples go
+    together). Two rows' separate intervals overlap whenever the items' difficulty spread is larger than the gap; the
+    paired interval cancels that spread, so it is what says whether b beats a. Returns (diff, lo, hi); ours."""
+    import random
+    runs = []
+    for rows in (rows_a, rows_b):
+        by = {}
+        for r in rows:
+            by.setdefault(r["id"], []).append(r)
+        runs.append(by)
+    if set(runs[0]) != set(runs[1]):
+        only = sorted(set(runs[0]) ^ set(runs[1]))
+        raise EvalError(f"paired difference needs the same items in both runs; {len(only)} differ, e.g. {only[:3]}")
+    ids = {g: [] for g in GROUPS}
+    for i, rs in sorted(runs[0].items()):
+        ids[group_of(rs[0]["category"], f"item {i!r}")].append(i)
+    groups = [v for v in ids.values() if v]
+    if not groups:
+        raise EvalError("no judged rows to compare")
+
+    def overall(by, draw):  # aggregate()'s overall, unrounded: the mean of the group K-Scores
+        return sum(100 * dim_means([r for i in g for r in by[i]])["k_score"] for g in draw) / len(draw)
+    diff = overall(runs[1], groups) - overall(runs[0], groups)
+    rng = random.Random(seed)
+    stats = []
+    for _ in range(n_boot):
+        draw = [[rng.choice(g) for _ in g] for g in groups]
+        stats.append(overall(runs[1], draw) - overall(runs[0], draw))
+    stats.sort()
+    lo, hi = stats[int(alpha / 2 * n_boot)], stats[min(n_boot - 1, int((1 - alpha / 2) * n_boot))]
+    return round(diff, 2), round(lo, 2), round(hi, 2)
+
+
 def per_category(rows):
     by = {}
     for r in rows:
@@ -696,6 +732,39 @@ def table_lines(runs, out, seed=0, columns=()):
     return md
 
 
+def paired_lines(runs, pairs, seed=0):
+    """The "b minus a" section: for each (b, a) of pairs (names of runs' rows), paired_bootstrap_diff of their judged
+    rows, and whether the interval excludes 0 (the only place a results table claims an ordering). Returns the
+    markdown lines."""
+    def row(n):  # a row's name, or the folder name of its out_dir ("sft" for out/eval/sft)
+        hits = [(name, d) for name, d in runs if n in (name, os.path.basename(os.path.normpath(d)))]
+        if len(hits) != 1:
+            raise EvalError(f"table_pairs names {n!r}: {'no' if not hits else 'more than one'} row of the table has "
+                            f"that name or folder (rows: {[name for name, _ in runs]})")
+        return hits[0]
+    md = ["", "## Paired differences on the same items (overall K-Score x100, b minus a)", "",
+          "Each resample draws the same items for both rows (eval_knowgen.paired_bootstrap_diff), so the items' own "
+          "difficulty cancels; 'separated' = the 95% interval excludes 0.", "",
+          "| b | a | b - a | 95% CI (paired) | separated |", "|---|---|---|---|---|"]
+    for b, a in pairs:
+        (nb, db), (na, da) = row(b), row(a)
+        d, lo, hi = paired_bootstrap_diff(check_judged(os.path.join(da, "judged.jsonl")),
+                                          check_judged(os.path.join(db, "judged.jsonl")), seed=seed)
+        md.append(f"| {nb} | {na} | {d:+.2f} | [{lo:+.2f}, {hi:+.2f}] | {'yes' if lo > 0 or hi < 0 else 'no'} |")
+    return md
+
+
+def named_pairs(s):
+    """A command-line list of row pairs, "b vs a,b vs a" -> [(b, a)] (each a row's name or its out_dir's folder)."""
+    out = []
+    for p in (s or "").split(","):
+        if p.strip():
+            if " vs " not in p:
+                raise EvalError(f"table_pairs: {p.strip()!r} is not 'B vs A' (two row names of --table)")
+            out.append(tuple(x.strip() for x in p.split(" vs ", 1)))
+    return out
+
+
 def items_grid(runs, out):
     """The same few items (the first 6 with an image in every run) across the rows, ground truth last ->
     out/items.png. Returns the markdown lines of its section ([] when no item has an image in every run)."""
@@ -725,6 +794,7 @@ def results_table(cfg):
     runs, out = named_paths(cfg["table"]), os.path.dirname(os.path.abspath(cfg["table_out"]))
     md = ["# Table 1 / Table 3 rows", "", "K-Score x100 per row (eval_knowgen.py); each row's settings are in its "
           "out_dir/config.json.", ""] + table_lines(runs, out, cfg["seed"]) + items_grid(runs, out)
+    md += paired_lines(runs, named_pairs(cfg.get("table_pairs")), cfg["seed"]) if cfg.get("table_pairs") else []
     open(cfg["table_out"], "w", encoding="utf-8").write("\n".join(md) + "\n")
     return cfg["table_out"]
 

@@ -46,8 +46,9 @@ else
   # stage's final held-out loss: at most COPY_LOSS, copying formed there and SFT starts from the instruct policy with
   # no stage 1; above it, SFT falls back to the previous recipe's chain, which formed copying at seeds 1337 and 3:
   # stage 1 from the base (2,400 steps), stage 1b 600 (~17 min more than the instruct chain; the workflow row stays
-  # the instruct policy). Whether copying forms in the instruct stage depends on the base's initialisation (README,
-  # "Seeds under the instruct recipe"): seed 1337's base forms it (held-out loss 0.053), seed 3's does not (0.373).
+  # the instruct policy). Whether copying forms in the instruct stage depends on the base (README, "Seeds under the
+  # instruct recipe"): after a 240-step base it formed at seed 1337 but not at seed 3; after the 480-step base
+  # (config/base_runcpu.py) at both, so 1,300 steps (was 1,500) pay for the longer base and the fallback is a guard.
   # INSTRUCT_STEPS=0 is the previous recipe itself (the main job until 2026-12-06)
   INSTRUCT_STEPS=${INSTRUCT_STEPS:-1300}; INSTRUCT_ARGS=${INSTRUCT_ARGS:-}; FIRST_STEPS=${FIRST_STEPS:-auto}
   FIRST_AUTO_STEPS=2400; SECOND_AUTO_STEPS=600; COPY_LOSS=${COPY_LOSS:-0.15}
@@ -241,5 +242,6 @@ python data/miniworld/report.py --table_out="$OUT/results.md" --stage_times="$OU
     --table="direct (no search)=$E/direct,workflow ($WORKFLOW policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
     --table_logs="λ = 0.5=$OUT/grpo_lam0.5/log.jsonl,λ = 0=$OUT/grpo_lam0.0/log.jsonl,λ = 1=$OUT/grpo_lam1.0/log.jsonl" \
     --table_control="$OUT/grpo_control/log.jsonl" \
+    --table_pairs="workflow vs direct,sft vs workflow,sft vs direct,grpo_lam0.5 vs sft,grpo_lam0.0 vs sft,grpo_lam1.0 vs sft" \
     --table_probes="$PROBES" --table_train="$TRAIN"
 echo "=== $(date +%T) all done: $OUT/results.md"

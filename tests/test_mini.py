@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 import eval_knowgen as ek
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +31,40 @@ def test_bootstrap_ci_brackets_overall_and_collapses_when_constant():
     assert hi - lo < 20  # 40 items per group: a few K points, not the whole range
     one_group = [r for r in mixed if r["category"] == "art"]
     assert ek.bootstrap_ci(one_group, n_boot=100)[0] < ek.aggregate(one_group)["overall"]
+
+
+def test_paired_bootstrap_diff_cancels_item_difficulty():
+    a = [row(i, "art", v=i % 2, t=i % 2) for i in range(40)] + [row(100 + i, "anime", v=(i % 3) / 2) for i in range(40)]
+    # b = a with every item's faithfulness +0.5: K +0.05 on every item -> +5 overall in EVERY resample of the same items
+    b = [dict(r, faithfulness=r["faithfulness"] + 0.5) for r in a]
+    assert ek.paired_bootstrap_diff(a, b, n_boot=300) == (5.0, 5.0, 5.0)
+    lo_a, hi_a = ek.bootstrap_ci(a, n_boot=300)
+    lo_b, hi_b = ek.bootstrap_ci(b, n_boot=300)
+    assert lo_b < hi_a  # the unpaired intervals overlap: they cannot tell this +5 apart
+    # one art item's V 0 -> 1: art K +0.4/40 = +1 point, overall (mean of two groups) +0.5; resamples without it: 0
+    one = [dict(r, visual_correctness=1) if r["id"] == "x0" else r for r in a]
+    d, lo, hi = ek.paired_bootstrap_diff(a, one, n_boot=300)
+    assert d == 0.5 and lo == 0 and hi > 0.5
+    assert ek.paired_bootstrap_diff(one, a, n_boot=300)[0] == -0.5
+    with pytest.raises(ek.EvalError, match="same items"):
+        ek.paired_bootstrap_diff(a, a[1:])
+
+
+def test_paired_lines_names_rows_by_name_or_folder(tmp_path):
+    a = [row(i, "art", f=i % 2) for i in range(6)] + [row(10 + i, "anime", a=i % 2) for i in range(4)]
+    runs = []
+    for name, rows in (("direct", a), ("SFT", [dict(r, visual_correctness=1) for r in a])):
+        d = tmp_path / name.lower()
+        d.mkdir()
+        (d / "judged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append((name + " row", str(d)))
+    md = ek.paired_lines(runs, ek.named_pairs("sft vs direct row"))
+    # V 0 -> 1 on every item: +40 K in both groups, in every resample
+    assert md[-1] == "| SFT row | direct row | +40.00 | [+40.00, +40.00] | yes |"
+    with pytest.raises(ek.EvalError, match="'grpo'"):
+        ek.paired_lines(runs, [("grpo", "direct")])
+    with pytest.raises(ek.EvalError, match="not 'B vs A'"):
+        ek.named_pairs("sft minus direct")
 
 
 def test_quarter_gain():

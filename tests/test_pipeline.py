@@ -104,9 +104,10 @@ def test_runcpu_smoke(tmp_path):
 
     # results.md: one table row per eval row, well-formed, plots beside it
     md = (out / "results.md").read_text()
+    main_md, paired_md = md.split("## Paired differences", 1)
     table = [line for line in md.splitlines() if line.startswith("| ")]
     header = table[0]
-    body = [line for line in table if line.split("|")[1].strip() in (
+    body = [line for line in main_md.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in (
         "direct (no search)", "workflow (instruct policy prompted to search)", "SFT", "SFT + GRPO (λ = 0.5)",
         "SFT + GRPO λ = 0 (image reward only)", "SFT + GRPO λ = 1 (text reward only)", "oracle answer (upper bound)")]
     assert len(body) == 7 and all(line.count("|") == header.count("|") for line in body)
@@ -126,5 +127,12 @@ def test_runcpu_smoke(tmp_path):
         rows, log = jsonl(out / f"grpo_{run}" / "rollouts.jsonl"), jsonl(out / f"grpo_{run}" / "log.jsonl")
         assert len(rows) == sum(sum(e["end_reasons"].values()) for e in log) and all(r["category"] for r in rows)
     assert "## GRPO by category" in md
+    # the paired differences runcpu.sh asks for (--table_pairs), each with its interval, before the next section
+    pairs = [[c.strip() for c in line.split("|")[1:6]] for line in paired_md.split("\n## ")[0].splitlines()
+             if line.startswith("| ") and not line.startswith("| b |")]
+    assert [(b.split(" (")[0], a.split(" (")[0]) for b, a, *_ in pairs] == [
+        ("workflow", "direct"), ("SFT", "workflow"), ("SFT", "direct"), ("SFT + GRPO", "SFT"),
+        ("SFT + GRPO λ = 0", "SFT"), ("SFT + GRPO λ = 1", "SFT")], pairs
+    assert all(d[0] in "+-" and ci.startswith("[") and sep in ("yes", "no") for *_, d, ci, sep in pairs), pairs
     for png in ("grpo_curves.png", "items.png"):
         assert Image.open(out / png).format == "PNG"

@@ -41,6 +41,7 @@ table_out = "results.md"     # the markdown; grpo_curves.png and items.png are w
 table_logs = None            # "name=grpo out_dir/log.jsonl,...": GRPO reward / K-Score curves for the table
 table_control = None         # a frozen GRPO run's log.jsonl (learning_rate=0, same seed and items): paired_gain per run
 table_train = None           # "name=sft.py out_dir,...": training throughput (tokens/s, share of the fp32 matmul peak)
+table_pairs = None           # "B vs A,...": eval rows (name or folder) compared on the same items, paired bootstrap
 table_probes = None          # "name=dir holding forced_probe.json,...": the teacher-forced copy probe per checkpoint
 stage_times = None           # a "stage<TAB>seconds" file (runcpu.sh) appended to the table
 seed = 0                     # the bootstrap intervals' resampling seed (eval_knowgen.bootstrap_ci)
@@ -343,7 +344,7 @@ def times_section(path):
     return md + [f"| **total** | **{sum(int(t) for n, t in times if ' (in ' not in n)}** |"]
 
 
-def write_results(path, runs, logs=(), control=None, train=(), probes=(), times=None, seed=0):
+def write_results(path, runs, logs=(), control=None, train=(), probes=(), times=None, seed=0, pairs=()):
     """The miniature's results.md at path: eval_knowgen.table_lines of the eval rows (runs: [(name, eval out_dir)])
     with the copy column, then the sections given (grpo_curves.png and items.png beside it). Returns path."""
     out = os.path.dirname(os.path.abspath(path))
@@ -351,6 +352,7 @@ def write_results(path, runs, logs=(), control=None, train=(), probes=(), times=
           "offline generator and judge. Agents decode greedily; an agent with no parsed answer is scored on the raw "
           "prompt (eval_knowgen's on_no_answer=raw_prompt), see *answered*.", ""]
     md += eval_knowgen.table_lines(runs, out, seed, columns=[("copy: 1st query / from tool", copy_column)])
+    md += eval_knowgen.paired_lines(runs, pairs, seed) if pairs else []
     md += grpo_section(list(logs), control, out) if logs else []
     md += category_section(list(logs), control) if logs else []
     md += eval_knowgen.items_grid(runs, out)
@@ -380,6 +382,7 @@ if __name__ == "__main__":
         if table:
             named = eval_knowgen.named_paths
             print(open(write_results(table_out, named(table), named(table_logs), table_control, named(table_train),
-                                     named(table_probes), stage_times, seed)).read())
+                                     named(table_probes), stage_times, seed,
+                                     eval_knowgen.named_pairs(table_pairs))).read())
     except (ReportError, eval_knowgen.EvalError, rollout.ItemsError) as e:
         sys.exit(f"report.py: error: {e}")
