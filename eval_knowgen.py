@@ -22,7 +22,8 @@ Aggregate only (prints the Table-1-style table, writes the summary JSON beside t
     python eval_knowgen.py --judged=out/kg_agent/judged.jsonl [--summary_out=FILE.json] [--benchmark=wise]
 Several finished runs side by side (a markdown table + items.png; the mini world's results.md adds its own sections
 to these rows: data/miniworld/report.py):
-    python eval_knowgen.py --table="Qwen-Image=out/kg_direct,Gen-Searcher=out/kg_agent" --table_out=out/kg_results.md
+    python eval_knowgen.py --table="Qwen-Image=out/kg_direct,Gen-Searcher=out/kg_agent" --table_out=out/kg_results.md \
+        --table_pairs="kg_agent vs kg_direct"   # + each pair's difference on the same items, paired interval
 
 Stages, each one append-only JSONL under out_dir so a run resumes where it stopped (finished (id, sample) keys
 are skipped; for a key the LAST row wins) and any stage can be re-run alone with --stage=NAME:
@@ -790,11 +791,13 @@ def items_grid(runs, out):
 
 
 def results_table(cfg):
-    """--table: table_lines + items_grid of the runs -> table_out (items.png beside it). Returns the markdown path."""
+    """--table: table_lines (+ paired_lines with --table_pairs) + items_grid of the runs -> table_out (items.png
+    beside it). Returns the markdown path."""
     runs, out = named_paths(cfg["table"]), os.path.dirname(os.path.abspath(cfg["table_out"]))
     md = ["# Table 1 / Table 3 rows", "", "K-Score x100 per row (eval_knowgen.py); each row's settings are in its "
-          "out_dir/config.json.", ""] + table_lines(runs, out, cfg["seed"]) + items_grid(runs, out)
-    md += paired_lines(runs, named_pairs(cfg.get("table_pairs")), cfg["seed"]) if cfg.get("table_pairs") else []
+          "out_dir/config.json.", ""] + table_lines(runs, out, cfg["seed"])
+    md += paired_lines(runs, named_pairs(cfg["table_pairs"]), cfg["seed"]) if cfg["table_pairs"] else []
+    md += items_grid(runs, out)
     open(cfg["table_out"], "w", encoding="utf-8").write("\n".join(md) + "\n")
     return cfg["table_out"]
 
