@@ -136,3 +136,11 @@ def test_runcpu_smoke(tmp_path):
     assert all(d[0] in "+-" and ci.startswith("[") and sep in ("yes", "no") for *_, d, ci, sep in pairs), pairs
     for png in ("grpo_curves.png", "items.png"):
         assert Image.open(out / png).format == "PNG"
+
+    # a re-run on the same OUT skips every stage and keeps every earlier time, side-by-side groups and GRPO included
+    p = subprocess.run(["bash", "runcpu.sh", "smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    assert " done in " not in p.stdout and "grpo: skipped" in p.stdout, p.stdout[-3000:]
+    again = [line.split("\t") for line in (out / "stage_times.tsv").read_text().splitlines()]
+    assert sorted(again) == sorted(times)
+    assert f"| **total** | **{sum(int(t) for n, t in times if n in STAGES)}** |" in (out / "results.md").read_text()
