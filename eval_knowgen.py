@@ -533,10 +533,14 @@ def bootstrap_ci(rows, n_boot=1000, alpha=0.05, seed=0):
     by = [b for b in ([r for r, g in zip(rows, gof) if g == grp] for grp in GROUPS) if b]
     if not by:
         raise EvalError("no judged rows to bootstrap")
-    stats = sorted(sum(100 * dim_means([rng.choice(b) for _ in b])["k_score"] for b in by) / len(by)
-                   for _ in range(n_boot))
-    lo, hi = stats[int(alpha / 2 * n_boot)], stats[min(n_boot - 1, int((1 - alpha / 2) * n_boot))]
-    return round(lo, 2), round(hi, 2)
+    return _percentiles([sum(100 * dim_means([rng.choice(b) for _ in b])["k_score"] for b in by) / len(by)
+                         for _ in range(n_boot)], alpha)
+
+
+def _percentiles(stats, alpha):
+    """The (alpha/2, 1 - alpha/2) percentiles of bootstrap statistics, rounded to 2 decimals."""
+    stats, n = sorted(stats), len(stats)
+    return round(stats[int(alpha / 2 * n)], 2), round(stats[min(n - 1, int((1 - alpha / 2) * n))], 2)
 
 
 def paired_bootstrap_diff(rows_a, rows_b, n_boot=1000, alpha=0.05, seed=0):
@@ -569,9 +573,7 @@ def paired_bootstrap_diff(rows_a, rows_b, n_boot=1000, alpha=0.05, seed=0):
     for _ in range(n_boot):
         draw = [[rng.choice(g) for _ in g] for g in groups]
         stats.append(overall(runs[1], draw) - overall(runs[0], draw))
-    stats.sort()
-    lo, hi = stats[int(alpha / 2 * n_boot)], stats[min(n_boot - 1, int((1 - alpha / 2) * n_boot))]
-    return round(diff, 2), round(lo, 2), round(hi, 2)
+    return (round(diff, 2), *_percentiles(stats, alpha))
 
 
 def per_category(rows):

