@@ -659,7 +659,7 @@ def main():
                 retried_all.update(g[3])
             times = {"t_rollout": t1 - t0, "t_reward": t2 - t1, "t_train": t3 - t2, "t_sync": t4 - t3,
                      "t_step": time.time() - t0}
-            rec = {"step": step + 1, **step_log(rows, dict(filt_all), st, {"grad_norm": gn, "stepped": stepped,
+            rec = {"step": step + 1, "lam": lam, **step_log(rows, dict(filt_all), st, {"grad_norm": gn, "stepped": stepped,
                    "reward_stats": dict(faults_all), "rollout_error_retries": retried_all["error_retries"],
                    "rollout_errored": retried_all["errored"], **sync, **{k: round(v, 3) for k, v in times.items()}})}
             rec["gen_tokens_per_s"] = rec["gen_tokens"] / max(times["t_rollout"], 1e-9)

@@ -94,6 +94,23 @@ def test_category_gain():
     n, cm, d, se = g["film"]  # units: (2, a) 0.8 - 0.5 = 0.3 and (3, c) 0.3 - 0.2 = 0.1
     assert (n, round(cm, 9), round(d, 9), round(se, 9)) == (2, 0.35, 0.2, 0.1)
     assert g["game"][0] == 1 and abs(g["game"][2] + 0.4) < 1e-9 and g["game"][3] is None
+    # a λ = 1 run against the λ = 0.5 control: the control's reward re-weighted to r_text alone
+    parts = lambda r, k, t: {**r, "k_score": k, "r_text": t}
+    ctl = [parts(row(2, "a", s, "film", 0.5), 0.2, 0.8) for s in (0, 1)]
+    run = [row(2, "a", s, "film", 0.8) for s in (0, 1)]  # r_text 0.8, the control's too: no gain
+    assert report.category_gain(run, ctl)["film"][2] > 0.29  # the unweighted comparison would claim +0.3
+    n, cm, d, se = report.category_gain(run, ctl, lam=1.0)["film"]
+    assert (n, round(cm, 9), round(d, 9)) == (1, 0.8, 0.0)
+
+
+def test_log_lam_and_reward_at():
+    assert report.reward_at(0.2, 0.8, 0.5) == 0.5 and report.reward_at(None, 0.8, 1.0) == 0.8
+    assert report.log_lam([{"lam": 0.0, "reward_mean": 0.3, "k_score": 0.3, "r_text": 0.9}]) == 0.0
+    # a log written before grpo.py logged λ: solved from reward = (1-λ)K + λ r_text where K != r_text
+    old = [{"reward_mean": 0.5, "k_score": 0.5, "r_text": 0.5}, {"reward_mean": 0.65, "k_score": 0.6, "r_text": 0.8}]
+    assert report.log_lam(old) == 0.25
+    with pytest.raises(ValueError, match="λ"):
+        report.log_lam(old[:1])
 
 
 # ---- the copy probe, on hand-made trajectories (names the policy never saw) ----------------------------------

@@ -212,16 +212,38 @@ def paired_gain(values, control):
     return _mean_se(d) if len(d) >= 3 else None
 
 
-def category_gain(run, control):
+def reward_at(k_score, r_text, lam):
+    """The dual reward at λ (paper: r = (1-λ)·K + λ·r_text; reward.score). The frozen control is run at λ = 0.5; a
+    run at another λ is compared with the control's K and r_text re-weighted at ITS λ, or the two rewards would be on
+    different scales (a λ = 1 run would 'gain' r_text - reward_0.5 with no learning at all)."""
+    return (1 - lam) * (k_score or 0.0) + lam * (r_text or 0.0)
+
+
+def log_lam(log):
+    """λ of a GRPO run from its log.jsonl rows: grpo.py logs it every step. Logs written before it did are solved
+    from reward_mean = (1-λ)·k_score + λ·r_text at the first step where the two parts differ."""
+    for e in log:
+        if "lam" in e:
+            return e["lam"]
+    for e in log:
+        k, t = e.get("k_score") or 0.0, e.get("r_text") or 0.0
+        if abs(t - k) > 1e-3:
+            return round((e["reward_mean"] - k) / (t - k), 3)
+    raise ValueError("cannot tell this GRPO log's λ: no 'lam' and K = r_text at every step")
+
+
+def category_gain(run, control, lam=None):
     """Where GRPO's gain over the frozen control comes from, by item category. run, control: rollouts.jsonl rows
     (grpo.py) of a run and of its frozen control, which draws the same items at every step (same seed), so
     (step, item id) pairs the two sides. Steps 2.. only (step 1 is the same policy on both sides). The unit is one
-    item at one step: the run's mean reward over its group minus the control's. -> {category: (units, the
-    control's mean reward, mean difference, its standard error over the units or None for one unit)}."""
+    item at one step: the run's mean reward over its group minus the control's, the control's re-weighted at the
+    run's λ when lam is given (reward_at). -> {category: (units, the control's mean reward, mean difference, its
+    standard error over the units or None for one unit)}."""
     ctl = {}
     for r in control:
         if r["step"] >= 2:
-            ctl.setdefault((r["step"], r["id"]), []).append(r["reward"])
+            ctl.setdefault((r["step"], r["id"]), []).append(
+                r["reward"] if lam is None else reward_at(r.get("k_score"), r.get("r_text"), lam))
     units = {}
     for r in run:
         if r["step"] >= 2 and (r["step"], r["id"]) in ctl:
@@ -250,13 +272,14 @@ def grpo_section(logs, control, out):
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     md = ["", "## GRPO: mean reward and training K-Score per step", "", "![](grpo_curves.png)", "",
           "| run | steps | reward, first 5 steps | reward, last 5 steps | K, first 5 | K, last 5 | "
-          "reward: last quarter - first quarter (± s.e.) | reward - frozen control, steps 2.. (± s.e.) | "
+          "reward: last quarter - first quarter (± s.e.) | reward - frozen control at the run's λ, steps 2.. (± s.e.) | "
           "groups with varying r_text | reward per step |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     ctl = None
     if control:  # the same run with learning_rate 0: what the curve does without learning
-        ctl = [e["reward_mean"] for _, e in rollout.read_jsonl(control)]
-        ax[0].plot(range(1, len(ctl) + 1), ctl, "k--", label="frozen control (lr 0)")
+        ctl = [e for _, e in rollout.read_jsonl(control)]
+        ax[0].plot(range(1, len(ctl) + 1), [e["reward_mean"] for e in ctl], "k--",
+                   label=f"frozen control (lr 0, λ = {log_lam(ctl):g})")
     fmt = lambda g: "—" if g is None else "{:+.3f} ± {:.3f}".format(*g)
     for name, path in logs + ([("frozen control (λ = 0.5, lr 0)", control)] if ctl else []):
         log = [e for _, e in rollout.read_jsonl(path)]
@@ -266,7 +289,9 @@ def grpo_section(logs, control, out):
         ax[1].plot(x, k, label=name)
         avg = lambda v: f"{sum(v) / max(1, len(v)):.3f}"
         md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
-                  + fmt(quarter_gain(r)) + " | " + (fmt(paired_gain(r, ctl)) if ctl else "—") + " | "
+                  + fmt(quarter_gain(r)) + " | "
+                  + (fmt(paired_gain(r, [reward_at(e["k_score"], e["r_text"], log_lam(log)) for e in ctl]))
+                     if ctl else "—") + " | "
                   + (lambda v: f"{100 * sum(v) / len(v):.0f}%" if v else "—")(
                       [e["r_text_varying_groups"] for e in log if "r_text_varying_groups" in e]) + " | "
                   + " ".join(f"{v:.2f}" for v in r) + " |")
@@ -285,7 +310,8 @@ def category_section(logs, control):
     rows = lambda log: [e for _, e in rollout.read_jsonl(os.path.join(os.path.dirname(log), "rollouts.jsonl"),
                                                           missing_ok=True)]
     ctl = rows(control) if control else []
-    gains = [(name, category_gain(rows(path), ctl)) for name, path in logs] if ctl else []
+    lam = lambda path: log_lam([e for _, e in rollout.read_jsonl(path)])
+    gains = [(name, category_gain(rows(path), ctl, lam(path))) for name, path in logs] if ctl else []
     gains = [(name, g) for name, g in gains if g]
     if not gains:
         return []
