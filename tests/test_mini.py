@@ -109,6 +109,7 @@ def test_log_lam_and_reward_at():
     # a log written before grpo.py logged λ: solved from reward = (1-λ)K + λ r_text where K != r_text
     old = [{"reward_mean": 0.5, "k_score": 0.5, "r_text": 0.5}, {"reward_mean": 0.65, "k_score": 0.6, "r_text": 0.8}]
     assert report.log_lam(old) == 0.25
+    assert str(report.log_lam([{"reward_mean": 0.6, "k_score": 0.6, "r_text": 0.9}])) == "0.0"
     with pytest.raises(ValueError, match="λ"):
         report.log_lam(old[:1])
 

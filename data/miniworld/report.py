@@ -228,7 +228,7 @@ def log_lam(log):
     for e in log:
         k, t = e.get("k_score") or 0.0, e.get("r_text") or 0.0
         if abs(t - k) > 1e-3:
-            return round((e["reward_mean"] - k) / (t - k), 3)
+            return round((e["reward_mean"] - k) / (t - k), 3) + 0.0  # + 0.0: no '-0' for λ = 0
     raise ValueError("cannot tell this GRPO log's λ: no 'lam' and K = r_text at every step")
 
 
