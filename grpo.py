@@ -232,24 +232,6 @@ def compact_filter(end_reasons, rewards, group_size, reasons=(), reward_errors=N
     return keep, dict(counts)
 
 
-def token_budget_batches(lengths, max_tokens):
-    """Split sequence indices into micro-batches whose PADDED size (n · longest) stays within max_tokens
-    (verl's use_dynamic_bsz). Longest first so padding is small; a sequence longer than the budget goes
-    alone. Returns a list of index lists covering every index once."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out, cur, cur_max = [], [], 0
-    for i in order:
-        m = max(cur_max, lengths[i])
-        if cur and m * (len(cur) + 1) > max_tokens:
-            out.append(cur)
-            cur, m = [], lengths[i]
-        cur.append(i)
-        cur_max = m
-    if cur:
-        out.append(cur)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # trainer side: weight push, the update over micro-batches (building, FSDP2, logprobs: trainer.py)
 
@@ -329,7 +311,7 @@ def accumulate_grads(model, policy, records, adv, keep, dev, ref_model=None):
     kept = [i for i, k in enumerate(keep) if k and sum(records[i]["loss_mask"]) > 0]
     n_seqs, n_rows = all_sum([len(kept), len(records)], dev)
     divisor = max(n_rows if loss_divisor == "nominal" else n_seqs, 1.0)
-    mbs = token_budget_batches([len(records[i]["tokens"]) for i in kept], max_tokens_per_micro)
+    mbs = trainer.token_budget_batches([len(records[i]["tokens"]) for i in kept], max_tokens_per_micro)
     n_micro_t = torch.tensor([len(mbs)], device=dev)
     if dist.is_initialized():
         dist.all_reduce(n_micro_t, op=dist.ReduceOp.MAX)

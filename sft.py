@@ -52,7 +52,7 @@ import torch.distributed as dist
 
 from trainer import (barrier, build_policy, collate, finish, gguf_to_hf, init_distributed, latest_checkpoint,  # noqa: F401
                      load_checkpoint, reshard, save_checkpoint, save_final, scratch_model, sequence_logprobs,
-                     shard_model, trajectory_inputs)
+                     shard_model, token_budget_batches, trajectory_inputs)
 from rollout import read_jsonl, read_rows  # the one JSONL / row reader
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -91,6 +91,9 @@ num_epochs = 2
 max_steps = 0  # > 0: stop after this many optimizer steps (the schedule then spans max_steps)
 batch_size = 1  # per device
 gradient_accumulation_steps = 1  # release: 1 (global batch = world_size * batch_size * accumulation)
+max_tokens_per_micro = 0  # ours: > 0 splits each micro-batch further, longest first, so that rows x longest stays
+                          # within this many padded tokens (grpo.py's dynamic batch); the update is the same (the
+                          # loss is normalised over the whole global batch), only less padding is computed. 0 = off
 gradient_checkpointing = True
 # system
 device = "auto"  # 'auto' (cuda if available) | 'cpu' | 'cuda'
@@ -317,16 +320,28 @@ def accumulate_grads(model, examples, micro, chunk, policy, dev, amp, world, ddp
     """One optimizer step's forward/backward over this rank's micro-steps (step_indices' `micro`) of the global
     batch `chunk`. The loss is the release's token-mean cross entropy over the assistant tokens (loss_mask 1) of
     the WHOLE global batch (all ranks, all micro-steps), as one big batch would give: each micro-step adds
-    nll_sum / n_tok, x world because FSDP averages gradients over ranks. Returns (this rank's summed NLL, n_tok)."""
+    nll_sum / n_tok, x world because FSDP averages gradients over ranks. With max_tokens_per_micro each micro-step
+    is split by padded tokens (trainer.token_budget_batches); every rank then runs as many forwards as the rank
+    with the most (FSDP collectives run inside each), a rank with fewer adding zero-weight ones.
+    Returns (this rank's summed NLL, n_tok)."""
     n_tok = sum(sum(examples[i]["loss_mask"]) for i in chunk)
+    if max_tokens_per_micro > 0:
+        micro = [[idx[j] for j in mb] for idx in micro
+                 for mb in token_budget_batches([len(examples[i]["tokens"]) for i in idx], max_tokens_per_micro)]
+    n_micro = len(micro)
+    if ddp:
+        t = torch.tensor([n_micro], device=dev)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        n_micro = int(t)
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    for m, idx in enumerate(micro):
+    for m in range(n_micro):
+        idx, w = (micro[m], 1.0) if m < len(micro) else (micro[0][:1], 0.0)  # zero-weight filler: ranks in step
         batch = micro_batch(examples, idx, policy, dev)
         if ddp:  # reduce-scatter gradients only on the last micro-step
-            model.set_requires_gradient_sync(m == len(micro) - 1)
+            model.set_requires_gradient_sync(m == n_micro - 1)
         nll = nll_sum(model, batch, amp)
-        (nll * world / n_tok).backward()
-        loss_sum += nll.detach().double()
+        (nll * (w * world / n_tok)).backward()
+        loss_sum += w * nll.detach().double()
     return loss_sum, n_tok
 
 

@@ -425,6 +425,24 @@ def trajectory_inputs(record, policy):
     return x
 
 
+def token_budget_batches(lengths, max_tokens):
+    """Split sequence indices into micro-batches whose PADDED size (n · longest) stays within max_tokens
+    (verl's use_dynamic_bsz; grpo.py's and sft.py's max_tokens_per_micro). Longest first so padding is small; a
+    sequence longer than the budget goes alone. Returns a list of index lists covering every index once."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out, cur, cur_max = [], [], 0
+    for i in order:
+        m = max(cur_max, lengths[i])
+        if cur and m * (len(cur) + 1) > max_tokens:
+            out.append(cur)
+            cur, m = [], lengths[i]
+        cur.append(i)
+        cur_max = m
+    if cur:
+        out.append(cur)
+    return out
+
+
 def collate(inputs, pad_id):
     """Right-pad to [B, T]; images concatenated in batch order (the model consumes them in token order)."""
     T = max(len(x["input_ids"]) for x in inputs)

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from grpo import compact_filter, group_advantages, low_var_kl, policy_loss, ppo_token_losses, token_budget_batches
+from grpo import compact_filter, group_advantages, low_var_kl, policy_loss, ppo_token_losses
+from trainer import token_budget_batches  # shared by grpo.py and sft.py (max_tokens_per_micro)
 
 
 def test_group_advantages_hand_values():

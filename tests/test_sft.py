@@ -326,6 +326,30 @@ def test_two_processes_fsdp2_match_one_process(world, tmp_path):
     assert a[-2]["loss"] < a[1]["loss"]  # it trained
 
 
+def test_token_budget_micro_batches_match_one_batch(world, tmp_path):
+    """max_tokens_per_micro splits each rank's micro-batch by padded tokens; the update is the same. 1 process, a
+    batch of 4 in one forward == torchrun 2 ranks of 2 under a budget picked so that at some step one rank runs two
+    forwards and the other one (its zero-weight filler keeps FSDP2's collectives in step)."""
+    exs, _ = sft.load_examples(world["traj"], tiny_policy(world["tok"]), 32768, "truncate")
+    L = lambda ids: [len(exs[i]["tokens"]) for i in ids]
+    n_mb = lambda ids, b: len(sft.token_budget_batches(L(ids), b))
+    steps = 6
+    budget = next(b for b in sorted({2 * x for x in L(range(len(exs)))})
+                  for s in range(steps)
+                  if len({n_mb(sft.step_indices(len(exs), s, 2, r, 2, 1, 3)[0][0], b) for r in (0, 1)}) == 2)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    p1 = run_sft(common_args(world, one, batch_size=4, gradient_accumulation_steps=1, max_steps=steps))
+    p2 = run_sft(common_args(world, two, batch_size=2, gradient_accumulation_steps=1, max_steps=steps,
+                             max_tokens_per_micro=budget), nproc=2)
+    finish(p1)
+    finish(p2)
+    a, b = [[e for e in map(json.loads, open(os.path.join(d, "log.jsonl"))) if "loss" in e] for d in (one, two)]
+    assert len(a) == len(b) == steps
+    for x, y in zip(a, b):
+        for k in ("loss", "grad_norm"):
+            assert abs(x[k] - y[k]) <= 1e-4 * abs(x[k]), (x, y)
+
+
 def test_sigkill_then_resume_matches_uninterrupted(world, tmp_path):
     ref, cut = str(tmp_path / "ref"), str(tmp_path / "cut")
     steps = 40

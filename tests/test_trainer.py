@@ -83,7 +83,9 @@ def test_grpo_accumulate_grads_divides_by_sequences(tok, monkeypatch, mode):
 # ----------------------------------------------------------------------------------------------------------------
 # SFT: the loop's loss is the token mean over loss_mask-1 tokens of the global batch
 
-def test_sft_accumulate_grads_is_masked_token_mean(tok):
+@pytest.mark.parametrize("budget", [0, 1, 10**6])  # off; every sequence alone; the budget never binding
+def test_sft_accumulate_grads_is_masked_token_mean(tok, monkeypatch, budget):
+    monkeypatch.setattr(sft, "max_tokens_per_micro", budget)  # max_tokens_per_micro: the same update
     pol = tiny(tok, seed=1)
     exs = records(tok, random.Random(1)) + records(tok, random.Random(2))
     micro, chunk = sft.step_indices(len(exs), 0, 1, 0, 2, 2, seed=4)  # 1 rank, 2 micro-steps of 2
