@@ -103,6 +103,23 @@ def test_category_gain():
     assert (n, round(cm, 9), round(d, 9)) == (1, 0.8, 0.0)
 
 
+def test_grpo_section_compares_each_run_at_its_own_lam(tmp_path):
+    """results.md's GRPO table: a λ = 1 run whose reward is exactly the frozen (λ = 0.5) control's r_text has gained
+    nothing, although its reward sits above the control's λ = 0.5 reward at every step."""
+    k, t = [0.2, 0.4, 0.3, 0.5, 0.1, 0.6], [0.8, 0.9, 0.7, 1.0, 0.6, 0.9]
+    def write(name, rows):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(tmp_path / name)
+    ctl = write("ctl.jsonl", [{"step": i + 1, "lam": 0.5, "reward_mean": (a + b) / 2, "k_score": a, "r_text": b}
+                              for i, (a, b) in enumerate(zip(k, t))])
+    run = write("run.jsonl", [{"step": i + 1, "lam": 1.0, "reward_mean": b, "k_score": a, "r_text": b}
+                              for i, (a, b) in enumerate(zip(k, t))])
+    md = report.grpo_section([("λ = 1", run)], ctl, str(tmp_path))
+    row = next(line for line in md if line.startswith("| λ = 1 |")).split(" | ")
+    assert row[7] == "+0.000 ± 0.000"  # the unweighted comparison: +0.29 a step
+    assert os.path.exists(tmp_path / "grpo_curves.png")
+
+
 def test_log_lam_and_reward_at():
     assert report.reward_at(0.2, 0.8, 0.5) == 0.5 and report.reward_at(None, 0.8, 1.0) == 0.8
     assert report.log_lam([{"lam": 0.0, "reward_mean": 0.3, "k_score": 0.3, "r_text": 0.9}]) == 0.0

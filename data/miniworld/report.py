@@ -288,10 +288,11 @@ def grpo_section(logs, control, out):
             ax[0].plot(x, r, label=name)
         ax[1].plot(x, k, label=name)
         avg = lambda v: f"{sum(v) / max(1, len(v)):.3f}"
+        lam = log_lam(log)  # the control's reward at this run's λ: the same scale on both sides
         md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
                   + fmt(quarter_gain(r)) + " | "
-                  + (fmt(paired_gain(r, [reward_at(e["k_score"], e["r_text"], log_lam(log)) for e in ctl]))
-                     if ctl else "—") + " | "
+                  + (fmt(paired_gain(r, [reward_at(e["k_score"], e["r_text"], lam) for e in ctl])) if ctl else "—")
+                  + " | "
                   + (lambda v: f"{100 * sum(v) / len(v):.0f}%" if v else "—")(
                       [e["r_text_varying_groups"] for e in log if "r_text_varying_groups" in e]) + " | "
                   + " ".join(f"{v:.2f}" for v in r) + " |")
@@ -310,8 +311,8 @@ def category_section(logs, control):
     rows = lambda log: [e for _, e in rollout.read_jsonl(os.path.join(os.path.dirname(log), "rollouts.jsonl"),
                                                           missing_ok=True)]
     ctl = rows(control) if control else []
-    lam = lambda path: log_lam([e for _, e in rollout.read_jsonl(path)])
-    gains = [(name, category_gain(rows(path), ctl, lam(path))) for name, path in logs] if ctl else []
+    run_lam = lambda path: log_lam([e for _, e in rollout.read_jsonl(path)])
+    gains = [(name, category_gain(rows(path), ctl, run_lam(path))) for name, path in logs] if ctl else []
     gains = [(name, g) for name, g in gains if g]
     if not gains:
         return []
