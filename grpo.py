@@ -312,10 +312,7 @@ def accumulate_grads(model, policy, records, adv, keep, dev, ref_model=None):
     n_seqs, n_rows = all_sum([len(kept), len(records)], dev)
     divisor = max(n_rows if loss_divisor == "nominal" else n_seqs, 1.0)
     mbs = trainer.token_budget_batches([len(records[i]["tokens"]) for i in kept], max_tokens_per_micro)
-    n_micro_t = torch.tensor([len(mbs)], device=dev)
-    if dist.is_initialized():
-        dist.all_reduce(n_micro_t, op=dist.ReduceOp.MAX)
-    n_micro = int(n_micro_t)
+    n_micro = trainer.max_over_ranks(len(mbs), dev)
     pad_id = rollout.special_ids(policy.tokenizer)["pad"]
     temp = temperature if old_logp == "trainer" else 1.0  # rollout logprobs are raw (temperature 1)
     st = Counter()

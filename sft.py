@@ -51,8 +51,8 @@ import torch
 import torch.distributed as dist
 
 from trainer import (barrier, build_policy, collate, finish, gguf_to_hf, init_distributed, latest_checkpoint,  # noqa: F401
-                     load_checkpoint, reshard, save_checkpoint, save_final, scratch_model, sequence_logprobs,
-                     shard_model, token_budget_batches, trajectory_inputs)
+                     load_checkpoint, max_over_ranks, reshard, save_checkpoint, save_final, scratch_model,
+                     sequence_logprobs, shard_model, token_budget_batches, trajectory_inputs)
 from rollout import read_jsonl, read_rows  # the one JSONL / row reader
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -328,11 +328,7 @@ def accumulate_grads(model, examples, micro, chunk, policy, dev, amp, world, ddp
     if max_tokens_per_micro > 0:
         micro = [[idx[j] for j in mb] for idx in micro
                  for mb in token_budget_batches([len(examples[i]["tokens"]) for i in idx], max_tokens_per_micro)]
-    n_micro = len(micro)
-    if ddp:
-        t = torch.tensor([n_micro], device=dev)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        n_micro = int(t)
+    n_micro = max_over_ranks(len(micro), dev)
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     for m in range(n_micro):
         idx, w = (micro[m], 1.0) if m < len(micro) else (micro[0][:1], 0.0)  # zero-weight filler: ranks in step

@@ -443,6 +443,16 @@ def token_budget_batches(lengths, max_tokens):
     return out
 
 
+def max_over_ranks(n, dev):
+    """The largest n over all ranks (n itself in a single process): how many micro-batches every rank runs, since
+    FSDP's collectives inside each forward need the ranks in step (grpo.py and sft.py add zero-weight fillers)."""
+    if not dist.is_initialized():
+        return n
+    t = torch.tensor([n], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
 def collate(inputs, pad_id):
     """Right-pad to [B, T]; images concatenated in batch order (the model consumes them in token order)."""
     T = max(len(x["input_ids"]) for x in inputs)
