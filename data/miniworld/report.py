@@ -197,6 +197,26 @@ def quarter_gain(values):
     return sum(b) / q - sum(a) / q, (var(a) / q + var(b) / q) ** 0.5
 
 
+def item_quarter_gain(rows):
+    """The quarter test paired by item, for runs that revisit their items (grpo.py num_epochs > 1 over a pool of
+    n_prompts x steps/4 items: each quarter of the steps is then one epoch over the SAME items). rows: rollouts.jsonl
+    rows (step, id, reward). The unit is one item: its mean reward over the last quarter's steps minus over the first
+    quarter's, so the items' spread in difficulty cancels, which quarter_gain's step-to-step spread cannot.
+    Returns (mean difference, its standard error over the items, items) or None under 8 steps or 3 common items."""
+    steps = sorted({r["step"] for r in rows})
+    q = len(steps) // 4
+    if q < 2:
+        return None
+    first, last = set(steps[:q]), set(steps[-q:])
+    a, b = {}, {}
+    for r in rows:
+        for side, where in ((a, first), (b, last)):
+            if r["step"] in where:
+                side.setdefault(r["id"], []).append(float(r["reward"] or 0.0))
+    d = [sum(b[i]) / len(b[i]) - sum(a[i]) / len(a[i]) for i in sorted(a.keys() & b.keys())]
+    return (*_mean_se(d), len(d)) if len(d) >= 3 else None
+
+
 def _mean_se(d):
     """Mean of d and its standard error (sample std / sqrt(n)); the error is None for one value."""
     m = sum(d) / len(d)
@@ -263,7 +283,8 @@ def category_gain(run, control, lam=None):
 
 def grpo_section(logs, control, out):
     """GRPO's reward and training K-Score per step -> out/grpo_curves.png (the frozen control dashed), and a row per
-    run: first / last 5 steps, quarter_gain, paired_gain over the control, the share of groups whose r_text varies.
+    run: first / last 5 steps, quarter_gain (and item_quarter_gain from the rollouts.jsonl beside the log, when the
+    quarters share items), paired_gain over the control, the share of groups whose r_text varies.
     logs: [(name, log.jsonl)]; control: the frozen run's log.jsonl (runcpu.sh's: λ = 0.5, lr 0) or None."""
     import matplotlib
     matplotlib.use("Agg")
@@ -272,9 +293,9 @@ def grpo_section(logs, control, out):
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     md = ["", "## GRPO: mean reward and training K-Score per step", "", "![](grpo_curves.png)", "",
           "| run | steps | reward, first 5 steps | reward, last 5 steps | K, first 5 | K, last 5 | "
-          "reward: last quarter - first quarter (± s.e.) | reward - frozen control at the run's λ, steps 2.. (± s.e.) | "
-          "groups with varying r_text | reward per step |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "reward: last quarter - first quarter (± s.e.) | the same, paired by item (± s.e.; items in both quarters) | "
+          "reward - frozen control at the run's λ, steps 2.. (± s.e.) | groups with varying r_text | reward per step |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     ctl = None
     if control:  # the same run with learning_rate 0: what the curve does without learning
         ctl = [e for _, e in rollout.read_jsonl(control)]
@@ -291,6 +312,9 @@ def grpo_section(logs, control, out):
         lam = log_lam(log)  # the control's reward at this run's λ: the same scale on both sides
         md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
                   + fmt(quarter_gain(r)) + " | "
+                  + (lambda g: "—" if g is None else "{:+.3f} ± {:.3f} ({})".format(*g))(item_quarter_gain(
+                      [e for _, e in rollout.read_jsonl(os.path.join(os.path.dirname(path), "rollouts.jsonl"),
+                                                        missing_ok=True)])) + " | "
                   + (fmt(paired_gain(r, [reward_at(e["k_score"], e["r_text"], lam) for e in ctl])) if ctl else "—")
                   + " | "
                   + (lambda v: f"{100 * sum(v) / len(v):.0f}%" if v else "—")(
