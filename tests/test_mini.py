@@ -74,8 +74,8 @@ def test_quarter_gain():
 
 
 def test_item_quarter_gain():
-    """Four epochs over the same 3 items, one step each: item difficulty swings the raw curve, the per-item pairing
-    removes it. q = 2 of 8 steps: item a gains 0.2 from the first quarter to the last, b 0.1, c 0."""
+    """Eight steps over the same 3 items (two samples each): the items' spread in difficulty cancels in the per-item
+    pairing. q = 2 of 8 steps: item a gains 0.2 from the first quarter to the last, b 0.1, c 0."""
     base = {"a": 0.1, "b": 0.7, "c": 0.4}
     gain = {"a": 0.2, "b": 0.1, "c": 0.0}
     rows = [{"step": st, "id": i, "sample": s, "reward": base[i] + (gain[i] if st > 6 else 0.0) + 0.01 * s}

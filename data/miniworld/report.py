@@ -310,11 +310,11 @@ def grpo_section(logs, control, out):
         ax[1].plot(x, k, label=name)
         avg = lambda v: f"{sum(v) / max(1, len(v)):.3f}"
         lam = log_lam(log)  # the control's reward at this run's λ: the same scale on both sides
+        iq = item_quarter_gain([e for _, e in rollout.read_jsonl(os.path.join(os.path.dirname(path), "rollouts.jsonl"),
+                                                                missing_ok=True)])
         md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
                   + fmt(quarter_gain(r)) + " | "
-                  + (lambda g: "—" if g is None else "{:+.3f} ± {:.3f} ({})".format(*g))(item_quarter_gain(
-                      [e for _, e in rollout.read_jsonl(os.path.join(os.path.dirname(path), "rollouts.jsonl"),
-                                                        missing_ok=True)])) + " | "
+                  + ("—" if iq is None else "{:+.3f} ± {:.3f} ({})".format(*iq)) + " | "
                   + (fmt(paired_gain(r, [reward_at(e["k_score"], e["r_text"], lam) for e in ctl])) if ctl else "—")
                   + " | "
                   + (lambda v: f"{100 * sum(v) / len(v):.0f}%" if v else "—")(
