@@ -207,12 +207,12 @@ def item_quarter_gain(rows):
     q = len(steps) // 4
     if q < 2:
         return None
-    first, last = set(steps[:q]), set(steps[-q:])
+    first, last = set(steps[:q]), set(steps[-q:])  # disjoint: q <= len(steps) / 4
     a, b = {}, {}
     for r in rows:
-        for side, where in ((a, first), (b, last)):
-            if r["step"] in where:
-                side.setdefault(r["id"], []).append(float(r["reward"] or 0.0))
+        side = a if r["step"] in first else b if r["step"] in last else None
+        if side is not None:
+            side.setdefault(r["id"], []).append(float(r["reward"] or 0.0))
     d = [sum(b[i]) / len(b[i]) - sum(a[i]) / len(a[i]) for i in sorted(a.keys() & b.keys())]
     return (*_mean_se(d), len(d)) if len(d) >= 3 else None
 
@@ -281,6 +281,13 @@ def category_gain(run, control, lam=None):
 # results.md: eval_knowgen's rows, then the miniature's sections (each returns its markdown lines)
 
 
+def rollouts_beside(log_path):
+    """The rollouts.jsonl rows grpo.py wrote beside a run's log.jsonl ([] when there is none: older runs)."""
+    import rollout
+    return [e for _, e in rollout.read_jsonl(os.path.join(os.path.dirname(log_path), "rollouts.jsonl"),
+                                             missing_ok=True)]
+
+
 def grpo_section(logs, control, out):
     """GRPO's reward and training K-Score per step -> out/grpo_curves.png (the frozen control dashed), and a row per
     run: first / last 5 steps, quarter_gain (and item_quarter_gain from the rollouts.jsonl beside the log, when the
@@ -310,8 +317,7 @@ def grpo_section(logs, control, out):
         ax[1].plot(x, k, label=name)
         avg = lambda v: f"{sum(v) / max(1, len(v)):.3f}"
         lam = log_lam(log)  # the control's reward at this run's λ: the same scale on both sides
-        iq = item_quarter_gain([e for _, e in rollout.read_jsonl(os.path.join(os.path.dirname(path), "rollouts.jsonl"),
-                                                                missing_ok=True)])
+        iq = item_quarter_gain(rollouts_beside(path))
         md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
                   + fmt(quarter_gain(r)) + " | "
                   + ("—" if iq is None else "{:+.3f} ± {:.3f} ({})".format(*iq)) + " | "
@@ -332,11 +338,9 @@ def category_section(logs, control):
     """category_gain of every GRPO run against the frozen control, from the rollouts.jsonl beside each log.jsonl
     (logs: [(name, log.jsonl)], control: the control's log.jsonl). [] when the control or every run lacks one."""
     import rollout
-    rows = lambda log: [e for _, e in rollout.read_jsonl(os.path.join(os.path.dirname(log), "rollouts.jsonl"),
-                                                          missing_ok=True)]
-    ctl = rows(control) if control else []
+    ctl = rollouts_beside(control) if control else []
     run_lam = lambda path: log_lam([e for _, e in rollout.read_jsonl(path)])
-    gains = [(name, category_gain(rows(path), ctl, run_lam(path))) for name, path in logs] if ctl else []
+    gains = [(name, category_gain(rollouts_beside(path), ctl, run_lam(path))) for name, path in logs] if ctl else []
     gains = [(name, g) for name, g in gains if g]
     if not gains:
         return []
