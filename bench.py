@@ -31,6 +31,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import dataio  # THE reader of JSONL and item files
 from configurator import config_keys
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -337,7 +338,6 @@ def bench_world():
 # tools: local search latency; a batch of web calls, concurrent vs serial
 
 def bench_tools():
-    import rollout
     import tools
     with tempfile.TemporaryDirectory() as tmp:
         # 1. local search latency over data/miniworld if built, else over a default world built here (no tokenizer)
@@ -352,10 +352,10 @@ def bench_tools():
         queries = []
         for split in ("bench", "rl", "sft"):
             path = os.path.join(world, f"{split}.jsonl")
-            for _, it in rollout.read_jsonl(path, missing_ok=True):
+            for _, it in dataio.read_jsonl(path, missing_ok=True):
                 queries += [q for h in it["solution"]["hops"] if h["name"] == "search"
                             for q in h["arguments"]["queries"]]
-        titles = [p["title"] for _, p in rollout.read_jsonl(os.path.join(world, "pages.jsonl"))]
+        titles = [p["title"] for _, p in dataio.read_jsonl(os.path.join(world, "pages.jsonl"))]
         queries = (queries + [f"{t} history" for t in titles])[:n_local_queries]
         lat = []
         for q in queries:
@@ -460,7 +460,7 @@ def rollout_size(sz):
     n_params = sum(p.numel() for p in pol.model.parameters())
     engines = {"hf": R.make_engine("hf", pol), "vllm": R.make_engine("vllm", pol, path=path, max_model_len=8192)}
     fixed = {k: fixed_length(e) for k, e in engines.items()}
-    items = [it for _, it in R.read_jsonl(os.path.join(world, "bench.jsonl"))]
+    items = [it for _, it in dataio.read_jsonl(os.path.join(world, "bench.jsonl"))]
     gen = {}
     for bs in gen_batches:
         reqs = [{"tokens": tok.encode(f"<|im_start|>user\n{items[i % len(items)]['prompt']} #{i}<|im_end|>\n"
@@ -620,7 +620,7 @@ def bench_stream():
     world, tmp = small_world(), tempfile.mkdtemp(prefix="bench_stream_")
     tok = AutoTokenizer.from_pretrained(os.path.join(world, "tokenizer"))
     pol = R.Policy(scratch_model(tok, vision=False, head_dim=32, seed=0), tok, None, False, "tiny")
-    items = [it for _, it in R.read_jsonl(os.path.join(world, "rl.jsonl"))]
+    items = [it for _, it in dataio.read_jsonl(os.path.join(world, "rl.jsonl"))]
     items = (items * stream_items)[:stream_items]
     items = [dict(it, id=f"{it['id']}_{k}", prompt=f"{it['prompt']} (#{k})") for k, it in enumerate(items)]
     eng = R.make_engine("hf", pol)

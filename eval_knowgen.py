@@ -49,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
+import dataio  # THE reader of JSONL and item files
 import tools  # the tool registry: names for the stats
 from configurator import config_keys
 
@@ -143,10 +144,9 @@ AGENT_STATS = Counter()  # error_retries (re-runs of errored rollouts), errored 
 
 
 def latest(path, repair=False):
-    """{(id, sample): row} of an append-only stage file (missing file = {}) through rollout.read_jsonl, the one
+    """{(id, sample): row} of an append-only stage file (missing file = {}) through dataio.read_jsonl, the one
     reader; repair=True (only the stage about to append to the file): a last line torn by a kill is cut."""
-    import rollout
-    return {(str(r["id"]), int(r.get("sample", 0))): r for _, r in rollout.read_jsonl(path, repair, missing_ok=True)}
+    return {(str(r["id"]), int(r.get("sample", 0))): r for _, r in dataio.read_jsonl(path, repair, missing_ok=True)}
 
 
 _lock = threading.Lock()
@@ -169,12 +169,11 @@ def group_of(category, where):
 
 
 def load_knowgen(path):
-    """KnowGen items through rollout.load_items (JSON list or JSONL; gt_image resolved against the file's folder);
+    """KnowGen items through dataio.load_items (JSON list or JSONL; gt_image resolved against the file's folder);
     every item must carry a known KnowGen category."""
-    import rollout  # the one item reader (imports torch: fine, every eval run builds a rollout or a reward)
     try:
-        raw = rollout.load_items(path)
-    except rollout.ItemsError as e:
+        raw = dataio.load_items(path)
+    except dataio.ItemsError as e:
         raise EvalError(str(e)) from None
     items = []
     for j, it in enumerate(raw):
@@ -194,8 +193,7 @@ def load_wise(path):
     items, seen = [], set()
     for fp in files:
         if fp.endswith(".jsonl"):
-            import rollout
-            data = [r for _, r in rollout.read_jsonl(fp)]
+            data = [r for _, r in dataio.read_jsonl(fp)]
         else:
             data = json.load(open(fp, encoding="utf-8"))
             if isinstance(data, dict):
@@ -234,8 +232,7 @@ def oracle_answer(item, world):
     sol = item.get("solution")
     if not sol:
         raise EvalError(f"item {item['id']!r}: mode=oracle needs the mini world's hidden 'solution'")
-    import rollout
-    images = {r["image_id"]: r for _, r in rollout.read_jsonl(os.path.join(world, "images.jsonl"))}
+    images = {r["image_id"]: r for _, r in dataio.read_jsonl(os.path.join(world, "images.jsonl"))}
     refs = []
     for n, iid in enumerate(sol["ref_image_ids"], 1):
         im = images[iid]
@@ -477,9 +474,8 @@ def stage_judge(items, cfg):
 
 def check_judged(path):
     """Judged rows of a file, validated: a bad row is an error naming file:line."""
-    import rollout
     rows = []
-    for i, r in rollout.read_jsonl(path):
+    for i, r in dataio.read_jsonl(path):
         for k in ("id", "category") + DIMS + ("text_accuracy_na",):
             if k not in r:
                 raise EvalError(f"{path}:{i}: judged row is missing '{k}'")
@@ -870,10 +866,9 @@ def run(cfg):
 if __name__ == "__main__":
     from configurator import configure
     cfg = configure(globals())
-    import rollout  # the one JSONL reader: its ItemsError (file:line) is a usage error like EvalError
-    try:
+    try:  # dataio's ItemsError (a bad file, named by file:line) is a usage error like EvalError
         if cfg["judged"] and cfg["benchmark"] == "wise":
-            s = aggregate_wise([r for _, r in rollout.read_jsonl(cfg["judged"])])
+            s = aggregate_wise([r for _, r in dataio.read_jsonl(cfg["judged"])])
             print("WiScore", json.dumps(s))
         elif cfg["judged"]:
             rows = check_judged(cfg["judged"])
@@ -893,5 +888,5 @@ if __name__ == "__main__":
             print(open(results_table(cfg)).read())
         if not cfg["judged"] and not cfg["compare"] and not cfg["table"]:
             run(cfg)
-    except (EvalError, rollout.ItemsError) as e:
+    except (EvalError, dataio.ItemsError) as e:
         sys.exit(f"eval_knowgen: error: {e}")

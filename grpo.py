@@ -54,6 +54,7 @@ from collections import Counter
 import torch
 import torch.distributed as dist
 
+import dataio  # THE reader of JSONL and item files
 import tools  # the tool registry: names for the log
 
 # ----------------------------------------------------------------------------------------------
@@ -494,8 +495,8 @@ def main():
             raise ValueError(f"grpo.py: {key} must be one of {ok}, got {val!r}")
     # the items first, before any model is built: a bad or empty file stops here with file:line
     try:
-        items = rollout.load_items(data_path, need_gt=True)
-    except rollout.ItemsError as e:
+        items = dataio.load_items(data_path, need_gt=True)
+    except dataio.ItemsError as e:
         sys.exit(f"grpo.py: error: {e}")
     items = items[:limit] if limit > 0 else items
     if len(items) < n_prompts:
@@ -543,8 +544,8 @@ def main():
         for name in ("log.jsonl", "rollouts.jsonl"):  # drop the steps logged after the checkpoint
             log_path = os.path.join(out_dir, name)
             if master and os.path.exists(log_path):
-                # repair: a kill may have torn the last line (rollout.read_jsonl cuts it)
-                kept = [e for _, e in rollout.read_jsonl(log_path, repair=True) if e["step"] <= start]
+                # repair: a kill may have torn the last line (dataio.read_jsonl cuts it)
+                kept = [e for _, e in dataio.read_jsonl(log_path, repair=True) if e["step"] <= start]
                 with open(log_path, "w") as f:
                     f.writelines(json.dumps(e) + "\n" for e in kept)
 

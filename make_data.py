@@ -46,6 +46,8 @@ from types import SimpleNamespace
 
 from tqdm import tqdm
 
+import dataio  # THE reader of JSONL and item files
+
 # ----------------------------------------------------------------------------------------------
 # config (paper values where the paper has one)
 out_dir = "out/make_data"
@@ -119,10 +121,9 @@ STAGES = ["prompts", "traj", "gt", "judge", "curate", "instruct"]  # instruct: o
 
 
 def stage_rows(path):
-    """The rows of one of our stage files in out_dir ([] if not written yet) through rollout.read_jsonl, the one
+    """The rows of one of our stage files in out_dir ([] if not written yet) through dataio.read_jsonl, the one
     reader, with repair: every row is appended as one line, so a torn last line (a kill mid-write) is cut."""
-    import rollout  # lazy: rollout imports torch
-    return [r for _, r in rollout.read_jsonl(path, repair=True, missing_ok=True)]
+    return [r for _, r in dataio.read_jsonl(path, repair=True, missing_ok=True)]
 
 
 def write_jsonl(path, rows):
@@ -272,11 +273,10 @@ def prompt_job(c, job, usage):
 
 
 def load_world_items(path):
-    """A world's item file through THE item reader (rollout.load_items: JSON list or JSONL, errors name file:line)."""
-    import rollout  # lazy: rollout imports torch
+    """A world's item file through THE item reader (dataio.load_items: JSON list or JSONL, errors name file:line)."""
     if not os.path.exists(path):
         return []
-    return rollout.load_items(path)
+    return dataio.load_items(path)
 
 
 def world_prompts(world):
@@ -322,8 +322,7 @@ def stage_prompts(c):
         done = set(by_id(stage_rows(raw_path)))
         jobs = [{"id": f"gen-{cat}-{k:04d}", "kind": "gen", "category": cat}
                 for cat in CATEGORIES for k in range(c.requests_per_category)]
-        import rollout
-        for n, q in rollout.read_jsonl(c.qa_path) if c.qa_path else []:
+        for n, q in dataio.read_jsonl(c.qa_path) if c.qa_path else []:
             if not (isinstance(q.get("question"), str) and "answer" in q):
                 raise ValueError(f"{c.qa_path}:{n}: a QA row needs 'question' and 'answer'")
             jobs.append({"id": "qa-" + hashlib.sha1(q["question"].encode()).hexdigest()[:12], "kind": "qa",
@@ -591,10 +590,9 @@ def stage_judge(c):
 
 
 def by_image_id(c):
-    import rollout
     if not c.world_dir:
         return {}
-    return {r["image_id"]: r for _, r in rollout.read_jsonl(os.path.join(c.world_dir, "images.jsonl"))}
+    return {r["image_id"]: r for _, r in dataio.read_jsonl(os.path.join(c.world_dir, "images.jsonl"))}
 
 
 # ----------------------------------------------------------------------------------------------

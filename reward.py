@@ -33,6 +33,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+import dataio  # THE reader of JSONL files (stdlib only)
 import image_server  # the image generator: generate(), the offline generator's layout (no torch at import)
 import net  # the one retry loop (stdlib only)
 from configurator import config_keys
@@ -244,8 +245,7 @@ def _collection(images_jsonl):
 def _collection_at(images_jsonl, mtime):
     """images.jsonl -> lookup tables url / path / title -> image_id (titles only when unique)."""
     by_url, by_path, titles = {}, {}, Counter()
-    import rollout  # the one JSONL reader (lazy: rollout imports torch)
-    rows = [r for _, r in rollout.read_jsonl(images_jsonl)] if mtime is not None else []
+    rows = [r for _, r in dataio.read_jsonl(images_jsonl)] if mtime is not None else []
     root = os.path.dirname(os.path.abspath(images_jsonl))
     for r in rows:
         by_url[r["url"]] = r["image_id"]
@@ -601,9 +601,8 @@ if __name__ == "__main__":
     from configurator import configure
     configure(globals())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    import rollout  # the one JSONL reader
-    trajs, t0 = [r for _, r in rollout.read_jsonl(trajectories)], time.time()
-    res = score(trajs, [r for _, r in rollout.read_jsonl(items)],
+    trajs, t0 = [r for _, r in dataio.read_jsonl(trajectories)], time.time()
+    res = score(trajs, [r for _, r in dataio.read_jsonl(items)],
                 **{k: globals()[k] for k in _CONFIG_KEYS})
     out = scored or trajectories.replace(".jsonl", "") + ".scored.jsonl"
     with open(out, "w") as f:

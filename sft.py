@@ -50,10 +50,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from dataio import read_jsonl, read_rows  # the one JSONL / row reader
 from trainer import (barrier, build_policy, collate, finish, gguf_to_hf, init_distributed, latest_checkpoint,  # noqa: F401
                      load_checkpoint, max_over_ranks, reshard, save_checkpoint, save_final, scratch_model,
                      sequence_logprobs, shard_model, token_budget_batches, trajectory_inputs)
-from rollout import read_jsonl, read_rows  # the one JSONL / row reader
 
 # ----------------------------------------------------------------------------------------------------------------
 # I/O
@@ -426,7 +426,7 @@ def main():
             print(f"resumed from {ckpt} at step {step}")
             path = os.path.join(out_dir, "log.jsonl")
             if os.path.exists(path):  # drop what was logged after the checkpoint: those steps run again
-                # repair: a kill may have torn the last line (rollout.read_jsonl cuts it)
+                # repair: a kill may have torn the last line (dataio.read_jsonl cuts it)
                 rows = [e for _, e in read_jsonl(path, repair=True) if e["step"] <= step]
                 with open(path, "w") as f:
                     f.writelines(json.dumps(e) + "\n" for e in rows)

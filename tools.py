@@ -49,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
+import dataio  # THE reader of JSONL files (stdlib only)
 import net
 from PIL import Image
 
@@ -270,9 +271,8 @@ def build_index(world_dir, index_path=None):
     srcs = [p for p in (pages_path, images_path) if os.path.exists(p)]
     if os.path.exists(index_path) and all(os.path.getmtime(index_path) > os.path.getmtime(s) for s in srcs):
         return index_path
-    import rollout  # the one JSONL reader (lazy: rollout imports torch)
-    pages = rollout.read_jsonl(pages_path)
-    images = rollout.read_jsonl(images_path, missing_ok=True)
+    pages = dataio.read_jsonl(pages_path)
+    images = dataio.read_jsonl(images_path, missing_ok=True)
     tmp = f"{index_path}.{os.getpid()}.{threading.get_ident()}.tmp"
     con = sqlite3.connect(tmp)
     con.executescript("""

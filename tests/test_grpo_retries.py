@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+import dataio
 import grpo
 import loopback
 import rollout
@@ -44,7 +45,7 @@ class Agent(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def setup(tiny_world, tmp_path):
-    items = rollout.load_items(str(tiny_world / "rl.jsonl"))[:2]
+    items = dataio.load_items(str(tiny_world / "rl.jsonl"))[:2]
     tb = tools.make_toolbox("local", str(tiny_world), image_dir=str(tmp_path / "img"))
 
     def make(fail_first=0, fail_always=None):

@@ -1,4 +1,4 @@
-"""rollout.load_items, THE item reader: released shapes accepted, every bad input named by file and line/index;
+"""dataio.load_items, THE item reader: released shapes accepted, every bad input named by file and line/index;
 grpo.py and eval_knowgen.py stop with one message on an empty items file (subprocess: exit code + message)."""
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import rollout  # noqa: E402
+import dataio  # noqa: E402
 
 ITEMS = [{"id": 1, "prompt": "The flag of Australia", "meta": {"category": "Geography", "difficulty": "easy"},
           "gt_image": "gt/1.png"},
@@ -29,16 +29,16 @@ def _expect(tmp_path):
 def test_json_list_and_jsonl_give_the_same_items(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(ITEMS, indent=2))
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ITEMS) + "\n")
-    assert rollout.load_items(str(tmp_path / "a.json")) == _expect(tmp_path)
-    assert rollout.load_items(str(tmp_path / "a.jsonl")) == _expect(tmp_path)
+    assert dataio.load_items(str(tmp_path / "a.json")) == _expect(tmp_path)
+    assert dataio.load_items(str(tmp_path / "a.jsonl")) == _expect(tmp_path)
     # the legacy key is gone after reading, the relative path resolved against the file's folder
-    assert "gen_image" not in rollout.load_items(str(tmp_path / "a.json"))[1]
+    assert "gen_image" not in dataio.load_items(str(tmp_path / "a.json"))[1]
 
 
 def test_top_level_category_and_raw_paths(tmp_path):
     p = tmp_path / "rl.json"
     p.write_text(json.dumps([{"id": 0, "prompt": "x", "category": "Film", "gt_image": "i/0.png"}]))
-    it = rollout.load_items(str(p), resolve_paths=False)[0]
+    it = dataio.load_items(str(p), resolve_paths=False)[0]
     assert it["meta"] == {"category": "film"} and it["gt_image"] == "i/0.png"
 
 
@@ -57,8 +57,8 @@ def test_top_level_category_and_raw_paths(tmp_path):
 def test_bad_input_names_file_and_line(tmp_path, name, body, where, what):
     p = tmp_path / name
     p.write_bytes(body)
-    with pytest.raises(rollout.ItemsError) as e:
-        rollout.load_items(str(p))
+    with pytest.raises(dataio.ItemsError) as e:
+        dataio.load_items(str(p))
     msg = str(e.value)
     assert msg.startswith(str(p) + where) and what in msg, msg
 
@@ -66,10 +66,10 @@ def test_bad_input_names_file_and_line(tmp_path, name, body, where, what):
 def test_need_gt_and_missing_file(tmp_path):
     p = tmp_path / "rl.jsonl"
     p.write_text('{"id": 1, "prompt": "a", "gt_image": "x.png"}\n{"id": 2, "prompt": "b"}\n')
-    with pytest.raises(rollout.ItemsError, match=r"rl\.jsonl:2: item '2' has no gt_image"):
-        rollout.load_items(str(p), need_gt=True)
-    with pytest.raises(rollout.ItemsError, match="no such file"):
-        rollout.load_items(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(dataio.ItemsError, match=r"rl\.jsonl:2: item '2' has no gt_image"):
+        dataio.load_items(str(p), need_gt=True)
+    with pytest.raises(dataio.ItemsError, match="no such file"):
+        dataio.load_items(str(tmp_path / "nope.jsonl"))
 
 
 def test_read_jsonl_blank_lines_and_line_numbers(tmp_path):
@@ -78,21 +78,21 @@ def test_read_jsonl_blank_lines_and_line_numbers(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_bytes(b'\n{"id": "a"}\r\n   \n\n' + json.dumps({"id": "b", "t": "x\u2028y\x85z"}, ensure_ascii=False)
                   .encode() + b'\n\n')
-    assert rollout.read_jsonl(str(p)) == [(2, {"id": "a"}), (5, {"id": "b", "t": "x\u2028y\x85z"})]
-    assert rollout.read_jsonl(str(tmp_path / "none.jsonl"), missing_ok=True) == []
-    with pytest.raises(rollout.ItemsError, match="no such file"):
-        rollout.read_jsonl(str(tmp_path / "none.jsonl"))
+    assert dataio.read_jsonl(str(p)) == [(2, {"id": "a"}), (5, {"id": "b", "t": "x\u2028y\x85z"})]
+    assert dataio.read_jsonl(str(tmp_path / "none.jsonl"), missing_ok=True) == []
+    with pytest.raises(dataio.ItemsError, match="no such file"):
+        dataio.read_jsonl(str(tmp_path / "none.jsonl"))
 
 
 def test_read_jsonl_bad_line_names_file_and_line(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text('{"id": "a"}\n\n{"id": "b"\n{"id": "c"}\n')
-    with pytest.raises(rollout.ItemsError) as e:
-        rollout.read_jsonl(str(p))
+    with pytest.raises(dataio.ItemsError) as e:
+        dataio.read_jsonl(str(p))
     assert str(e.value).startswith(f"{p}:3: not valid JSON ("), str(e.value)
     p.write_text('{"id": "a"}\n"just a string"\n')
-    with pytest.raises(rollout.ItemsError, match=f"{p}:2: expected a JSON object, got str"):
-        rollout.read_jsonl(str(p))
+    with pytest.raises(dataio.ItemsError, match=f"{p}:2: expected a JSON object, got str"):
+        dataio.read_jsonl(str(p))
 
 
 def test_read_jsonl_repair_cuts_a_torn_last_line(tmp_path, capsys):
@@ -100,20 +100,20 @@ def test_read_jsonl_repair_cuts_a_torn_last_line(tmp_path, capsys):
     body = '{"id": "a"}\n{"id": "b"}\n'
     p.write_text(body + '{"id": "c", "tr')
     # without repair the torn line is an error like any other bad line, and the file is left alone
-    with pytest.raises(rollout.ItemsError, match=f"{p}:3: not valid JSON"):
-        rollout.read_jsonl(str(p))
+    with pytest.raises(dataio.ItemsError, match=f"{p}:3: not valid JSON"):
+        dataio.read_jsonl(str(p))
     assert p.read_text() == body + '{"id": "c", "tr'
     # with repair it is dropped and cut, so the next append starts on a clean line
-    assert [r["id"] for _, r in rollout.read_jsonl(str(p), repair=True)] == ["a", "b"]
+    assert [r["id"] for _, r in dataio.read_jsonl(str(p), repair=True)] == ["a", "b"]
     assert p.read_text() == body and "dropping a torn last line (15 bytes" in capsys.readouterr().out
     with open(p, "a") as f:
         f.write('{"id": "c"}\n')
-    assert [r["id"] for _, r in rollout.read_jsonl(str(p), repair=True)] == ["a", "b", "c"]
+    assert [r["id"] for _, r in dataio.read_jsonl(str(p), repair=True)] == ["a", "b", "c"]
     assert "torn" not in capsys.readouterr().out  # a clean file is not touched
     # repair is only about the tail: a bad complete line is still an error naming file:line
     p.write_text('{"id": "a"}\n{oops}\n{"id": "b"}\n')
-    with pytest.raises(rollout.ItemsError, match=f"{p}:2: not valid JSON"):
-        rollout.read_jsonl(str(p), repair=True)
+    with pytest.raises(dataio.ItemsError, match=f"{p}:2: not valid JSON"):
+        dataio.read_jsonl(str(p), repair=True)
 
 
 def _env():

@@ -135,7 +135,7 @@ def test_curation_rejects_broken_rows(world, tmp_path):
 
 
 def test_stage_files_are_read_with_repair(tmp_path):
-    """make_data reads its stage files through rollout.read_jsonl with repair: a torn tail is cut, a missing
+    """make_data reads its stage files through dataio.read_jsonl with repair: a torn tail is cut, a missing
     file is no rows, a bad complete line is an error naming file:line."""
     p = tmp_path / "x.jsonl"
     assert md.stage_rows(str(p)) == []

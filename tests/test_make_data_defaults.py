@@ -14,13 +14,13 @@ from types import SimpleNamespace
 
 from PIL import Image
 
+import dataio
 import loopback
 import make_data as md
-import rollout
 
 
 def rows(path):  # the rows of a JSONL file, through the one reader
-    return [r for _, r in rollout.read_jsonl(str(path))]
+    return [r for _, r in dataio.read_jsonl(str(path))]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

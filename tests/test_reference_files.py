@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler
 
 from PIL import Image
 
+import dataio
 import eval_knowgen as ek
 import loopback
 import make_data as md
@@ -21,7 +22,7 @@ import tools
 
 
 def rows(path):  # the rows of a JSONL file, through the one reader
-    return [r for _, r in rollout.read_jsonl(str(path))]
+    return [r for _, r in dataio.read_jsonl(str(path))]
 
 KEY = "test-serper-key-5151"
 

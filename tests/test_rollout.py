@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import dataio
 import rollout as R
 import tools
 import trainer
@@ -414,7 +415,7 @@ def test_released_system_prompt_file_is_byte_identical_and_tokenizes_like_sft(ag
     # a file whose rows disagree is refused, naming the row
     bad = dict(row, messages=[dict(row["messages"][0], content="other" + "2025-03-14")] + row["messages"][1:])
     src.write_text(json.dumps([row, bad]))
-    with pytest.raises(R.ItemsError, match=r"sft_data.json\[1\]: its system prompt differs"):
+    with pytest.raises(dataio.ItemsError, match=r"sft_data.json\[1\]: its system prompt differs"):
         R.extract_system_prompt_text(str(src))
 
 

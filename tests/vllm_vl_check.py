@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+import dataio  # noqa: E402
 import rollout as R  # noqa: E402
 
 
@@ -51,7 +52,7 @@ def main(world, out):
     s = R.settings(max_new_tokens=24, context_cap=4096, date="2025-06-01", system_style="compact")
     eng = R.make_engine("vllm", pol, path=path, max_model_len=4096, s=s)
     hf = R.make_engine("hf", pol)
-    items = [row for _, row in R.read_jsonl(os.path.join(world, "bench.jsonl"))]
+    items = [row for _, row in dataio.read_jsonl(os.path.join(world, "bench.jsonl"))]
     tb = tools.make_toolbox(world_dir=world, image_dir=tempfile.mkdtemp(prefix="vl_img_"))
     res = {}
 

@@ -35,7 +35,7 @@ copy_images = True        # copy ground truths into out_dir/gt/ (portable) or po
 # KnowGen's 24 categories in its two groups: defined once, in eval_knowgen.py (the paper's Table 1)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from eval_knowgen import GROUPS  # noqa: E402
-import rollout  # noqa: E402  (THE item reader: rollout.load_items)
+import dataio  # noqa: E402  (THE item reader: dataio.load_items)
 
 CATEGORIES = {c: g for g, cs in GROUPS.items() for c in cs}
 
@@ -131,8 +131,8 @@ def convert(bench_json, image_dir="", out_dir="data/knowgen", out_name="knowgen.
     if rows is None:  # a JSON list or JSONL: THE item reader (file:line / file[index] in every error)
         try:
             rows = [(f"{bench_json}[{j}]", it)
-                    for j, it in enumerate(rollout.load_items(bench_json, resolve_paths=False))]
-        except rollout.ItemsError as e:
+                    for j, it in enumerate(dataio.load_items(bench_json, resolve_paths=False))]
+        except dataio.ItemsError as e:
             raise ValueError(str(e)) from None
     items, seen, index = [], {}, index_images(image_dir or json_dir)
     for where, row in rows:  # validate everything before writing anything

@@ -25,6 +25,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:  # run as a script from data/miniworld: the repo's top-level modules, as prepare.py does
     sys.path.insert(0, REPO)
+import dataio  # noqa: E402  (THE reader of JSONL files)
 import eval_knowgen  # noqa: E402  (the eval rows' table; rollout, trainer: imported where used, they import torch)
 
 # -----------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def forced_copy_probe(policy_path, traj_path, id_prefix, hops=3, batch=16, max_n
     id_prefix; a case is copied when its query holds every name. -> {"turn_k": {"copied", "n", "rate"}}; turn 1 =
     from the prompt, turns 2..hops = from the preceding tool response. Ours (the paper has no such probe)."""
     import rollout
-    recs = [r for _, r in rollout.read_jsonl(traj_path) if str(r.get("id", "")).startswith(id_prefix)
+    recs = [r for _, r in dataio.read_jsonl(traj_path) if str(r.get("id", "")).startswith(id_prefix)
             and not r.get("error")]
     cases = [c for r in recs for c in forced_probe_cases(r, hops)]
     if not cases:
@@ -283,9 +284,8 @@ def category_gain(run, control, lam=None):
 
 def rollouts_beside(log_path):
     """The rollouts.jsonl rows grpo.py wrote beside a run's log.jsonl ([] when there is none: older runs)."""
-    import rollout
-    return [e for _, e in rollout.read_jsonl(os.path.join(os.path.dirname(log_path), "rollouts.jsonl"),
-                                             missing_ok=True)]
+    return [e for _, e in dataio.read_jsonl(os.path.join(os.path.dirname(log_path), "rollouts.jsonl"),
+                                            missing_ok=True)]
 
 
 def grpo_section(logs, control, out):
@@ -296,7 +296,6 @@ def grpo_section(logs, control, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import rollout
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     md = ["", "## GRPO: mean reward and training K-Score per step", "", "![](grpo_curves.png)", "",
           "| run | steps | reward, first 5 steps | reward, last 5 steps | K, first 5 | K, last 5 | "
@@ -305,12 +304,12 @@ def grpo_section(logs, control, out):
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     ctl = None
     if control:  # the same run with learning_rate 0: what the curve does without learning
-        ctl = [e for _, e in rollout.read_jsonl(control)]
+        ctl = [e for _, e in dataio.read_jsonl(control)]
         ax[0].plot(range(1, len(ctl) + 1), [e["reward_mean"] for e in ctl], "k--",
                    label=f"frozen control (lr 0, λ = {log_lam(ctl):g})")
     fmt = lambda g: "—" if g is None else "{:+.3f} ± {:.3f}".format(*g)
     for name, path in logs + ([("frozen control (λ = 0.5, lr 0)", control)] if ctl else []):
-        log = [e for _, e in rollout.read_jsonl(path)]
+        log = [e for _, e in dataio.read_jsonl(path)]
         x, r, k = [e["step"] for e in log], [e["reward_mean"] for e in log], [e["k_score"] or 0.0 for e in log]
         if path != control:
             ax[0].plot(x, r, label=name)
@@ -337,9 +336,8 @@ def grpo_section(logs, control, out):
 def category_section(logs, control):
     """category_gain of every GRPO run against the frozen control, from the rollouts.jsonl beside each log.jsonl
     (logs: [(name, log.jsonl)], control: the control's log.jsonl). [] when the control or every run lacks one."""
-    import rollout
     ctl = rollouts_beside(control) if control else []
-    run_lam = lambda path: log_lam([e for _, e in rollout.read_jsonl(path)])
+    run_lam = lambda path: log_lam([e for _, e in dataio.read_jsonl(path)])
     gains = [(name, category_gain(rollouts_beside(path), ctl, run_lam(path))) for name, path in logs] if ctl else []
     gains = [(name, g) for name, g in gains if g]
     if not gains:
@@ -361,7 +359,6 @@ def category_section(logs, control):
 def train_section(train):
     """Training throughput per sft.py run (train: [(name, out_dir)]): median tokens/s and its share of this machine's
     measured fp32 matmul peak."""
-    import rollout
     from trainer import matmul_peak  # shared with bench.py's GRPO train-step FLOP/s
     peak = matmul_peak()
     md = ["", "## Training throughput", "", f"Measured fp32 matmul peak of this machine: {peak / 1e9:.1f} GFLOP/s "
@@ -370,7 +367,7 @@ def train_section(train):
           "| stage | steps | tokens/s (median step) | parameters | achieved GFLOP/s | share of peak |",
           "|---|---|---|---|---|---|"]
     for name, d in train:
-        log = [e for _, e in rollout.read_jsonl(os.path.join(d, "log.jsonl"))]
+        log = [e for _, e in dataio.read_jsonl(os.path.join(d, "log.jsonl"))]
         rates = sorted(e["tokens"] / e["seconds"] for e in log if e.get("seconds"))
         n = sum(os.path.getsize(p) for p in glob.glob(os.path.join(d, "final", "*.safetensors"))) / 4  # fp32
         if rates:
@@ -421,8 +418,7 @@ def write_results(path, runs, logs=(), control=None, train=(), probes=(), times=
 if __name__ == "__main__":
     from configurator import configure
     configure(globals())
-    import rollout  # its ItemsError (file:line) is a usage error like ours
-    try:
+    try:  # dataio's ItemsError (a bad file, named by file:line) is a usage error like ours
         if not forced_probe and not table:
             raise ReportError("nothing to do: give --forced_probe=FILE.jsonl (with --policy_path, --out_dir) "
                               "and/or --table=NAME=DIR,...")
@@ -439,5 +435,5 @@ if __name__ == "__main__":
             print(open(write_results(table_out, named(table), named(table_logs), table_control, named(table_train),
                                      named(table_probes), stage_times, seed,
                                      eval_knowgen.named_pairs(table_pairs))).read())
-    except (ReportError, eval_knowgen.EvalError, rollout.ItemsError) as e:
+    except (ReportError, eval_knowgen.EvalError, dataio.ItemsError) as e:
         sys.exit(f"report.py: error: {e}")
