@@ -40,10 +40,6 @@ import dataio  # noqa: E402  (THE item reader: dataio.load_items)
 CATEGORIES = {c: g for g, cs in GROUPS.items() for c in cs}
 
 
-def norm_category(c):
-    return re.sub(r"[\s_]+", "-", str(c).strip().lower())
-
-
 def iter_rows(data):
     """(where, row) pairs from a list of rows or a dict of lists / single rows; `where` names the row."""
     if isinstance(data, list):
@@ -100,7 +96,7 @@ def check_row(where, row, json_dir, image_dir, index):
     iid, meta = str(row["id"]), row.get("meta")
     if not isinstance(meta, dict) or not meta:
         raise ValueError(f"{where} (id '{iid}'): missing key 'meta' (an object with category and difficulty)")
-    cat = norm_category(meta.get("category", ""))
+    cat = dataio.norm_category(meta.get("category", ""))
     if cat not in CATEGORIES:
         raise ValueError(f"{where} (id '{iid}'): unknown meta.category {meta.get('category')!r}; "
                          f"KnowGen's categories: {', '.join(CATEGORIES)}")
