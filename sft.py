@@ -259,9 +259,13 @@ def step_indices(n, step, world, rank, bs, accum, seed):
 # ----------------------------------------------------------------------------------------------------------------
 # model: freeze, gradient checkpointing, FSDP2 (building, sharding and checkpoints live in trainer.py)
 
-def prepare_model(policy, dev, compute_dtype, ddp, world):
+def prepare_model(policy, dev, compute_dtype, ddp, world, every_row_has_images):
     """The policy ready to train: vision tower frozen (freeze_vision), train mode, gradient checkpointing, then
-    FSDP2 (trainer.shard_model with the vision tower as its own unit: every SFT batch carries images) or .to(dev)."""
+    FSDP2 (trainer.shard_model) or .to(dev). The vision tower is its own FSDP unit only when every row of the data
+    carries an image (the release's trajectories): then every micro-batch on every rank all-gathers it together.
+    With rows without images (the base stage's text, the instruct stage's chats: half call image_search) a rank
+    whose micro-batch has no image would skip that all-gather while another makes it (gloo: "collective
+    mismatch"), so the tower stays in the root unit, as in GRPO."""
     model = policy.model
     if policy.is_vl and freeze_vision:  # vision tower, merger and deepstack mergers all live in model.visual
         model.model.visual.requires_grad_(False)
@@ -271,7 +275,7 @@ def prepare_model(policy, dev, compute_dtype, ddp, world):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not ddp:
         return model.to(dev)
-    return shard_model(model, dev, compute_dtype, world, vision_unit=policy.is_vl)
+    return shard_model(model, dev, compute_dtype, world, vision_unit=policy.is_vl and every_row_has_images)
 
 
 def make_optimizer(model):
@@ -409,7 +413,14 @@ def main():
         print(f"data: {counts}, train {len(train)} / eval {len(held)} sequences, "
               f"{sum(len(e['tokens']) for e in train)} train tokens; {total} steps of {g} sequences")
 
-    model = prepare_model(policy, dev, compute_dtype, ddp, world)
+    with_images = sum(bool(e["images"]) for e in train + held)
+    if ddp and policy.is_vl and not freeze_vision and 0 < with_images < len(train) + len(held):
+        # a rank whose micro-batch has no image gives a trainable tower no gradient, the others do: FSDP2's
+        # reduce-scatter sizes differ across ranks (gloo: "collective mismatch"; NCCL: a hang), as in grpo.py
+        raise ValueError(f"sft.py: freeze_vision=False under torchrun needs every row of {train_data} to carry an "
+                         f"image or none to ({with_images} of {len(train) + len(held)} do): set freeze_vision=True "
+                         f"(the release's setting) or run on one process")
+    model = prepare_model(policy, dev, compute_dtype, ddp, world, with_images == len(train) + len(held))
     optimizer = make_optimizer(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup_ratio, min_lr / learning_rate,
                                                                                   warmdown_ratio))

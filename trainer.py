@@ -194,10 +194,11 @@ def barrier():
 def shard_model(model, dev, compute_dtype, world, vision_unit):
     """FSDP2: one unit per decoder layer (+ the vision tower when vision_unit), then the root; master weights stay
     fp32, the forward runs in compute_dtype (MixedPrecisionPolicy), gradients reduce in fp32.
-    vision_unit: SFT shards the vision tower as its own unit (every SFT micro-batch of the release's data carries
-    images, so every rank all-gathers it together). GRPO keeps it in the ROOT unit: in RL some micro-batches carry
-    no image, and a separately sharded tower would all-gather on some ranks only (a hang); frozen, it needs no
-    gradient reduction either."""
+    vision_unit: SFT shards the vision tower as its own unit when every row carries images (the release's
+    trajectories: every rank all-gathers it in every micro-batch). Otherwise it stays in the ROOT unit: GRPO (some
+    RL micro-batches carry no image) and SFT on data with text-only rows, where a separately sharded tower would
+    all-gather on some ranks only (gloo: "collective mismatch", NCCL: a hang); frozen, it needs no gradient
+    reduction either."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mesh = init_device_mesh(dev.type, (world,))

@@ -326,6 +326,40 @@ def test_two_processes_fsdp2_match_one_process(world, tmp_path):
     assert a[-2]["loss"] < a[1]["loss"]  # it trained
 
 
+def test_two_processes_with_text_only_rows(world, tmp_path):
+    """Rows without images beside rows with them (the CPU job's instruct chats: half call image_search). Frozen
+    tower: torchrun 2 ranks == 1 process (the tower sits in the root unit, so no rank all-gathers it alone; before,
+    a rank whose micro-batch had no image skipped its all-gather: "collective mismatch"). Trainable tower: under
+    torchrun a clear error naming the rows, before any step (its gradient would exist on some ranks only)."""
+    mixed = os.path.join(world["dir"], "mixed.jsonl")  # beside traj.jsonl: its relative image paths resolve
+    with open(world["traj"]) as f, open(mixed, "w") as g:
+        for i, line in enumerate(f):
+            row = json.loads(line)
+            for m in row["messages"] if i % 2 else []:
+                m.pop("images", None)
+            g.write(json.dumps(row) + "\n")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    kw = dict(train_data=mixed, max_steps=6, freeze_vision=True)
+    p1 = run_sft(common_args(world, one, gradient_accumulation_steps=2, **kw))
+    p2 = run_sft(common_args(world, two, gradient_accumulation_steps=1, **kw), nproc=2)
+    finish(p1)
+    finish(p2)
+    a, b = [[e for e in map(json.loads, open(os.path.join(d, "log.jsonl"))) if "loss" in e] for d in (one, two)]
+    assert len(a) == len(b) == 6
+    for x, y in zip(a, b):
+        for k in ("loss", "grad_norm"):
+            assert abs(x[k] - y[k]) <= 1e-4 * abs(x[k]), (x, y)
+    out = finish_failed(run_sft(common_args(world, str(tmp_path / "bad"), **dict(kw, freeze_vision=False)), nproc=2))
+    assert "freeze_vision=False under torchrun needs every row of" in out and "(4 of 8 do)" in out, out[-2000:]
+    assert not os.path.exists(tmp_path / "bad" / "log.jsonl")
+
+
+def finish_failed(p, timeout=300):
+    out, _ = p.communicate(timeout=timeout)
+    assert p.returncode != 0, out[-3000:]
+    return out
+
+
 def test_token_budget_micro_batches_match_one_batch(world, tmp_path):
     """max_tokens_per_micro splits each rank's micro-batch by padded tokens; the update is the same. 1 process, a
     batch of 4 in one forward == torchrun 2 ranks of 2 under a budget picked so that at some step one rank runs two
