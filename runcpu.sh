@@ -48,7 +48,10 @@ else
   # stage 1 from the base (2,400 steps), stage 1b 600 (~17 min more than the instruct chain; the workflow row stays
   # the instruct policy). Whether copying forms in the instruct stage depends on the base (README, "Seeds under the
   # instruct recipe"): after a 240-step base it formed at seed 1337 but not at seed 3; after the 480-step base
-  # (config/base_runcpu.py) at both, so 1,300 steps (was 1,500) pay for the longer base and the fallback is a guard.
+  # (config/base_runcpu.py) at both, so 1,300 steps (was 1,500) pay for the longer base. The fallback does fire: at
+  # seed 3 on the current code the instruct stage ended at 0.199 and the job fell back (2026-12-07, README; the same
+  # seed formed copying by step 600 before SFT batches were split by max_tokens_per_micro, the same update up to
+  # float summation order; that this is the cause was not isolated)
   # INSTRUCT_STEPS=0 is the previous recipe itself (the main job until 2026-12-06)
   INSTRUCT_STEPS=${INSTRUCT_STEPS:-1300}; INSTRUCT_ARGS=${INSTRUCT_ARGS:-}; FIRST_STEPS=${FIRST_STEPS:-auto}
   FIRST_AUTO_STEPS=2400; SECOND_AUTO_STEPS=600; COPY_LOSS=${COPY_LOSS:-0.15}
