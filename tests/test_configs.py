@@ -67,28 +67,40 @@ def test_runcpu_configs_chain():
         assert arg in sh, arg
 
 
-@pytest.mark.parametrize("last, ran", [(0.053, False), (0.373, True)])  # seeds 1337 and 3 (README, "Seeds")
-def test_runcpu_falls_back_to_stage_1_only_when_the_instruct_stage_did_not_form_copying(tmp_path, last, ran):
-    # runcpu.sh's own FIRST_STEPS=auto block, run against an instruct log whose last held-out loss is `last`
+@pytest.mark.parametrize("last, more, want", [  # seeds 1337 and 3 (README, "Seeds"), and both tries failing
+    (0.053, None, "0 300 instruct/final 0"), (0.199, 0.044, "0 300 instruct_more/final 1"),
+    (0.373, 0.2, "2400 600 base/final 1")])
+def test_runcpu_continues_the_instruct_stage_then_falls_back_only_when_copying_did_not_form(tmp_path, last, more,
+                                                                                              want):
+    # runcpu.sh's own FIRST_STEPS=auto block with its own stage() and copied(), run against an instruct log whose
+    # last held-out loss is `last`; its continuation (instruct_more) is already finished with `more` in its log, so
+    # stage() skips it as on a re-run (runcpu.sh's skip path, no training here)
     sh = (ROOT / "runcpu.sh").read_text()
-    block = sh[sh.index('if [ "$FIRST_STEPS" = auto ]'):sh.index('if [ "$FIRST_STEPS" != 0 ]; then  # first turns')]
-    (tmp_path / "instruct").mkdir()
-    (tmp_path / "instruct" / "log.jsonl").write_text(json.dumps({"step": 0, "eval_loss": 7.1}) + "\n" +
-                                                     json.dumps({"step": 1500, "eval_loss": last}) + "\n")
+    stage = sh[sh.index("stage() {"):sh.index("\n}\n", sh.index("stage() {")) + 3]
+    block = sh[sh.index("copied() {"):sh.index('if [ "$FIRST_STEPS" != 0 ]; then  # first turns')]
+    for name, loss in (("instruct", last), ("instruct_more", more)):
+        if loss is not None:
+            (tmp_path / name / "final").mkdir(parents=True)
+            (tmp_path / name / "log.jsonl").write_text(json.dumps({"step": 0, "eval_loss": 7.1}) + "\n" +
+                                                       json.dumps({"step": 600, "eval_loss": loss}) + "\n")
+    (tmp_path / "stage_times.prev.tsv").write_text("instruct_more\t480\n")
     env = dict(os.environ, OUT=str(tmp_path), FIRST_STEPS="auto", FIRST_AUTO_STEPS="2400", SECOND_AUTO_STEPS="600",
-               SECOND_STEPS="300", COPY_LOSS="0.15", INSTRUCT_STEPS="1500", SFT_FROM=f"{tmp_path}/instruct/final",
+               SECOND_STEPS="300", MORE_STEPS="600", COPY_LOSS="0.15", INSTRUCT_STEPS="1300", FORCE="0",
+               SFT_FROM=f"{tmp_path}/instruct/final", WORKFLOW="instruct",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    show = 'echo "$FIRST_STEPS $SECOND_STEPS $SFT_FROM"'
-    p = subprocess.run(["bash", "-c", block + show], env=env, capture_output=True, text=True)
+    show = 'echo "$FIRST_STEPS $SECOND_STEPS $SFT_FROM $MORE $WORKFLOW"'
+    p = subprocess.run(["bash", "-c", stage + block + show], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    # copying formed: SFT starts from the instruct policy, no stage 1; not formed: the previous recipe's chain
-    want = f"2400 600 {tmp_path}/base/final" if ran else f"0 300 {tmp_path}/instruct/final"
-    assert p.stdout.splitlines()[-1] == want, p.stdout
-    assert (f"held-out loss {last} > COPY_LOSS=0.15" in p.stdout) == ran
-    # a re-run that already fell back keeps that chain, whatever the log says
-    (tmp_path / "sft_first" / "final").mkdir(parents=True)
-    p = subprocess.run(["bash", "-c", block + show], env=env, capture_output=True, text=True)
-    assert p.stdout.splitlines()[-1] == f"2400 600 {tmp_path}/base/final", p.stdout
+    # formed: SFT starts from the instruct policy; else the stage continues, and only if that did not form copying
+    # either, the previous recipe's chain from the base; the workflow row's policy is the instruct stage's last
+    steps, second, sft_from, ran, workflow = p.stdout.splitlines()[-1].split()
+    assert f"{steps} {second} {os.path.relpath(sft_from, tmp_path)} {ran}" == want, p.stdout
+    assert workflow == ("instruct_more" if more is not None else "instruct")
+    assert (f"instruct: held-out loss {last} > COPY_LOSS=0.15" in p.stdout) == (more is not None), p.stdout
+    assert ("instruct_more: skipped" in p.stdout) == (more is not None), p.stdout
+    stamped = (tmp_path / "stage_times.tsv").read_text() if more is not None else ""
+    assert stamped == ("instruct_more\t480\n" if more is not None else ""), stamped  # its time kept
+    assert ("falls back to the previous recipe" in p.stdout) == (steps == "2400"), p.stdout
 
 
 def _module(path):
