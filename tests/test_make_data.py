@@ -61,7 +61,6 @@ def test_offline_run_formats_and_disjoint_splits(world, offline_run):
     summary = json.load(open(f"{o}/split.json"))
     assert summary["overlap"] == {"prompt": 0, "entity": 0, "near_dup": 0}
     # our trajectory records: the contract's keys, aligned token arrays, loss only on assistant tokens
-    import rollout
     import trainer
     policy = md.load_tokenizing_policy(SimpleNamespace(tokenizer_dir=f"{world}/tokenizer", tokenize_vl=True))
     pad = policy.tokenizer.convert_tokens_to_ids("<|image_pad|>")
