@@ -43,8 +43,8 @@ else
   SECOND_STEPS=${SECOND_STEPS:-300}; SECOND_ARGS=${SECOND_ARGS:-}
   # INSTRUCT_STEPS: the instruct stage between base and SFT (steps of 16 lookup chats); 0 skips it, and then the
   # workflow row is the base policy and SFT starts from the base. Copying forms in the instruct stage in a sudden drop
-  # of its held-out loss at a step that depends on the seed (README, "Seeds under the instruct recipe"): at seeds 1337
-  # and 2 by step 600 of 1,300, at seed 3 on the current code not by step 1,300 (held-out 0.199). FIRST_STEPS=auto
+  # of its held-out loss at a step that depends on the seed (README, "Seeds under the instruct recipe"): at seed 1337
+  # by step 600 of 1,300, at seed 2 by step 1,200, at seed 3 on the current code not by step 1,300 (held-out 0.199). FIRST_STEPS=auto
   # reads the stage's final held-out loss: at most COPY_LOSS, copying formed and SFT starts from the instruct policy;
   # above it, the instruct stage continues MORE_STEPS steps at its peak lr (instruct_more: same chats, same held-out
   # set; it is then the workflow row's policy and what SFT starts from: it formed copying within ~300 steps at seed
