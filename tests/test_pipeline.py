@@ -1,6 +1,6 @@
 """The main job's plumbing, end to end: `OUT=tmp bash runcpu.sh smoke` (a tiny world, 6 steps of each training
-stage -- base, instruct, its continuation, SFT stages 1, 1b and 2 --, 2 GRPO steps per λ and for the frozen control, 4 bench items;
-~3-5 min) must finish and leave every stage's files in their formats: the SFT loss went down, every GRPO step
+stage -- base, instruct, its continuation, SFT stages 1, 1b and 2 --, 2 GRPO steps per λ and for the frozen
+control, 4 bench items; ~3-5 min) must finish and leave every stage's files in their formats: the SFT loss went down, every GRPO step
 completed and logged, each Table row was judged, results.md / plots were written, and one system prompt (the
 configured compact one) runs through the data, the SFT records and the eval rollouts. The full run's numbers are a
 benchmark artefact (runcpu.sh without `smoke`), not asserted here."""
