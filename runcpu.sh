@@ -138,12 +138,16 @@ stage base "$OUT/base/final" python sft.py config/base_runcpu.py \
     --train_data="$OUT/world_1/pages.jsonl,$OUT/world_2/pages.jsonl,$OUT/world_3/pages.jsonl" \
     --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/base" $BASE_ARGS
 SFT_FROM="$OUT/base/final"; WORKFLOW=base
-if [ "$INSTRUCT_STEPS" != 0 ]; then  # generic lookup chats, loss on every assistant turn
-  stage instruct "$OUT/instruct/final" python sft.py config/sft_runcpu.py \
+instruct_stage() {  # instruct_stage NAME ARGS...: the extra worlds' lookup chats, loss on every assistant turn, the
+  local name=$1; shift  # peak lr held until the last 20% of steps; ARGS: --init_from, --out_dir, steps, eval interval
+  stage "$name" "$OUT/$name/final" python sft.py config/sft_runcpu.py \
       --train_data="$OUT/data_1/instruct.jsonl,$OUT/data_2/instruct.jsonl,$OUT/data_3/instruct.jsonl" \
-      --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/base/final" --out_dir="$OUT/instruct" \
-      --max_assistant_turns=0 --batch_size=16 --max_steps="$INSTRUCT_STEPS" --learning_rate=2e-3 --warmdown_ratio=0.2 \
-      --eval_interval=300 $INSTRUCT_ARGS
+      --tokenizer_dir="$OUT/world/tokenizer" --max_assistant_turns=0 --batch_size=16 --learning_rate=2e-3 \
+      --warmdown_ratio=0.2 "$@" $INSTRUCT_ARGS
+}
+if [ "$INSTRUCT_STEPS" != 0 ]; then
+  instruct_stage instruct --init_from="$OUT/base/final" --out_dir="$OUT/instruct" --max_steps="$INSTRUCT_STEPS" \
+      --eval_interval=300
   SFT_FROM="$OUT/instruct/final"; WORKFLOW=instruct
 fi
 copied() {  # copied DIR: did copying form in this stage? (its last held-out loss in sft.py's log <= COPY_LOSS)
@@ -162,11 +166,8 @@ if [ "$FIRST_STEPS" = auto ]; then
     FIRST_STEPS=$FIRST_AUTO_STEPS
   elif ! copied "$OUT/instruct"; then
     echo "=== the instruct stage continues $MORE_STEPS steps at its peak lr"
-    stage instruct_more "$OUT/instruct_more/final" python sft.py config/sft_runcpu.py \
-        --train_data="$OUT/data_1/instruct.jsonl,$OUT/data_2/instruct.jsonl,$OUT/data_3/instruct.jsonl" \
-        --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/instruct/final" --out_dir="$OUT/instruct_more" \
-        --max_assistant_turns=0 --batch_size=16 --max_steps="$MORE_STEPS" --learning_rate=2e-3 --warmdown_ratio=0.2 \
-        --eval_interval=100 $INSTRUCT_ARGS
+    instruct_stage instruct_more --init_from="$OUT/instruct/final" --out_dir="$OUT/instruct_more" \
+        --max_steps="$MORE_STEPS" --eval_interval=100
     SFT_FROM="$OUT/instruct_more/final"; WORKFLOW=instruct_more; MORE=1
     if ! copied "$OUT/instruct_more"; then
       echo "=== SFT falls back to the previous recipe: stage 1 from the base ($FIRST_AUTO_STEPS steps)," \

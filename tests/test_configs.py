@@ -72,11 +72,11 @@ def test_runcpu_configs_chain():
     (0.373, 0.2, "2400 600 base/final 1")])
 def test_runcpu_continues_the_instruct_stage_then_falls_back_only_when_copying_did_not_form(tmp_path, last, more,
                                                                                               want):
-    # runcpu.sh's own FIRST_STEPS=auto block with its own stage() and copied(), run against an instruct log whose
-    # last held-out loss is `last`; its continuation (instruct_more) is already finished with `more` in its log, so
-    # stage() skips it as on a re-run (runcpu.sh's skip path, no training here)
+    # runcpu.sh's own FIRST_STEPS=auto block with its own stage(), instruct_stage() and copied(), run against an
+    # instruct log whose last held-out loss is `last`; its continuation (instruct_more) is already finished with
+    # `more` in its log, so stage() skips it as on a re-run (runcpu.sh's skip path, no training here)
     sh = (ROOT / "runcpu.sh").read_text()
-    stage = sh[sh.index("stage() {"):sh.index("\n}\n", sh.index("stage() {")) + 3]
+    funcs = "".join(sh[sh.index(f):sh.index("\n}\n", sh.index(f)) + 3] for f in ("\nstage() {", "\ninstruct_stage() {"))
     block = sh[sh.index("copied() {"):sh.index('if [ "$FIRST_STEPS" != 0 ]; then  # first turns')]
     for name, loss in (("instruct", last), ("instruct_more", more)):
         if loss is not None:
@@ -89,7 +89,7 @@ def test_runcpu_continues_the_instruct_stage_then_falls_back_only_when_copying_d
                SFT_FROM=f"{tmp_path}/instruct/final", WORKFLOW="instruct",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     show = 'echo "$FIRST_STEPS $SECOND_STEPS $SFT_FROM $MORE $WORKFLOW"'
-    p = subprocess.run(["bash", "-c", stage + block + show], env=env, capture_output=True, text=True)
+    p = subprocess.run(["bash", "-c", funcs + block + show], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     # formed: SFT starts from the instruct policy; else the stage continues, and only if that did not form copying
     # either, the previous recipe's chain from the base; the workflow row's policy is the instruct stage's last
