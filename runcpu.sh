@@ -44,7 +44,7 @@ else
   # INSTRUCT_STEPS: the instruct stage between base and SFT, at most this many steps of 16 lookup chats; 0 skips it,
   # and then the workflow row is the base policy and SFT starts from the base. Copying forms in the instruct stage in a
   # sudden drop of its held-out loss at a step that depends on the seed (README, "Seeds under the instruct recipe"):
-  # by step 600 at seeds 1337 and 4, by 1,200 at seed 2, near 1,600 at seed 3. So the stage holds its peak lr and
+  # by step 600 at seeds 1337 and 4, by 1,200 at seed 2, near 1,500 at seed 3. So the stage holds its peak lr and
   # measures the held-out loss every 100 steps; the first at or below COPY_LOSS ends it 200 steps later, the lr
   # decaying over them (sft.py's stop_eval_loss / stop_warmdown_steps). FIRST_STEPS=auto reads its final held-out
   # loss: at most COPY_LOSS, SFT starts from the instruct policy; above it (no stop by the cap), SFT falls back to the

@@ -92,7 +92,7 @@ max_steps = 0  # > 0: stop after this many optimizer steps (the schedule then sp
 stop_eval_loss = 0.0  # ours: > 0 ends the run early: at the first periodic held-out eval at or below it, the lr decays
                       # linearly to min_lr over stop_warmdown_steps more steps and the run stops there (the CPU main
                       # job's instruct stage trains until the copy mechanism forms, README); 0 = off
-stop_warmdown_steps = 200
+stop_warmdown_steps = 200  # ours: the length of that decay, in optimizer steps
 batch_size = 1  # per device
 gradient_accumulation_steps = 1  # release: 1 (global batch = world_size * batch_size * accumulation)
 max_tokens_per_micro = 0  # ours: > 0 splits each micro-batch further, longest first, so that rows x longest stays
