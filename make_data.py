@@ -127,7 +127,7 @@ def stage_rows(path):
 
 
 def write_jsonl(path, rows):
-    """Rewrite a whole file atomically (curate's outputs)."""
+    """Rewrite a whole file atomically (curate's outputs; run_stage's, in id order)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -143,7 +143,7 @@ def by_id(rows):
 def run_stage(c, name, jobs, fn, path):
     """fn(job, usage) -> row for every job on c.workers threads. Each finished row is appended + flushed at
     once (a kill loses only rows in flight); an exception is a counted failure whose job the next run
-    retries. Per-job counts (requests, tokens, images) go into the row's "usage" and the stage totals."""
+    retries; at the end the file is rewritten (atomically) in (id, sample) order. Per-job counts (requests, tokens, images) go into the row's "usage" and the stage totals."""
     totals, t0, shown = Counter(rows=0, failed=0), time.time(), 0
 
     def call(job):
@@ -168,6 +168,10 @@ def run_stage(c, name, jobs, fn, path):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
             totals["rows"] += 1
+    # the threads finish in any order: rewrite the file in id order, so a stage's output is the same file on every
+    # run and after a resume (sft.py trains on instruct.jsonl in its order, under the seeded permutation; until
+    # 2026-12-07 that order was the threads' and varied from run to run at one seed)
+    write_jsonl(path, sorted(stage_rows(path), key=lambda r: (str(r["id"]), r.get("sample", 0))))
     cost = {"stage": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": len(jobs),
             "seconds": round(time.time() - t0, 2), **dict(sorted(totals.items()))}
     with open(os.path.join(c.out_dir, "costs.jsonl"), "a", encoding="utf-8") as f:

@@ -146,6 +146,31 @@ def test_stage_files_are_read_with_repair(tmp_path):
         md.stage_rows(str(p))
 
 
+def test_stage_file_is_in_id_order_whatever_thread_finishes_first(tmp_path):
+    """run_stage's threads finish in any order (here forced: each job waits for the next one to finish); the file
+    it leaves is in (id, sample) order, rows kept from an earlier run included, so the same seed gives the same
+    file (sft.py reads instruct.jsonl in file order)."""
+    import threading
+    path = tmp_path / "stage.jsonl"
+    path.write_text('{"id": "j5", "sample": 0, "v": "earlier run"}\n')  # a row a previous (killed) run finished
+    jobs = [{"id": f"j{i}"} for i in (0, 1, 2, 3, 4, 6)]
+    finished = {j["id"]: threading.Event() for j in jobs}
+    order = []
+
+    def fn(job, usage):
+        later = jobs[jobs.index(job) + 1]["id"] if job is not jobs[-1] else None
+        if later:
+            assert finished[later].wait(30)
+        order.append(job["id"])
+        finished[job["id"]].set()
+        return {"id": job["id"], "sample": 0, "v": "this run"}
+
+    cost = md.run_stage(SimpleNamespace(workers=len(jobs), out_dir=str(tmp_path)), "t", jobs, fn, str(path))
+    assert order == ["j6", "j4", "j3", "j2", "j1", "j0"] and cost["rows"] == 6  # really finished last-first
+    assert [r["id"] for r in md.stage_rows(str(path))] == ["j0", "j1", "j2", "j3", "j4", "j5", "j6"]
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
 def strip_volatile(path, out_dir):
     """A file's rows sorted by id, minus wall-clock fields, with the out_dir spelled the same."""
     text = open(path).read().replace(str(out_dir), "<OUT>")
@@ -223,6 +248,7 @@ def test_instruct_chats_are_generic_lookups_through_the_real_tools(world, tmp_pa
     md.main(**offline_cfg(world, tmp_path, stages="instruct", instruct_chats=40))
     recs = rows(tmp_path / "instruct.jsonl")
     assert len(recs) == 40 and len({r["id"] for r in recs}) == 40
+    assert [r["id"] for r in recs] == sorted(r["id"] for r in recs)  # one order at one seed (sft.py reads it as is)
     import rollout
     generic = [t.format(tools=rollout.tool_signatures(), date="2025-06-01") for t in md.INSTRUCT_SYSTEM]
     agent = {rollout.system_prompt("2025-06-01", rollout.settings(dict(system_style=st)))
