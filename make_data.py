@@ -102,6 +102,9 @@ shingle_words = 3
 # instruct (ours, mini world only; --stages=instruct): generic lookup chats for the main job's instruct policy
 instruct_chats = 2000         # chats per world (entities drawn without replacement, seeded)
 instruct_top_k = 1            # hits per lookup: the top one (short chats; the looked-up name ranks first)
+instruct_relation_frac = 0.5  # of the fact lookups: this share asks about a relation of the entity ("Who directed
+                              # the film X?"), still one search of X answered by its snippet (0: none, the data
+                              # before 2026-12-07 afternoon)
 candidate_df = 200            # near-duplicate candidates come from shingles in <= max(this, 1% of) prompts
 
 GROUPS = {  # KnowGen's 24 reporting categories (release eval code): the prompt writer's categories. The paper
@@ -849,6 +852,19 @@ INSTRUCT_ASK = {  # prompt templates: the name at the start, the end, or inside 
     "both": ["Tell me about {n} and find a picture of it.", "Find facts and an image of {n}.",
              "{n}: summarise it and show me what it looks like.",
              "I keep hearing about {n}, so please find out what it is and show me a picture of it."]}
+INSTRUCT_RELATION = {  # fact lookups phrased as a question about one relation of the entity, by its kind: the name
+    # sits inside a request about something else, as in the agent's prompts, and is still what one searches
+    "person": ["What is {n} known for?", "Which film or club is {n} linked to?", "What does {n} look like?"],
+    "city": ["What is the famous landmark of the city of {n}?", "Which country is the city of {n} in?"],
+    "landmark": ["In which city is the {n}?", "What does the {n} look like?"],
+    "film": ["Who directed the film {n}?", "Who is the lead actor of the film {n}?", "When did the film {n} come out?"],
+    "country": ["What is the capital of {n}?", "Who is the leader of {n}?"],
+    "festival": ["Which city hosts the {n}?", "When is the {n} held?"],
+    "history": ["Where was the {n} fought?", "In which year did the {n} take place?"],
+    "news": ["Who opened the {n}?", "Where was the {n} held?"],
+    "club": ["Which city is the club {n} from?", "Who plays for {n}?"],
+    "studio": ["Which films did the studio {n} make?"], "gamestudio": ["Which games did {n} make?"],
+    "game": ["Which studio made the video game {n}?"]}
 
 
 def instruct_items(c):
@@ -863,9 +879,12 @@ def instruct_items(c):
     for k, e in enumerate(rng.sample(ents, min(c.instruct_chats, len(ents)))):
         kind = rng.choice(["fact", "picture", "both"] if e.get("image") in titles else ["fact"])
         n, t = e["name"], titles.get(e.get("image"))
+        ask = INSTRUCT_ASK[kind]
+        if kind == "fact" and c.instruct_relation_frac > 0 and rng.random() < c.instruct_relation_frac:
+            ask = INSTRUCT_RELATION.get(e["kind"], ask)
         hops = ([{"name": "search", "arguments": {"queries": [n], "top_k": top_k}}] if kind != "picture" else []) + \
                ([{"name": "image_search", "arguments": {"query": t, "top_k": top_k}}] if kind != "fact" else [])
-        out.append({"id": f"instruct_{k:05d}", "prompt": rng.choice(INSTRUCT_ASK[kind]).format(n=n, t=t),
+        out.append({"id": f"instruct_{k:05d}", "prompt": rng.choice(ask).format(n=n, t=t),
                     "meta": {"category": "lookup", "difficulty": "easy"},
                     "solution": {"answer_entity": n, "facts": [], "hops": hops,
                                  "ref_image_ids": [e["image"]] if kind != "fact" else [],

@@ -214,6 +214,29 @@ def test_sigkill_mid_stage_then_rerun_is_identical(world, offline_run, tmp_path)
         assert open(out / g["gt_image"], "rb").read() == open(os.path.join(offline_run, g["gt_image"]), "rb").read()
 
 
+def test_instruct_relation_share(world):
+    """instruct_relation_frac: that share of the fact lookups asks about a relation of the entity (the kind's
+    INSTRUCT_RELATION templates), the rest keep the generic wording; the entities asked about are the same at any
+    share."""
+    def items(frac):
+        c = SimpleNamespace(**{**md.config(), "world_dir": world, "seed": 3, "instruct_chats": 400,
+                               "instruct_relation_frac": frac})
+        return md.instruct_items(c)
+    rel = {t for ts in md.INSTRUCT_RELATION.values() for t in ts}
+    share = {}
+    for frac in (0.0, 0.5, 1.0):
+        its = items(frac)
+        facts = [it for it in its if [h["name"] for h in it["solution"]["hops"]] == ["search"]
+                 and it["solution"]["gen_prompt"] is None]
+        n_rel = sum(any(it["prompt"] == t.format(n=it["solution"]["answer_entity"]) for t in rel) for it in facts)
+        share[frac] = n_rel / len(facts)
+        if frac == 0.0:
+            base = its
+        else:
+            assert [it["solution"]["answer_entity"] for it in its] == [it["solution"]["answer_entity"] for it in base]
+    assert share[0.0] == 0 and 0.3 < share[0.5] < 0.7 and share[1.0] > 0.9, share
+
+
 def test_splitter_groups_near_duplicates_and_entities():
     """Template-mates naming different things may be split; a paraphrase of a prompt (same names) and items
     sharing a target entity always land in one split (auto split, many seeds)."""
@@ -270,6 +293,12 @@ def test_instruct_chats_are_generic_lookups_through_the_real_tools(world, tmp_pa
         assert ans["gen_prompt"] in responses  # the page or the image title, copied from what the tool returned
         assert all(ref["img_id"] in responses for ref in ans["reference_images"])
     assert {sum(r["tool_calls"].values()) for r in recs} == {1, 2}  # lookups of a fact, an image, or both
+    def asked(r):  # the name the chat's first call looked up
+        c = json.loads(r["messages"][2]["content"].split("<tool_call>")[1].split("</tool_call>")[0])["arguments"]
+        return (c.get("queries") or [c.get("query")])[0]
+    relational = sum(r["prompt"] == t.format(n=asked(r)) for ts in md.INSTRUCT_RELATION.values() for t in ts
+                     for r in recs)
+    assert 0 < relational < 40  # some ask about a relation of the entity (instruct_relation_frac)
     md.main(**offline_cfg(world, tmp_path, stages="instruct", instruct_chats=40))  # resumes: nothing new
     assert len(rows(tmp_path / "instruct.jsonl")) == 40
     with pytest.raises(ValueError, match="instruct needs --world_dir"):
