@@ -146,7 +146,8 @@ def by_id(rows):
 def run_stage(c, name, jobs, fn, path):
     """fn(job, usage) -> row for every job on c.workers threads. Each finished row is appended + flushed at
     once (a kill loses only rows in flight); an exception is a counted failure whose job the next run
-    retries; at the end the file is rewritten (atomically) in (id, sample) order. Per-job counts (requests, tokens, images) go into the row's "usage" and the stage totals."""
+    retries; at the end the file is rewritten (atomically) in (id, sample) order. Per-job counts (requests,
+    tokens, images) go into the row's "usage" and the stage totals."""
     totals, t0, shown = Counter(rows=0, failed=0), time.time(), 0
 
     def call(job):
@@ -821,8 +822,9 @@ def stage_curate(c):
 # tiny model's stand-in for the post-training that made Qwen3-VL-8B-Instruct follow a system prompt and call tools.
 # The CPU main job trains its "instruct" policy on these (runcpu.sh): the "workflow" row, i.e. the paper's untrained
 # Qwen3-VL-8B prompted to search, and what SFT starts from. One lookup per world entity: "tell me about X" (search
-# X -> answer with the top hit's snippet), "find a picture of X" (image_search -> answer with the image), or both,
-# under one of three generic system prompts. Never seen by it: our system prompt, an image-generation request, a
+# X -> answer with the top hit's snippet; half of them asked as a relation, "who directed the film X?", with the same
+# search and answer), "find a picture of X" (image_search -> answer with the image), or both, under one of three
+# generic system prompts. Never seen by it: our system prompt, an image-generation request, a
 # multi-hop search, a composed evidence prompt. Shared with the agent, because a 1M-parameter model cannot read a
 # format off a system prompt as an 8B one does: the tool-call syntax and the answer's JSON keys. Written to
 # out_dir/instruct.jsonl (trajectory records).
