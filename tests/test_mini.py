@@ -87,6 +87,25 @@ def test_item_quarter_gain():
     assert report.item_quarter_gain(rows[:6 * 7]) is None  # 7 steps: under 8
 
 
+def test_item_quarter_gain_over_control():
+    """The frozen control draws the same items and request seeds: an epoch whose draw of samples scores 0.05 lower
+    pulls both sides' quarter difference down, and only the run's learned gain (a 0.2, b 0.1, c 0) is left."""
+    base = {"a": 0.1, "b": 0.7, "c": 0.4}
+    gain = {"a": 0.2, "b": 0.1, "c": 0.0}
+    draw = lambda st: -0.05 if st > 6 else 0.0
+    row = lambda st, i, s, r: {"step": st, "id": i, "sample": s, "reward": r, "k_score": r, "r_text": r}
+    ctl = [row(st, i, s, base[i] + draw(st)) for st in range(1, 9) for i in "abc" for s in (0, 1)]
+    run = [row(st, i, s, base[i] + draw(st) + (gain[i] if st > 6 else 0.0)) for st in range(1, 9) for i in "abc"
+           for s in (0, 1)]
+    assert abs(report.item_quarter_gain(run)[0] - 0.05) < 1e-9  # the draw hides half the gain ...
+    d, se, n = report.item_quarter_gain_over_control(run, ctl)
+    assert n == 3 and abs(d - 0.1) < 1e-9 and abs(se - 0.1 / 3 ** 0.5) < 1e-9  # ... the control gives it back
+    # the control re-weighted at the run's λ: a λ = 1 run against a control whose r_text rose as the run's did
+    ctl_t = [dict(r, r_text=r["r_text"] + (gain[r["id"]] if r["step"] > 6 else 0.0)) for r in ctl]
+    assert abs(report.item_quarter_gain_over_control(run, ctl_t, lam=1.0)[0]) < 1e-9
+    assert report.item_quarter_gain_over_control(run[:6 * 7], ctl) is None  # 7 steps: under 8
+
+
 def test_paired_gain():
     ctl = [0.2, 0.5, 0.1, 0.4, 0.3, 0.6]  # item difficulty swings the frozen policy's curve ...
     d, se = report.paired_gain([0.2] + [c + 0.05 + 0.01 * (i % 2) for i, c in enumerate(ctl[1:])], ctl)
@@ -130,8 +149,8 @@ def test_grpo_section_compares_each_run_at_its_own_lam(tmp_path):
                               for i, (a, b) in enumerate(zip(k, t))])
     md = report.grpo_section([("λ = 1", run)], ctl, str(tmp_path))
     row = next(line for line in md if line.startswith("| λ = 1 |")).split(" | ")
-    assert row[8] == "+0.000 ± 0.000"  # the unweighted comparison: +0.29 a step
-    assert row[7] == "—"  # no rollouts.jsonl beside the logs: no item-paired quarter test
+    assert row[9] == "+0.000 ± 0.000"  # the unweighted comparison: +0.29 a step
+    assert row[7] == row[8] == "—"  # no rollouts.jsonl beside the logs: no item-paired quarter test
     assert os.path.exists(tmp_path / "grpo_curves.png")
 
 

@@ -204,6 +204,27 @@ def item_quarter_gain(rows):
     rows (step, id, reward). The unit is one item: its mean reward over the last quarter's steps minus over the first
     quarter's, so the items' spread in difficulty cancels, which quarter_gain's step-to-step spread cannot.
     Returns (mean difference, its standard error over the items, items) or None under 8 steps or 3 common items."""
+    d = _item_quarter_diffs(rows)
+    return None if d is None else (*_mean_se(list(d.values())), len(d)) if len(d) >= 3 else None
+
+
+def item_quarter_gain_over_control(run, control, lam=None):
+    """item_quarter_gain of a run minus the frozen control's, item by item: the control (learning_rate 0, same seed)
+    draws the same items AND the same request seeds at every step, so what an epoch's draw of samples does to the
+    reward (the control's own quarter difference ran from -0.05 to +0.01 in the main jobs, README) cancels as well as
+    the items' difficulty; what is left is what the updates did. The control's rewards are re-weighted at the run's λ
+    when lam is given (reward_at). Returns (mean, standard error over the items, items) or None, as
+    item_quarter_gain."""
+    if lam is not None:
+        control = [dict(r, reward=reward_at(r.get("k_score"), r.get("r_text"), lam)) for r in control]
+    a, b = _item_quarter_diffs(run), _item_quarter_diffs(control)
+    d = [a[i] - b[i] for i in sorted(a.keys() & b.keys())] if a is not None and b is not None else []
+    return (*_mean_se(d), len(d)) if len(d) >= 3 else None
+
+
+def _item_quarter_diffs(rows):
+    """{item id: its mean reward over the last quarter's steps minus over the first quarter's}, for the items drawn
+    in both quarters; None under 8 steps."""
     steps = sorted({r["step"] for r in rows})
     q = len(steps) // 4
     if q < 2:
@@ -214,8 +235,7 @@ def item_quarter_gain(rows):
         side = a if r["step"] in first else b if r["step"] in last else None
         if side is not None:
             side.setdefault(r["id"], []).append(float(r["reward"] or 0.0))
-    d = [sum(b[i]) / len(b[i]) - sum(a[i]) / len(a[i]) for i in sorted(a.keys() & b.keys())]
-    return (*_mean_se(d), len(d)) if len(d) >= 3 else None
+    return {i: sum(b[i]) / len(b[i]) - sum(a[i]) / len(a[i]) for i in sorted(a.keys() & b.keys())}
 
 
 def _mean_se(d):
@@ -291,7 +311,8 @@ def rollouts_beside(log_path):
 def grpo_section(logs, control, out):
     """GRPO's reward and training K-Score per step -> out/grpo_curves.png (the frozen control dashed), and a row per
     run: first / last 5 steps, quarter_gain (and item_quarter_gain from the rollouts.jsonl beside the log, when the
-    quarters share items), paired_gain over the control, the share of groups whose r_text varies.
+    quarters share items, and item_quarter_gain_over_control), paired_gain over the control, the share of groups
+    whose r_text varies.
     logs: [(name, log.jsonl)]; control: the frozen run's log.jsonl (runcpu.sh's: λ = 0.5, lr 0) or None."""
     import matplotlib
     matplotlib.use("Agg")
@@ -300,11 +321,13 @@ def grpo_section(logs, control, out):
     md = ["", "## GRPO: mean reward and training K-Score per step", "", "![](grpo_curves.png)", "",
           "| run | steps | reward, first 5 steps | reward, last 5 steps | K, first 5 | K, last 5 | "
           "reward: last quarter - first quarter (± s.e.) | the same, paired by item (± s.e.; items in both quarters) | "
+          "the same minus the frozen control's, paired by item (± s.e.) | "
           "reward - frozen control at the run's λ, steps 2.. (± s.e.) | groups with varying r_text | reward per step |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
-    ctl = None
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ctl = ctl_rows = None
     if control:  # the same run with learning_rate 0: what the curve does without learning
         ctl = [e for _, e in dataio.read_jsonl(control)]
+        ctl_rows = rollouts_beside(control)
         ax[0].plot(range(1, len(ctl) + 1), [e["reward_mean"] for e in ctl], "k--",
                    label=f"frozen control (lr 0, λ = {log_lam(ctl):g})")
     fmt = lambda g: "—" if g is None else "{:+.3f} ± {:.3f}".format(*g)
@@ -316,10 +339,13 @@ def grpo_section(logs, control, out):
         ax[1].plot(x, k, label=name)
         avg = lambda v: f"{sum(v) / max(1, len(v)):.3f}"
         lam = log_lam(log)  # the control's reward at this run's λ: the same scale on both sides
-        iq = item_quarter_gain(rollouts_beside(path))
+        rows = rollouts_beside(path)
+        iq = item_quarter_gain(rows)
+        iqc = item_quarter_gain_over_control(rows, ctl_rows, lam) if ctl_rows and path != control else None
         md.append(f"| {name} | {len(log)} | {avg(r[:5])} | {avg(r[-5:])} | {avg(k[:5])} | {avg(k[-5:])} | "
                   + fmt(quarter_gain(r)) + " | "
                   + ("—" if iq is None else "{:+.3f} ± {:.3f} ({})".format(*iq)) + " | "
+                  + ("—" if iqc is None else "{:+.3f} ± {:.3f}".format(*iqc[:2])) + " | "
                   + (fmt(paired_gain(r, [reward_at(e["k_score"], e["r_text"], lam) for e in ctl])) if ctl else "—")
                   + " | "
                   + (lambda v: f"{100 * sum(v) / len(v):.0f}%" if v else "—")(
