@@ -204,8 +204,8 @@ def item_quarter_gain(rows):
     rows (step, id, reward). The unit is one item: its mean reward over the last quarter's steps minus over the first
     quarter's, so the items' spread in difficulty cancels, which quarter_gain's step-to-step spread cannot.
     Returns (mean difference, its standard error over the items, items) or None under 8 steps or 3 common items."""
-    d = _item_quarter_diffs(rows)
-    return None if d is None else (*_mean_se(list(d.values())), len(d)) if len(d) >= 3 else None
+    d = _item_quarter_diffs(rows) or {}
+    return (*_mean_se(list(d.values())), len(d)) if len(d) >= 3 else None
 
 
 def item_quarter_gain_over_control(run, control, lam=None):
@@ -217,8 +217,8 @@ def item_quarter_gain_over_control(run, control, lam=None):
     item_quarter_gain."""
     if lam is not None:
         control = [dict(r, reward=reward_at(r.get("k_score"), r.get("r_text"), lam)) for r in control]
-    a, b = _item_quarter_diffs(run), _item_quarter_diffs(control)
-    d = [a[i] - b[i] for i in sorted(a.keys() & b.keys())] if a is not None and b is not None else []
+    a, b = _item_quarter_diffs(run) or {}, _item_quarter_diffs(control) or {}
+    d = [a[i] - b[i] for i in sorted(a.keys() & b.keys())]
     return (*_mean_se(d), len(d)) if len(d) >= 3 else None
 
 
