@@ -22,7 +22,7 @@ if [ "$MODE" = smoke ]; then  # tiny world, a few steps, a few bench items: chec
   WORLD_ARGS="--n_countries=8 --bench_countries=2 --rl_countries=2 --n_rl=8 --n_bench=6 --n_distractors=300"
   EXTRA_WORLD_ARGS="--n_countries=6 --bench_countries=1 --rl_countries=1 --n_rl=1 --n_bench=1 --n_distractors=100"
   SIZES="--model_sizes={'n_embd':64,'n_layer':2,'n_head':2,'n_kv_head':1,'head_dim':32,'mlp':128}"
-  BASE_ARGS="--max_steps=6 --batch_size=4 --block_size=128 $SIZES"
+  BASE_ARGS="--max_steps=6 --batch_size=4 --block_size=128 $SIZES"; PAGE_WORLDS=1
   FIRST_ARGS="--batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
   SECOND_STEPS=6; SECOND_ARGS="--batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
   INSTRUCT_STEPS=${INSTRUCT_STEPS:-6}; INSTRUCT_ARGS="--batch_size=4 --eval_interval=0 --save_interval=0 $SIZES"
@@ -38,6 +38,11 @@ else
   WORLD_ARGS=${WORLD_ARGS:-}; SFT_ARGS=${SFT_ARGS:-}; GRPO_ARGS=${GRPO_ARGS:-}; EVAL_ARGS=${EVAL_ARGS:-}
   EXTRA_WORLD_ARGS=${EXTRA_WORLD_ARGS:---bench_countries=1 --rl_countries=1 --n_rl=1 --n_bench=1 --n_distractors=1000}
   BASE_ARGS=${BASE_ARGS:-}; FIRST_ARGS=${FIRST_ARGS:-}
+  # PAGE_WORLDS: this many more worlds (seeds 1337 + 4, 5, ...) give the base stage only their own pages (fresh
+  # names, no distractors, ~1 s each): with six, the base's 480 steps see ~3.5 passes over 18,000 world pages
+  # instead of ~6 over 6,000, memorising a name pays less, and the instruct stage formed copying 300-600 steps
+  # earlier at seeds 3 and 2 (README, "Fresh names for the base"); 0: the extra worlds' pages only
+  PAGE_WORLDS=${PAGE_WORLDS:-6}
   # SECOND_STEPS: SFT stage 1b (first TWO turns: the first tool response -> the second call), before the whole
   # trajectories. From the instruct policy its held-out loss is at its floor by ~300 steps x 16 (README, "The main
   # job on CPU"); 0 skips it (the main job of 2026-12-02); it was 600 after the base-initialised stage 1
@@ -135,8 +140,17 @@ SFT_DATA="$OUT/data/sft.jsonl,$OUT/data_1/sft.jsonl,$OUT/data_2/sft.jsonl,$OUT/d
 #    tool response), then whole trajectories (later hops, choosing image ids, answering). Stage 1 (first turns
 #    only, the copy curriculum of the main job before the instruct stage existed) runs before them when the instruct
 #    stage did not form copying (FIRST_STEPS=auto), or always with FIRST_STEPS=N
-stage base "$OUT/base/final" python sft.py config/base_runcpu.py \
-    --train_data="$OUT/world_1/pages.jsonl,$OUT/world_2/pages.jsonl,$OUT/world_3/pages.jsonl" \
+page_worlds() {  # the base stage's pages-only worlds (prepare.py --pages_only: pages.jsonl alone)
+  local k
+  for k in $(seq 4 $((3 + PAGE_WORLDS))); do
+    python data/miniworld/prepare.py config/prepare_runcpu.py --seed=$((1337 + k)) --out_dir="$OUT/pages_$k" \
+        --pages_only=True $WORLD_ARGS $EXTRA_WORLD_ARGS
+  done
+}
+BASE_DATA="$OUT/world_1/pages.jsonl,$OUT/world_2/pages.jsonl,$OUT/world_3/pages.jsonl"
+for k in $(seq 4 $((3 + PAGE_WORLDS))); do BASE_DATA="$BASE_DATA,$OUT/pages_$k/pages.jsonl"; done
+[ "$PAGE_WORLDS" = 0 ] || stage page_worlds "$OUT/pages_$((3 + PAGE_WORLDS))/pages.jsonl" page_worlds
+stage base "$OUT/base/final" python sft.py config/base_runcpu.py --train_data="$BASE_DATA" \
     --tokenizer_dir="$OUT/world/tokenizer" --out_dir="$OUT/base" $BASE_ARGS
 SFT_FROM="$OUT/base/final"; WORKFLOW=base
 if [ "$INSTRUCT_STEPS" != 0 ]; then  # the extra worlds' lookup chats, loss on every assistant turn

@@ -1,11 +1,14 @@
 # sft.py --objective=pretrain for runcpu.sh: the BASE model. The tiny Qwen3-VL from scratch learns language on plain
 # text with loss on every token: the pages of the three extra worlds (fresh names, never the bench world's) and their
-# Wikipedia distractors, packed into 512-token blocks. The instruct stage starts from it (runcpu.sh), and SFT through
-# that (the paper starts from a pretrained, instruction-tuned model). File order keeps a country's pages together, so names recur within a block: the cheapest way
-# to lower this loss is to copy a name read earlier, which is the skill every later hop needs. runcpu.sh passes
-# --train_data (the extra worlds' pages.jsonl), --tokenizer_dir, --out_dir.
+# Wikipedia distractors, plus the own pages of six more worlds (runcpu.sh's PAGE_WORLDS: prepare.py --pages_only),
+# packed into 512-token blocks. The instruct stage starts from it (runcpu.sh), and SFT through that (the paper starts
+# from a pretrained, instruction-tuned model). File order keeps a country's pages together, so names recur within a
+# block: the cheapest way to lower this loss is to copy a name read earlier, which is the skill every later hop
+# needs; nine worlds' names (~3.5 passes in 480 steps, where three worlds' were ~6) make memorising them pay less.
+# runcpu.sh passes --train_data (those pages.jsonl files), --tokenizer_dir, --out_dir.
 objective = "pretrain"
-train_data = "out/cpu/world_1/pages.jsonl,out/cpu/world_2/pages.jsonl,out/cpu/world_3/pages.jsonl"
+train_data = ",".join([f"out/cpu/world_{k}/pages.jsonl" for k in (1, 2, 3)] +
+                      [f"out/cpu/pages_{k}/pages.jsonl" for k in range(4, 10)])
 tokenizer_dir = "out/cpu/world/tokenizer"
 out_dir = "out/cpu/base"
 init_from = "scratch"

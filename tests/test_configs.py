@@ -39,10 +39,12 @@ def test_paper_configs_chain():
 def test_runcpu_configs_chain():
     md, base, sft, grpo, ev = (cfg(f"{s}_runcpu.py") for s in ("make_data", "base", "sft", "grpo", "eval"))
     assert sft["train_data"].split(",")[0] == os.path.join(md["out_dir"], "sft.jsonl")
-    # base (extra worlds' pages) -> instruct (runcpu.sh: lookup chats) -> SFT stage 1b (first two turns) -> SFT
+    # base (the extra worlds' and the page worlds' pages, never the bench world's) -> instruct (runcpu.sh: lookup chats) -> SFT stage 1b (first two turns) -> SFT
     # stage 2 (this config) -> GRPO
     assert base["objective"] == "pretrain" and base["tokenizer_dir"] == sft["tokenizer_dir"]
-    assert all(p.endswith("pages.jsonl") and "/world_" in p for p in base["train_data"].split(","))
+    pages = base["train_data"].split(",")
+    assert all(p.endswith("pages.jsonl") and ("/world_" in p or "/pages_" in p) for p in pages)
+    assert os.path.join(md["world_dir"], "pages.jsonl") not in pages
     assert sft["init_from"] == os.path.join(os.path.dirname(sft["out_dir"]), "sft_second", "final")
     assert base["model_sizes"] == sft["model_sizes"]
     assert sft["tokenizer_dir"] == md["tokenizer_dir"] == os.path.join(md["world_dir"], "tokenizer")

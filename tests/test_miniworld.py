@@ -55,6 +55,16 @@ def test_same_seed_same_bytes_other_seed_differs(worlds):
         assert open(os.path.join(a, f), "rb").read() != open(os.path.join(c, f), "rb").read(), f
 
 
+def test_pages_only_is_the_whole_worlds_own_pages(worlds, tmp_path):
+    # runcpu.sh's page worlds: only pages.jsonl, exactly the world pages (same names) the whole world of the same
+    # arguments writes before its distractors
+    summary = mw.build_world(str(tmp_path), seed=5, pages_only=True, **SMALL)
+    assert _files(str(tmp_path)) == ["pages.jsonl"]
+    own = [p for p in _jsonl(os.path.join(worlds[0], "pages.jsonl")) if p["source"] == "miniworld"]
+    assert _jsonl(tmp_path / "pages.jsonl") == own and summary["world_pages"] == len(own) > 0
+    assert summary["distractor_pages"] == 0
+
+
 def test_sizes_pages_and_attribution(worlds):
     d = worlds[0]
     items = _items(d)

@@ -14,7 +14,7 @@ from PIL import Image
 pytestmark = pytest.mark.timeout(900)  # a whole runcpu.sh smoke run: ~80 s quiet, several minutes loaded
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["direct", "workflow", "sft", "grpo_lam0.5", "grpo_lam0.0", "grpo_lam1.0", "oracle"]
-STAGES = ["prepare", "data (side by side, wall)", "base", "instruct", "sft_first", "sft_second", "sft", "grpo",
+STAGES = ["prepare", "data (side by side, wall)", "page_worlds", "base", "instruct", "sft_first", "sft_second", "sft", "grpo",
           "eval (side by side, wall)"]
 IN_GROUP = [f"{s}_{k} (in data)" for k in (1, 2, 3) for s in ("prepare", "make_data", "instruct_data")] + [
     "make_data (in data)"] + [f"eval_{r} (in eval)" for r in ROWS] + [
@@ -46,7 +46,11 @@ def test_runcpu_smoke(tmp_path):
     assert system.startswith("Research agent for image generation") and "<tools>" not in system
     assert all(r["messages"][0]["content"] == system for r in recs)
 
-    # base: packed text of the extra worlds, loss on every token, lowered
+    # base: packed text of the extra worlds and of the page world (prepare.py --pages_only: its own pages, no
+    # distractor), loss on every token, lowered
+    pw = jsonl(out / "pages_4" / "pages.jsonl")
+    assert pw and all(r["source"] == "miniworld" for r in pw)
+    assert f"{out}/world_3/pages.jsonl,{out}/pages_4/pages.jsonl " in p.stdout, p.stdout[-3000:]
     ev = [e["eval_loss"] for e in jsonl(out / "base" / "log.jsonl") if "eval_loss" in e]
     assert len(ev) >= 2 and ev[-1] < ev[0], ev
     # instruct (smoke runs it; the full run with INSTRUCT_STEPS > 0): the extra worlds' lookup chats -- a generic

@@ -58,6 +58,8 @@ image_size = 64         # px, square
 vocab_size = 2048       # tokenizer vocab incl. special tokens (2,048: enough for the world's names)
 tokenizer_seed_offset = 100003  # the tokenizer learns from the world of seed + this (different names)
 tokenizer_wiki_pages = 3000     # distractor summaries added to the tokenizer's training text
+pages_only = False      # True: write only pages.jsonl, the world's own pages (no distractors, images, items or
+                        # tokenizer): fresh names for runcpu.sh's base stage, cheap to make
 top_k = 5               # top_k in the oracle's search / image_search hops (release default 5; 3 on CPU keeps
                         # trajectories short: every hop target ranks <= 2 in this world)
 # -----------------------------------------------------------------------------
@@ -597,9 +599,10 @@ def _write_jsonl(path, rows):
 
 def build_world(out_dir, seed=1337, n_countries=None, bench_countries=None, rl_countries=None, n_sft=None, n_rl=None,
                 n_bench=None, n_distractors=None, image_size=None, vocab_size=None, tokenizer_seed_offset=None,
-                tokenizer_wiki_pages=None, tokenizer=True):
+                tokenizer_wiki_pages=None, tokenizer=True, pages_only=False):
     """Write the mini world into out_dir (deterministic in all arguments). Returns a summary dict. An argument
-    left None takes the config global's value at call time (so a --key=value override reaches it)."""
+    left None takes the config global's value at call time (so a --key=value override reaches it). pages_only:
+    only pages.jsonl with the world's own pages (the same names as the whole world of these arguments)."""
     g = globals()
     n_countries, bench_countries, rl_countries, n_sft, n_rl, n_bench, n_distractors, image_size, vocab_size, \
         tokenizer_seed_offset, tokenizer_wiki_pages = (
@@ -618,6 +621,10 @@ def build_world(out_dir, seed=1337, n_countries=None, bench_countries=None, rl_c
     wiki = all_wiki[:n_distractors] if n_distractors else all_wiki
     banned = {w.lower() for p in wiki for w in re.findall(r"[A-Za-z]+", p["title"] + " " + p["text"])}
     ents, images, pages, items, split_of = generate(seed, n_countries, bench_countries, rl_countries, banned)
+    if pages_only:
+        os.makedirs(out_dir, exist_ok=True)
+        _write_jsonl(os.path.join(out_dir, "pages.jsonl"), pages)
+        return {"entities": len(ents), "world_pages": len(pages), "distractor_pages": 0}
     for sub in ("images", "gt"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     _write_jsonl(os.path.join(out_dir, "pages.jsonl"), pages + wiki)
@@ -664,5 +671,6 @@ if __name__ == "__main__":
     summary = build_world(out_dir, seed=seed, n_countries=n_countries, bench_countries=bench_countries,
                           rl_countries=rl_countries, n_sft=n_sft, n_rl=n_rl, n_bench=n_bench,
                           n_distractors=n_distractors, image_size=image_size, vocab_size=vocab_size,
-                          tokenizer_seed_offset=tokenizer_seed_offset, tokenizer_wiki_pages=tokenizer_wiki_pages)
+                          tokenizer_seed_offset=tokenizer_seed_offset, tokenizer_wiki_pages=tokenizer_wiki_pages,
+                          pages_only=pages_only)
     print(f"wrote {out_dir}: {summary} in {time.time() - t0:.1f}s")
