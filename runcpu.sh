@@ -39,9 +39,9 @@ else
   EXTRA_WORLD_ARGS=${EXTRA_WORLD_ARGS:---bench_countries=1 --rl_countries=1 --n_rl=1 --n_bench=1 --n_distractors=1000}
   BASE_ARGS=${BASE_ARGS:-}; FIRST_ARGS=${FIRST_ARGS:-}
   # PAGE_WORLDS: this many more worlds (seeds 1337 + 4, 5, ...) give the base stage only their own pages (fresh
-  # names, no distractors, ~1 s each): with six, the base's 480 steps see ~3.5 passes over 18,000 world pages
-  # instead of ~6 over 6,000, memorising a name pays less, and the instruct stage formed copying 300-600 steps
-  # earlier at seeds 3 and 2 (README, "Fresh names for the base"); 0: the extra worlds' pages only
+  # names, no distractors, ~1 s each): with six, the base's 480 steps see ~2.9 passes over 1.36M tokens (18,000
+  # world pages) instead of ~4.9 over 0.81M (6,000), memorising a name pays less, and the instruct stage formed
+  # copying 300-600 steps earlier at seeds 3 and 2 (README, "Fresh names for the base"); 0: the extra worlds' only
   PAGE_WORLDS=${PAGE_WORLDS:-6}
   # SECOND_STEPS: SFT stage 1b (first TWO turns: the first tool response -> the second call), before the whole
   # trajectories. From the instruct policy its held-out loss is at its floor by ~300 steps x 16 (README, "The main
