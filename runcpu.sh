@@ -41,7 +41,8 @@ else
   # PAGE_WORLDS: this many more worlds (seeds 1337 + 4, 5, ...) give the base stage only their own pages (fresh
   # names, no distractors, ~1 s each): with six, the base's 480 steps see ~2.9 passes over 1.36M tokens (18,000
   # world pages) instead of ~4.9 over 0.81M (6,000), memorising a name pays less, and the instruct stage formed
-  # copying 300-600 steps earlier at seeds 3 and 2 (README, "Fresh names for the base"); 0: the extra worlds' only
+  # copying 300-600 steps earlier at seeds 3 and 2 (HISTORY.md, "Fresh names for the base"); 0: the extra worlds'
+  # pages only
   PAGE_WORLDS=${PAGE_WORLDS:-6}
   # SECOND_STEPS: SFT stage 1b (first TWO turns: the first tool response -> the second call), before the whole
   # trajectories. From the instruct policy its held-out loss is at its floor by ~300 steps x 16 (README, "The main
@@ -49,8 +50,9 @@ else
   SECOND_STEPS=${SECOND_STEPS:-300}; SECOND_ARGS=${SECOND_ARGS:-}
   # INSTRUCT_STEPS: the instruct stage between base and SFT, at most this many steps of 16 lookup chats; 0 skips it,
   # and then the workflow row is the base policy and SFT starts from the base. Copying forms in the instruct stage in a
-  # sudden drop of its held-out loss at a step that depends on the seed (README, "Seeds under the instruct recipe"):
-  # by step 600 at seeds 1337 and 4, by 1,200 at seed 2, near 1,500 at seed 3. So the stage holds its peak lr and
+  # sudden drop of its held-out loss at a step that depends on the seed (HISTORY.md, "Seeds under the instruct
+  # recipe"): with the page worlds by step 600 at seeds 1337, 3 and 4, at 900 at seed 2 (HISTORY.md, "Fresh names
+  # for the base"). So the stage holds its peak lr and
   # measures the held-out loss every 100 steps; the first at or below COPY_LOSS ends it 200 steps later, the lr
   # decaying over them (sft.py's stop_eval_loss / stop_warmdown_steps). FIRST_STEPS=auto reads its final held-out
   # loss: at most COPY_LOSS, SFT starts from the instruct policy; above it (no stop by the cap), SFT falls back to the
@@ -134,7 +136,8 @@ SFT_DATA="$OUT/data/sft.jsonl,$OUT/data_1/sft.jsonl,$OUT/data_2/sft.jsonl,$OUT/d
 #    returned), the stand-in for the paper's Qwen3-VL-8B-Instruct: it is the "workflow" row's policy (prompted with
 #    the agent's system prompt, never trained on the agent's task) and what SFT starts from. Its peak lr is held
 #    until copying has formed (above: INSTRUCT_STEPS) or the last 20% of its steps (--warmdown_ratio=0.2): copying
-#    forms in a sudden eval-loss drop at a step that varies by seed, and a decaying lr can miss it (README, "Seeds").
+#    forms in a sudden eval-loss drop at a step that varies by seed, and a decaying lr can miss it (HISTORY.md,
+#    "Seeds under the instruct recipe").
 #    SFT, loss on assistant tokens only, in two
 #    stages: first two turns (prompt -> first call -> its tool response -> the second call: copying a name from a
 #    tool response), then whole trajectories (later hops, choosing image ids, answering). Stage 1 (first turns
@@ -168,7 +171,7 @@ copied() {  # copied DIR: did copying form in this stage? (its last held-out los
   if awk -v a="$last" -v b="$COPY_LOSS" 'BEGIN { exit !(a <= b) }'; then
     echo "=== $(basename "$1"): held-out loss $last <= COPY_LOSS=$COPY_LOSS: copying formed there"; return 0
   fi
-  echo "=== $(basename "$1"): held-out loss $last > COPY_LOSS=$COPY_LOSS: copying did not form there (README, \"Seeds\")"
+  echo "=== $(basename "$1"): held-out loss $last > COPY_LOSS=$COPY_LOSS: copying did not form there (HISTORY.md, \"Seeds under the instruct recipe\")"
   return 1
 }
 if [ "$FIRST_STEPS" = auto ]; then  # (a re-run decides from the same log as the first run)

@@ -294,7 +294,8 @@ def lr_lambda(total, warmup_frac, floor=0.0, warmdown_frac=0.0):
     (warmdown_frac = 0, the release's schedule), or the peak held until the last ceil(warmdown_frac * total) steps
     and a linear decay to floor over them (warmup-stable-decay, nanochat's base_train). Why the CPU main job's first
     SFT stage holds its peak: the copy mechanism forms in a sudden drop of the eval loss, and under cosine the lr
-    can fall too far before it happens (README, "The main job on CPU": one seed of two never got there)."""
+    can fall too far before it happens (HISTORY.md, "Seeds under the instruct recipe": one seed of two never got
+    there)."""
     warm = math.ceil(total * warmup_frac)
     down = math.ceil(total * warmdown_frac)
 

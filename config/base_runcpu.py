@@ -22,7 +22,7 @@ learning_rate = 2e-3      # AdamW 2e-3 cosine: what taught the 1.2M model to cop
 weight_decay = 0.0
 max_steps = 480           # ~2.9 passes over the 1.36M tokens (three worlds' 0.81M alone: ~4.9). On those three, at
                           # 240 the instruct stage formed copying at seed 1337 but not at seed 3; at 480 at both
-                          # (README, "Seeds under the instruct recipe")
+                          # (HISTORY.md, "Seeds under the instruct recipe")
 gradient_checkpointing = False
 eval_fraction = 0.02
 eval_interval = 0

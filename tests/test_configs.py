@@ -69,7 +69,8 @@ def test_runcpu_configs_chain():
         assert arg in sh, arg
 
 
-@pytest.mark.parametrize("last, want", [  # seed 1337 (README, "Seeds"), and no stop by the cap
+# seed 1337 (HISTORY.md, "Seeds under the instruct recipe"), and no stop by the cap
+@pytest.mark.parametrize("last, want", [
     (0.053, "0 300 instruct/final"), (0.199, "2400 600 base/final")])
 def test_runcpu_falls_back_only_when_copying_did_not_form_in_the_instruct_stage(tmp_path, last, want):
     # runcpu.sh's own FIRST_STEPS=auto block with its own copied(), run against an instruct log whose last held-out
