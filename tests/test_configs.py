@@ -39,8 +39,8 @@ def test_paper_configs_chain():
 def test_runcpu_configs_chain():
     md, base, sft, grpo, ev = (cfg(f"{s}_runcpu.py") for s in ("make_data", "base", "sft", "grpo", "eval"))
     assert sft["train_data"].split(",")[0] == os.path.join(md["out_dir"], "sft.jsonl")
-    # base (the extra worlds' and the page worlds' pages, never the bench world's) -> instruct (runcpu.sh: lookup chats) -> SFT stage 1b (first two turns) -> SFT
-    # stage 2 (this config) -> GRPO
+    # base (the extra worlds' and the page worlds' pages, never the bench world's) -> instruct (runcpu.sh: lookup
+    # chats) -> SFT stage 1b (first two turns) -> SFT stage 2 (this config) -> GRPO
     assert base["objective"] == "pretrain" and base["tokenizer_dir"] == sft["tokenizer_dir"]
     pages = base["train_data"].split(",")
     assert all(p.endswith("pages.jsonl") and ("/world_" in p or "/pages_" in p) for p in pages)

@@ -14,8 +14,8 @@ from PIL import Image
 pytestmark = pytest.mark.timeout(900)  # a whole runcpu.sh smoke run: ~80 s quiet, several minutes loaded
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ["direct", "workflow", "sft", "grpo_lam0.5", "grpo_lam0.0", "grpo_lam1.0", "oracle"]
-STAGES = ["prepare", "data (side by side, wall)", "page_worlds", "base", "instruct", "sft_first", "sft_second", "sft", "grpo",
-          "eval (side by side, wall)"]
+STAGES = ["prepare", "data (side by side, wall)", "page_worlds", "base", "instruct", "sft_first", "sft_second", "sft",
+          "grpo", "eval (side by side, wall)"]
 IN_GROUP = [f"{s}_{k} (in data)" for k in (1, 2, 3) for s in ("prepare", "make_data", "instruct_data")] + [
     "make_data (in data)"] + [f"eval_{r} (in eval)" for r in ROWS] + [
     f"probe_{c} (in eval)" for c in ("base", "instruct", "sft_first", "sft_second", "sft", "grpo_lam0.5")]
