@@ -49,16 +49,17 @@ else
   # job on CPU"); 0 skips it (the main job of 2026-12-02); it was 600 after the base-initialised stage 1
   SECOND_STEPS=${SECOND_STEPS:-300}; SECOND_ARGS=${SECOND_ARGS:-}
   # INSTRUCT_STEPS: the instruct stage between base and SFT, at most this many steps of 16 lookup chats; 0 skips it,
-  # and then the workflow row is the base policy and SFT starts from the base. Copying forms in the instruct stage in a
-  # sudden drop of its held-out loss at a step that depends on the seed (HISTORY.md, "Seeds under the instruct
+  # and then the workflow row is the base policy and SFT starts from the base. Copying forms in the instruct stage
+  # in a sudden drop of its held-out loss at a step that depends on the seed (HISTORY.md, "Seeds under the instruct
   # recipe"): with the page worlds by step 600 at seeds 1337, 3 and 4, by 900 at seed 2 (HISTORY.md, "Fresh names
   # for the base"). So the stage holds its peak lr and measures the held-out loss every 100 steps; the first at or
   # below COPY_LOSS ends it 200 steps later, the lr decaying over them (sft.py's stop_eval_loss /
-  # stop_warmdown_steps). FIRST_STEPS=auto reads its final held-out loss: at most COPY_LOSS, SFT starts from the instruct policy; above it (no stop by the cap), SFT falls back to the
-  # previous recipe's chain, which formed copying at seeds 1337 and 3: stage 1 (first turns of the agent's
-  # trajectories, the peak lr held) from the base, FIRST_AUTO_STEPS, and stage 1b SECOND_AUTO_STEPS (~22 min more).
-  # FIRST_STEPS=N always runs stage 1 for N steps, from the instruct policy (0: never); INSTRUCT_STEPS=0 is the
-  # previous recipe itself (the main job until 2026-12-06)
+  # stop_warmdown_steps). FIRST_STEPS=auto reads its final held-out loss: at most COPY_LOSS, SFT starts from the
+  # instruct policy; above it (no stop by the cap), SFT falls back to the previous recipe's chain, which formed
+  # copying at seeds 1337 and 3: stage 1 (first turns of the agent's trajectories, the peak lr held) from the base,
+  # FIRST_AUTO_STEPS, and stage 1b SECOND_AUTO_STEPS (~22 min more). FIRST_STEPS=N always runs stage 1 for N steps,
+  # from the instruct policy (0: never); INSTRUCT_STEPS=0 is the previous recipe itself (the main job until
+  # 2026-12-06)
   INSTRUCT_STEPS=${INSTRUCT_STEPS:-1900}; INSTRUCT_ARGS=${INSTRUCT_ARGS:-}; FIRST_STEPS=${FIRST_STEPS:-auto}
   FIRST_AUTO_STEPS=2400; SECOND_AUTO_STEPS=600; COPY_LOSS=${COPY_LOSS:-0.15}
 fi
