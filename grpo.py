@@ -79,6 +79,15 @@ n_prompts = 8                # prompts per step (release: data.train_batch_size=
 group_size = 6               # trajectories per prompt (release: rollout.n=6)
 max_steps = -1               # stop early (tests, benchmarks); -1 = all epochs
 seed = 42                    # release: data.seed=42; the data order and every step's sampling derive from it
+sample_seeds = "step"        # vLLM's request seeds derive from (seed, step): fresh samples at every step, as the
+                             # release samples | "item" (ours; the CPU job): from seed alone, so an item met again in
+                             # a later epoch gets the same request seeds (common random numbers): a policy that did
+                             # not move draws the same samples, and an epoch-to-epoch reward difference measures the
+                             # updates, not which samples an epoch drew. Each sample is still a draw from the current
+                             # policy (the gradient is unbiased); what it gives up is fresh exploration of an item met
+                             # again. The coupling needs vLLM's per-request seeds: HF generate draws each batch
+                             # from one global RNG, which "item" seeds alike at every step (a batch of other items
+                             # then draws other numbers)
 # rollout
 engine = "vllm"              # 'vllm' (paper: SGLang/vLLM hybrid engine) | 'hf' (transformers generate)
 temperature = 0.7            # paper: temperature 0.7
@@ -363,8 +372,9 @@ def seed_step(step, rank):
     """Every step's sampling RNG derives from (seed, step): an interrupted run resumes onto the same rollouts.
     HF engine: the global RNGs, seeded with (seed, step, rank). vLLM: returns the step's base seed, from which
     rollout.request_seed derives each call's seed by (item id, sample, round): rank-independent, so the
-    samples do not depend on the number of ranks either."""
-    s = seed * 1_000_003 + step * 1_009
+    samples do not depend on the number of ranks either. sample_seeds="item": the same base seed at every step,
+    so an item's calls get the same seeds in every epoch."""
+    s = seed * 1_000_003 + (step * 1_009 if sample_seeds == "step" else 0)
     random.seed(s + rank)
     torch.manual_seed(s + rank)
     return s
@@ -490,7 +500,8 @@ def main():
     import trainer
     rs = rollout.settings(rollout_kwargs, where="grpo.py rollout_kwargs")  # round / token limits: an argument
     for key, val, ok in (("loss_divisor", loss_divisor, ("nominal", "kept")),
-                         ("mask_failed", mask_failed, ("trajectory", "group"))):
+                         ("mask_failed", mask_failed, ("trajectory", "group")),
+                         ("sample_seeds", sample_seeds, ("step", "item"))):
         if val not in ok:
             raise ValueError(f"grpo.py: {key} must be one of {ok}, got {val!r}")
     # the items first, before any model is built: a bad or empty file stops here with file:line

