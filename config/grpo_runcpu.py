@@ -23,11 +23,9 @@ limit = 24                     # the first 24 of the 120 RL items (3 steps an ep
 num_epochs = 4                 # ... 4 times (paper 5 epochs): 12 steps, as the one pass over 96 items before
 max_steps = 12
 save_interval = 6
-sample_seeds = "item"          # ours (grpo.py): an item's request seeds are the same in each of the 4 epochs, so the
-                               # frozen control draws the same samples every epoch (its quarter difference is 0) and
-                               # the run's quarter difference is what its updates did. With fresh seeds every step
-                               # (the release's "step") the control's own quarter difference ran -0.04 to +0.05 at four
-                               # seeds, as large as the runs' gains (README, "Where the job stands")
+sample_seeds = "item"          # ours (the mechanism: grpo.py): with the release's "step" the frozen control's own
+                               # quarter difference ran -0.04 to +0.05 at four seeds, as large as the runs' gains
+                               # (README, "Where the job stands"); with "item" it is exactly 0
 max_tokens_per_micro = 8192
 vllm_max_model_len = 8192
 # THE tool settings of the CPU family (make_data_runcpu.py and eval_runcpu.py read them from here): the
